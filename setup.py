@@ -1,0 +1,28 @@
+"""tf_instcls: full instance classification for unsupervised representation learning."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tf_instcls",
+    version="0.1.0",
+    description=(
+        "One-million-way instance classification (Liu et al., AAAI 2021) and NPID on "
+        "TensorFlow DTensor"
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["tf_instcls", "tf_instcls.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras-cv>=0.9",
+        "tensorflow-datasets>=4.9",
+        "absl-py>=2.0",
+        "gin-config>=0.5",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff>=0.6"],
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
+    },
+)

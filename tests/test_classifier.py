@@ -1,0 +1,126 @@
+"""InstanceClassifier layouts, padding, initialisation and W's optimizer state."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow.experimental import dtensor
+
+from tf_instcls import parallel
+from tf_instcls.training import MomentumSGD
+
+from helpers import assert_close
+from reference import cosine_softmax_loss
+
+N, D = 13, 6
+
+
+@pytest.mark.parametrize("devices,expected", [(1, 13), (2, 14), (4, 16), (8, 16)])
+def test_padding_to_a_multiple_of_the_shard_count(devices, expected):
+    clf = parallel.InstanceClassifier(N, D, mesh=parallel.build_mesh(devices), layout="sharded")
+    w = parallel.to_numpy(clf.class_weights)
+    assert clf.num_padded == expected and w.shape == (expected, D)
+    assert np.all(w[N:] == 0) and np.all(np.abs(w[:N]).sum(1) > 0)
+    assert clf.class_weights.layout.sharding_specs == ["batch", dtensor.UNSHARDED] or devices == 1
+
+
+def test_initial_weights_do_not_depend_on_device_count_or_layout():
+    values = [
+        parallel.to_numpy(
+            parallel.InstanceClassifier(
+                5000, D, mesh=parallel.build_mesh(t), layout=layout, seed=3
+            ).class_weights
+        )[:5000]
+        for t, layout in [(1, "sharded"), (4, "sharded"), (8, "sharded"), (4, "replicated")]
+    ]
+    plain = parallel.InstanceClassifier(5000, D, seed=3).class_weights.numpy()
+    for v in values:
+        np.testing.assert_array_equal(v, plain)
+
+
+def test_sharded_weights_live_in_row_shards():
+    mesh = parallel.build_mesh(4)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout="sharded")
+    shards = dtensor.unpack(clf.class_weights.read_value())
+    assert [s.shape.as_list() for s in shards] == [[4, D]] * 4
+    replicated = parallel.InstanceClassifier(N, D, mesh=mesh, layout="replicated")
+    assert [s.shape.as_list() for s in dtensor.unpack(replicated.class_weights.read_value())] == [
+        [N, D]
+    ] * 4
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        parallel.InstanceClassifier(N, D, layout="diagonal")
+    with pytest.raises(ValueError, match="num_instances must be >= 2"):
+        parallel.InstanceClassifier(1, D)
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+@pytest.mark.parametrize("layout", ["sharded", "replicated"])
+def test_momentum_slot_has_the_layout_of_w(devices, layout):
+    mesh = parallel.build_mesh(devices)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout)
+    opt = MomentumSGD()
+    opt.build(clf.distributed_variables)
+    slot = opt.slot_for(clf.class_weights)
+    assert isinstance(slot, dtensor.DVariable)
+    assert slot.layout.sharding_specs == clf.class_weights.layout.sharding_specs
+    local = [s.shape.as_list() for s in dtensor.unpack(slot.read_value())]
+    assert local == [[clf.num_padded // clf.num_shards, D]] * devices
+
+
+def _numpy_sgd(w, grads, lr, momentum, decay):
+    buf = np.zeros_like(w)
+    for g in grads:
+        g = g + decay * w
+        buf = momentum * buf + g
+        w = w - lr * buf
+    return w, buf
+
+
+@pytest.mark.parametrize("devices,layout", [(1, "sharded"), (4, "sharded"), (4, "replicated")])
+def test_training_steps_match_numpy_momentum_sgd(devices, layout):
+    """Three full classifier steps (loss, backward, update) equal a float64 numpy run."""
+    mesh = parallel.build_mesh(devices)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout, seed=5)
+    opt = MomentumSGD(momentum=0.9, weight_decay=1e-2)
+    opt.build(clf.distributed_variables)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, D)).astype(np.float32)
+    ids = rng.integers(0, N, 8).astype(np.int32)
+    hard = rng.integers(0, N, (8, 3)).astype(np.int32)
+    xd = parallel.pack_sharded(x, parallel.batch_layout(mesh, 2))
+    idd = parallel.pack_sharded(ids, parallel.batch_layout(mesh, 1))
+    hd = parallel.pack_sharded(hard, parallel.batch_layout(mesh, 2))
+
+    @tf.function
+    def step(xd, idd, hd):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(clf(xd, idd, hard_negatives=hd, smoothing=0.2))
+        (grad_w,) = tape.gradient(loss, clf.distributed_variables)
+        opt.apply_gradients(zip([grad_w], clf.distributed_variables), 0.5)
+        return loss
+
+    w = parallel.to_numpy(clf.class_weights).astype(np.float64)
+    buf = np.zeros_like(w)
+    for _ in range(3):
+        step(xd, idd, hd)
+        _, _, g = cosine_softmax_loss(
+            x, ids, w, hard_negatives=hard, smoothing=0.2, valid_classes=N,
+            upstream=np.full(8, 1 / 8),
+        )
+        g = g + 1e-2 * w
+        buf = 0.9 * buf + g
+        w = w - 0.5 * buf
+    assert_close(parallel.to_numpy(clf.class_weights), w, name="W after 3 steps")
+    assert_close(parallel.to_numpy(opt.slot_for(clf.class_weights)), buf, name="momentum")
+    assert np.all(parallel.to_numpy(clf.class_weights)[N:] == 0)
+
+
+def test_optimizer_rejects_unknown_variables_and_bad_hyperparameters():
+    with pytest.raises(ValueError, match="momentum must be in"):
+        MomentumSGD(momentum=1.0)
+    opt = MomentumSGD()
+    v = tf.Variable([1.0])
+    with pytest.raises(ValueError, match="was not passed to MomentumSGD.build"):
+        opt.apply_gradients([(tf.constant([1.0]), v)], 0.1)

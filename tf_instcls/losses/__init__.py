@@ -1,0 +1,5 @@
+"""Pure loss functions (no state, no gin, no flags)."""
+
+from tf_instcls.losses.instance_classification import instance_classification_loss
+
+__all__ = ["instance_classification_loss"]

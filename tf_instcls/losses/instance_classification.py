@@ -1,0 +1,367 @@
+"""The cosine-softmax instance classification loss (Liu et al. 2021, Eq. 1-3).
+
+For example b with embedding x_b, true class i = instance_ids[b] and hard negatives
+H_b (K classes), with z_j = cos(w_j, x_b) / temperature:
+
+    Eq. 1 (smoothing = 0):  J_b = -log( exp(z_i) / sum_j exp(z_j) )
+    Eq. 3 (smoothing = a):  J_b = -log( sum_j y_j exp(z_j) / sum_j exp(z_j) )
+                            y_i = 1 - a,  y_h = a / K for h in H_b  (Eq. 2)
+
+The label weights sit **inside** the log, as Eq. 3 writes it. A class listed twice in
+H_b, or the true class listed in H_b, gets the sum of its entries' weights (the label
+distribution is built by adding a/K per entry), so the weights always sum to one.
+
+Distributed computation (the paper's hybrid parallelism, on a DTensor mesh):
+with W row-sharded over S devices the embeddings are gathered (replicated), every
+device computes logits against its own rows only ([B, N/S]), and just the row maxima,
+the exp-sums and the K+1 target logits per example are all-reduced. W is never
+all-gathered and no device holds replicated [B, N] logits; the gradient of W stays
+sharded and the embedding gradient is all-reduced. DTensor would silently all-gather W
+(or the logits, for a gather/scatter over the sharded axis) unless the layouts are stated
+at each boundary, so this module computes the target logits with a batched gather over a
+[B, S, N/S] view and builds the sparse label matrix without any scatter: scatter ops on
+sharded DTensors crash TF 2.21, and the gather gradient materialises replicated [B, N].
+The label matrix Q[b, n] = sum_k q_bk [h_bk == n] is instead a batched matmul of two
+one-hot factors over n = n1 * L2 + n2 (cost about 2 B (K+1) N / S flops).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tf_instcls.parallel import layouts
+
+_NORM_EPS = 1e-12  # floor on the squared norm, as tf.math.l2_normalize
+_NEG = -1e30  # logit given to padded classes before the max
+
+
+def instance_classification_loss(
+    embeddings,
+    instance_ids,
+    class_weights,
+    *,
+    temperature: float = 0.15,
+    hard_negatives=None,
+    smoothing: float = 0.0,
+    chunk_size: int | None = None,
+    valid_classes: int | None = None,
+):
+    """Per-example cosine-softmax instance classification loss, [B] float32.
+
+    Args:
+      embeddings: [B, D] float embeddings x (normalised inside).
+      instance_ids: [B] int, the true class (instance id) of each example.
+      class_weights: [N, D] classifier weights W: a tensor/variable, or (inside a
+        tf.function) a ``dtensor.DVariable`` row-sharded or replicated on a 1-D mesh.
+      temperature: tau of the cosine softmax.
+      hard_negatives: [B, K] int, the K hardest negative classes of each example
+        (Eq. 2), or None. Ignored when ``smoothing`` is 0.
+      smoothing: alpha of Eq. 2-3, in [0, 1). 0 gives Eq. 1.
+      chunk_size: process the batch in chunks of this many rows so that no device
+        holds more than about chunk_size x N / T logits; the backward pass recomputes
+        the logits chunk by chunk. Same values and gradients as unchunked.
+      valid_classes: rows at or beyond this index are padding (DTensor needs N
+        divisible by the shard count): excluded from every softmax, zero gradient.
+
+    Returns:
+      [B] float32 loss per example. On a mesh it is a DTensor: replicated when W is
+      row-sharded, batch-sharded when W is replicated.
+    """
+    cfg = _validate(
+        embeddings, instance_ids, class_weights, temperature, hard_negatives,
+        smoothing, chunk_size, valid_classes,
+    )
+    placement = layouts.class_weight_placement(class_weights)
+    x = tf.cast(embeddings, tf.float32)
+    ids = tf.cast(instance_ids, tf.int32)
+    if cfg["use_hard"]:
+        targets = tf.concat([tf.expand_dims(ids, 1), tf.cast(hard_negatives, tf.int32)], axis=1)
+    else:
+        targets = tf.expand_dims(ids, 1)  # [B, K'] with K' = K + 1 or 1
+    batch_shards = 1
+    if placement.distributed:
+        mesh = placement.mesh
+        # Every device checks every id, so all of them fail the same assertion instead of
+        # one failing and the others reporting a cancelled collective.
+        targets = layouts.relayout(targets, layouts.replicated_layout(mesh, 2))
+    targets = _check_targets(targets, cfg["valid"], cfg["use_hard"])
+    if placement.distributed:
+        if placement.sharded:
+            # DHP step 2: gather the features of every device.
+            x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
+            targets = layouts.relayout(targets, layouts.replicated_layout(mesh, 2))
+        elif mesh.size > 1 and cfg["batch"] % mesh.size == 0:
+            # DDP: each device classifies its own slice of the batch against all of W.
+            batch_shards = mesh.size
+            x = layouts.relayout(x, layouts.batch_layout(mesh, 2))
+            targets = layouts.relayout(targets, layouts.batch_layout(mesh, 2))
+        else:
+            # One device, or a batch that does not split: every device does all of it.
+            x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
+
+    x_unit = _l2_normalize(x)
+    w_unit = _l2_normalize(tf.convert_to_tensor(class_weights))
+    core = _CosineSoftmax(cfg, placement, batch_shards, targets)
+    return core(x_unit, w_unit)
+
+
+def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, valid):
+    def shape_of(value, name, rank):
+        shape = tf.TensorShape(value.shape)
+        if shape.rank != rank:
+            raise ValueError(f"{name} must have rank {rank}; got shape {shape}")
+        return shape
+
+    dtype = tf.as_dtype(embeddings.dtype)
+    if not dtype.is_floating:
+        raise TypeError(f"embeddings must be floating point; got {dtype.name}")
+    if not tf.as_dtype(weights.dtype).is_floating:
+        raise TypeError(f"class_weights must be floating point; got {weights.dtype}")
+    if not tf.as_dtype(ids.dtype).is_integer:
+        raise TypeError(f"instance_ids must be integers; got {tf.as_dtype(ids.dtype).name}")
+    e_shape = shape_of(embeddings, "embeddings", 2)
+    w_shape = shape_of(weights, "class_weights", 2)
+    i_shape = shape_of(ids, "instance_ids", 1)
+    batch, dim = e_shape
+    num_classes, w_dim = w_shape
+    if None in (batch, dim, num_classes, w_dim) or i_shape[0] is None:
+        raise ValueError("instance_classification_loss needs static shapes")
+    if dim != w_dim:
+        raise ValueError(f"embeddings dim {dim} != class_weights dim {w_dim}")
+    if i_shape[0] != batch:
+        raise ValueError(f"instance_ids has {i_shape[0]} entries for a batch of {batch}")
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number; got {temperature!r}")
+    if not (isinstance(smoothing, (int, float)) and 0.0 <= smoothing < 1.0):
+        raise ValueError(f"smoothing must be in [0, 1); got {smoothing!r}")
+    num_hard = 0
+    if hard is not None:
+        if not tf.as_dtype(hard.dtype).is_integer:
+            raise TypeError(f"hard_negatives must be integers; got {hard.dtype}")
+        h_shape = shape_of(hard, "hard_negatives", 2)
+        if h_shape[0] != batch:
+            raise ValueError(f"hard_negatives has {h_shape[0]} rows for a batch of {batch}")
+        num_hard = h_shape[1]
+    if smoothing > 0 and num_hard == 0:
+        raise ValueError(
+            "smoothing > 0 needs hard_negatives with K >= 1 columns (Eq. 2 spreads "
+            "alpha over the K hardest negatives); pass smoothing=0 to disable"
+        )
+    if chunk is not None and (not isinstance(chunk, (int, np.integer)) or chunk < 1):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk!r}")
+    if valid is None:
+        valid = num_classes
+    if not (isinstance(valid, (int, np.integer)) and 1 <= valid <= num_classes):
+        raise ValueError(f"valid_classes must be in [1, {num_classes}]; got {valid!r}")
+    use_hard = smoothing > 0
+    label_weights = [1.0] if not use_hard else [1.0 - smoothing] + [smoothing / num_hard] * num_hard
+    return dict(
+        batch=batch, dim=dim, num_classes=num_classes, valid=int(valid),
+        inv_temperature=1.0 / float(temperature), use_hard=use_hard,
+        label_weights=label_weights, chunk=chunk,
+    )
+
+
+def _check_targets(targets, valid, use_hard):
+    """Fails with a clear message when an id or hard negative is outside [0, valid)."""
+    what = "instance_ids / hard_negatives" if use_hard else "instance_ids"
+    checks = [
+        tf.debugging.assert_non_negative(targets, message=f"{what} must be >= 0"),
+        tf.debugging.assert_less(
+            targets, tf.constant(valid, tf.int32),
+            message=f"{what} must be < the number of (valid) classes {valid}",
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(targets)
+
+
+def _l2_normalize(value):
+    square = tf.reduce_sum(tf.square(value), axis=-1, keepdims=True)
+    return value * tf.math.rsqrt(tf.maximum(square, _NORM_EPS))
+
+
+class _CosineSoftmax:
+    """Loss and analytic gradient of the cosine softmax on unit vectors.
+
+    Works on a [P, B/P] view of the batch (P = batch shards: the mesh size for DDP,
+    else 1) and a [c, S, L] view of the logits (S = row shards of W, L = N / S), so
+    every op stays local except the all-reduces of the design.
+    """
+
+    def __init__(self, cfg, placement, batch_shards, targets):
+        self.cfg = cfg
+        self.placement = placement
+        self.batch_shards = batch_shards
+        self.targets = targets
+        n, s = cfg["num_classes"], placement.row_shards
+        if n % s:
+            raise ValueError(
+                f"class_weights has {n} rows, not divisible by its {s} row shards: pad W "
+                "to a multiple of the shard count and pass valid_classes (InstanceClassifier "
+                "does this)"
+            )
+        self.local_rows = n // s
+        self.factor2 = int(math.ceil(math.sqrt(self.local_rows)))
+        self.factor1 = int(math.ceil(self.local_rows / self.factor2))
+        per_shard = cfg["batch"] // batch_shards
+        chunk = cfg["chunk"]
+        if chunk is None:
+            self.chunk = per_shard
+        else:
+            self.chunk = max(1, min(per_shard, chunk // batch_shards))
+        self.bounds = [
+            (start, min(start + self.chunk, per_shard)) for start in range(0, per_shard, self.chunk)
+        ]
+        # Below tau = 0.05 the fixed shift 1/tau could underflow exp(); take the row max.
+        self.fixed_shift = cfg["inv_temperature"] <= 20.0
+        self.log_label_weights = tf.constant(np.log(cfg["label_weights"]), tf.float32)
+        self.label_weights = tf.constant(cfg["label_weights"], tf.float32)
+
+    # -- layout helpers -------------------------------------------------------------
+    def _pin(self, value):
+        """States the [c, N] logits layout: columns sharded (DHP), batch (DDP) or replicated."""
+        if not self.placement.distributed:
+            return value
+        mesh = self.placement.mesh
+        if self.placement.sharded:
+            layout = layouts.columns_sharded_layout(mesh, 2)
+        elif self.batch_shards > 1:
+            layout = layouts.batch_layout(mesh, 2)
+        else:
+            layout = layouts.replicated_layout(mesh, 2)
+        return layouts.relayout(value, layout)
+
+    def _split(self, value):
+        """[B, ...] -> list of [P * c, ...] chunks, each device keeping its own rows."""
+        p = self.batch_shards
+        tail = value.shape[1:]
+        grid = tf.reshape(value, [p, -1, *tail])
+        if len(self.bounds) == 1:
+            return [value]
+        return [
+            tf.reshape(tf.slice(grid, [0, a] + [0] * len(tail), [p, b - a] + [-1] * len(tail)),
+                       [p * (b - a), *tail])
+            for a, b in self.bounds
+        ]
+
+    def _merge(self, chunks):
+        p = self.batch_shards
+        tail = chunks[0].shape[1:]
+        grids = [tf.reshape(c, [p, -1, *tail]) for c in chunks]
+        merged = grids[0] if len(grids) == 1 else tf.concat(grids, axis=1)
+        return tf.reshape(merged, [self.cfg["batch"], *tail])
+
+    # -- the math -------------------------------------------------------------------
+    def _column_masks(self, shard_ids):
+        """valid [1, S, L] bool (None when no padding)."""
+        if self.cfg["valid"] == self.cfg["num_classes"]:
+            return None
+        cols = tf.expand_dims(shard_ids, 1) * self.local_rows + tf.expand_dims(
+            tf.range(self.local_rows), 0
+        )
+        return tf.expand_dims(cols < self.cfg["valid"], 0)
+
+    def _forward_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid):
+        """Loss [c] and what the backward pass needs: exp-logits [c, S, L] and more."""
+        s, rows = self.placement.row_shards, self.local_rows
+        inv_t = self.cfg["inv_temperature"]
+        # 1/tau is folded into the [c, D] side: one pass fewer over the [c, N] logits.
+        logits = self._pin(tf.matmul(x_chunk * inv_t, w_unit, transpose_b=True))  # [c, N]
+        z = tf.reshape(logits, [-1, s, rows])  # [c, S, L]
+        if self.fixed_shift:
+            # Cosine logits are <= 1/tau, so 1/tau is a valid softmax shift: no max pass,
+            # no all-reduce, and for tau >= 0.05 every exp(z - 1/tau) >= e^-40 (no underflow).
+            shift = tf.constant(inv_t, tf.float32)
+            expo = tf.exp(z - shift)
+        else:
+            masked = z if valid is None else tf.where(valid, z, _NEG)
+            shift = tf.stop_gradient(tf.reduce_max(masked, axis=[1, 2], keepdims=True))
+            expo = tf.exp(masked - shift)  # all-reduced max above
+        if valid is not None:
+            expo = tf.where(valid, expo, 0.0)
+        denom = tf.reduce_sum(expo, axis=[1, 2], keepdims=True)  # [c, 1, 1], all-reduce
+        owner = t_chunk // rows
+        local = t_chunk - owner * rows  # [c, K']
+        own = tf.equal(tf.expand_dims(owner, 1), tf.reshape(shard_ids, [1, -1, 1]))  # [c, S, K']
+        index = tf.broadcast_to(tf.expand_dims(local, 1), tf.shape(own))
+        picked = tf.gather(z, index, batch_dims=2, axis=2)  # [c, S, K'], local
+        target_logits = tf.reduce_sum(tf.where(own, picked, 0.0), axis=1)  # [c, K'], all-reduce
+        weighted = target_logits + tf.expand_dims(self.log_label_weights, 0)
+        log_num = tf.reduce_logsumexp(weighted, axis=1)
+        loss = tf.reshape(shift + tf.math.log(denom), [-1]) - log_num
+        posterior = tf.nn.softmax(weighted, axis=1)  # q over the K' targets, [c, K']
+        return loss, (expo, 1.0 / denom, posterior, own, local)
+
+    def _label_matrix(self, posterior, own, local):
+        """Q [c, S, L] with Q[b, s, l] = sum_k q_bk [target_bk == s * L + l], no scatter."""
+        f1, f2 = self.factor1, self.factor2
+        # (expand_dims + broadcasting matmul: einsum and None-slicing crash DTensor here.)
+        weights = tf.where(own, tf.expand_dims(posterior, 1), 0.0)  # [c, S, K']
+        first = tf.transpose(tf.one_hot(local // f2, f1), [0, 2, 1])  # [c, L1, K']
+        left = tf.expand_dims(weights, 2) * tf.expand_dims(first, 1)  # [c, S, L1, K']
+        right = tf.expand_dims(tf.one_hot(local % f2, f2), 1)  # [c, 1, K', L2]
+        q = tf.matmul(left, right)  # [c, S, L1, L2]
+        q = tf.reshape(q, [-1, self.placement.row_shards, f1 * f2])
+        if f1 * f2 == self.local_rows:
+            return q
+        return tf.slice(q, [0, 0, 0], [-1, -1, self.local_rows])
+
+    def _chunk_gradient(self, parts, upstream, x_chunk, w_unit):
+        """dJ/dz = (softmax - Q) * upstream / tau, then the two local matmuls."""
+        expo, inv_denom, posterior, own, local = parts
+        scale = upstream * self.cfg["inv_temperature"]  # [c]
+        coef = inv_denom * tf.reshape(scale, [-1, 1, 1])  # [c, 1, 1]
+        label = self._label_matrix(posterior * tf.expand_dims(scale, 1), own, local)
+        grad_logits = self._pin(
+            tf.reshape(expo * coef - label, [-1, self.cfg["num_classes"]])
+        )  # [c, N]
+        grad_x = tf.matmul(grad_logits, w_unit)  # [c, D], all-reduced over shards
+        grad_w = tf.matmul(grad_logits, x_chunk, transpose_a=True)  # [N, D], row-sharded
+        return grad_x, grad_w
+
+    def __call__(self, x_unit, w_unit):
+        shard_ids = layouts.shard_index(self.placement)
+        valid = self._column_masks(shard_ids)
+        x_chunks = self._split(x_unit)
+        t_chunks = self._split(self.targets)
+        recompute = len(self.bounds) > 1
+
+        @tf.custom_gradient
+        def cosine_softmax(x_unit, w_unit):
+            losses, saved, after = [], [], []
+            x_chunks = self._split(x_unit)
+            for x_chunk, t_chunk in zip(x_chunks, t_chunks):
+                # Serialise chunks so that only one chunk's logits are alive at a time.
+                with tf.control_dependencies(after):
+                    loss, parts = self._forward_chunk(x_chunk, t_chunk, w_unit, shard_ids, valid)
+                losses.append(loss)
+                after = [loss]
+                if not recompute:
+                    saved.append(parts)
+
+            def grad(upstream):
+                grads_x, grad_w, after = [], None, []
+                for i, (x_chunk, t_chunk, g) in enumerate(
+                    zip(x_chunks, t_chunks, self._split(upstream))
+                ):
+                    with tf.control_dependencies(after):
+                        if recompute:
+                            _, parts = self._forward_chunk(
+                                x_chunk, t_chunk, w_unit, shard_ids, valid
+                            )
+                        else:
+                            parts = saved[i]
+                        g_x, g_w = self._chunk_gradient(parts, g, x_chunk, w_unit)
+                    grads_x.append(g_x)
+                    grad_w = g_w if grad_w is None else grad_w + g_w
+                    after = [grad_w]
+                return self._merge(grads_x), grad_w
+
+            return self._merge(losses), grad
+
+        del x_chunks
+        return cosine_softmax(x_unit, w_unit)

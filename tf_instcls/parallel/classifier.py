@@ -1,0 +1,164 @@
+"""InstanceClassifier: the N-way cosine classifier W [N, D], one row per training image."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.experimental import dtensor
+
+from tf_instcls.parallel import layouts
+
+LAYOUTS = ("sharded", "replicated")
+_INIT_BLOCK = 4096  # rows drawn per RNG block: W's values do not depend on the device count
+
+
+def padded_num_classes(num_classes: int, num_shards: int) -> int:
+    """Smallest multiple of ``num_shards`` >= ``num_classes`` (DTensor needs divisibility)."""
+    return int(math.ceil(num_classes / num_shards) * num_shards)
+
+
+def gaussian_rows(start: int, stop: int, dim: int, *, seed: int, stddev: float) -> np.ndarray:
+    """Rows [start, stop) of a seeded N(0, stddev^2) matrix, independent of sharding."""
+    out = np.empty((stop - start, dim), np.float32)
+    block = start // _INIT_BLOCK
+    while block * _INIT_BLOCK < stop:
+        lo = block * _INIT_BLOCK
+        rng = np.random.default_rng([seed, block])
+        values = rng.standard_normal((_INIT_BLOCK, dim), dtype=np.float32) * stddev
+        a, b = max(lo, start), min(lo + _INIT_BLOCK, stop)
+        out[a - start : b - start] = values[a - lo : b - lo]
+        block += 1
+    return out
+
+
+class InstanceClassifier(keras.layers.Layer):
+    """Cosine-softmax classifier over all N instances, W held as a DTensor DVariable.
+
+    Args:
+      num_instances: N, the number of training images (= classes).
+      dim: D, the embedding dimension (128 in the paper).
+      mesh: a 1-D ``dtensor.Mesh``; None keeps W as a plain single-device variable.
+      layout: ``"sharded"`` (DHP, the paper: rows of W split over the mesh devices) or
+        ``"replicated"`` (DDP baseline: every device holds all of W).
+      temperature: tau of the cosine softmax (0.15 in the paper).
+      chunk_size: optional row chunking of the loss (bounds logits memory).
+      init_stddev: stddev of the Gaussian initial W (the contrastive prior, when used,
+        overwrites it before training).
+      seed: RNG seed of the initial W; values do not depend on the device count.
+
+    W is padded to a multiple of the shard count with zero rows that every softmax
+    ignores; ``num_instances`` is the number of real rows.
+    """
+
+    def __init__(
+        self,
+        num_instances: int,
+        dim: int = 128,
+        *,
+        mesh: dtensor.Mesh | None = None,
+        layout: str = "sharded",
+        temperature: float = 0.15,
+        chunk_size: int | None = None,
+        init_stddev: float = 1.0,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}; got {layout!r}")
+        if num_instances < 2:
+            raise ValueError(f"num_instances must be >= 2; got {num_instances}")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1; got {dim}")
+        self.num_instances = int(num_instances)
+        self.dim = int(dim)
+        self.mesh = mesh
+        self.weight_layout = layout
+        self.temperature = float(temperature)
+        self.chunk_size = chunk_size
+        self.init_stddev = float(init_stddev)
+        self.seed = int(seed)
+        shards = mesh.size if (mesh is not None and layout == "sharded") else 1
+        self.num_shards = shards
+        self.num_padded = padded_num_classes(self.num_instances, shards)
+        self._class_weights = None
+
+    # -- weights -----------------------------------------------------------------
+    def build(self, input_shape=None):
+        if self._class_weights is not None:
+            return
+        if self.mesh is None:
+            init = self._initial_rows(0, self.num_padded)
+            self._class_weights = tf.Variable(init, name="class_weights")
+        else:
+            layout = self.variable_layout()
+            local_rows = self.num_padded // self.num_shards
+            shards = []
+            for shard_id in layouts.local_device_shard_ids(self.mesh):
+                start = shard_id * local_rows if self.num_shards > 1 else 0
+                shards.append(tf.constant(self._initial_rows(start, start + local_rows)))
+            self._class_weights = dtensor.DVariable(
+                dtensor.pack(shards, layout), name="class_weights"
+            )
+        super().build(input_shape)
+
+    def _initial_rows(self, start: int, stop: int) -> np.ndarray:
+        rows = np.zeros((stop - start, self.dim), np.float32)
+        real = min(stop, self.num_instances)
+        if real > start:
+            rows[: real - start] = gaussian_rows(
+                start, real, self.dim, seed=self.seed, stddev=self.init_stddev
+            )
+        return rows
+
+    def variable_layout(self) -> dtensor.Layout | None:
+        if self.mesh is None:
+            return None
+        if self.weight_layout == "sharded":
+            return layouts.row_sharded_layout(self.mesh)
+        return layouts.replicated_layout(self.mesh, 2)
+
+    @property
+    def class_weights(self) -> tf.Variable:
+        """W [num_padded, D]: a DVariable on the mesh (or a plain variable)."""
+        if self._class_weights is None:
+            self.build()
+        return self._class_weights
+
+    @property
+    def distributed_variables(self) -> list[tf.Variable]:
+        """W, for the optimizer (it creates W's slots with W's own layout)."""
+        return [self.class_weights]
+
+    # -- forward -----------------------------------------------------------------
+    def call(self, embeddings, instance_ids, hard_negatives=None, smoothing=0.0):
+        """Per-example loss [B] (Eq. 1, or Eq. 3 with hard negatives and smoothing)."""
+        # Imported here: losses/ uses parallel.layouts, so a module-level import cycles.
+        from tf_instcls.losses import instance_classification_loss
+
+        return instance_classification_loss(
+            embeddings,
+            instance_ids,
+            self.class_weights,
+            temperature=self.temperature,
+            hard_negatives=hard_negatives,
+            smoothing=smoothing,
+            chunk_size=self.chunk_size,
+            valid_classes=self.num_instances,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_instances=self.num_instances,
+            dim=self.dim,
+            layout=self.weight_layout,
+            temperature=self.temperature,
+            chunk_size=self.chunk_size,
+            init_stddev=self.init_stddev,
+            seed=self.seed,
+        )
+        return config

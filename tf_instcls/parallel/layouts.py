@@ -1,0 +1,182 @@
+"""Layouts on the 1-D mesh, and moving arrays onto and off it.
+
+The three layouts of the design: batch-sharded inputs, replicated parameters and
+row-sharded classifier weights W [N, D]. Helpers here also tell the loss how a
+classifier variable is laid out, so that ``losses/`` never imports DTensor itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.experimental import dtensor
+
+UNSHARDED = dtensor.UNSHARDED
+
+
+def _axis(mesh: dtensor.Mesh) -> str:
+    if len(mesh.dim_names) != 1:
+        raise ValueError(f"tf_instcls uses 1-D meshes; got axes {mesh.dim_names}")
+    return mesh.dim_names[0]
+
+
+def replicated_layout(mesh: dtensor.Mesh, rank: int) -> dtensor.Layout:
+    """Every device holds the whole tensor (backbone, head, DDP's W)."""
+    return dtensor.Layout.replicated(mesh, rank)
+
+
+def batch_layout(mesh: dtensor.Mesh, rank: int) -> dtensor.Layout:
+    """First dimension split over the mesh axis (images, ids, embeddings)."""
+    return dtensor.Layout.batch_sharded(mesh, _axis(mesh), rank)
+
+
+def row_sharded_layout(mesh: dtensor.Mesh, rank: int = 2) -> dtensor.Layout:
+    """Rows split over the mesh axis: W [N, D] in the paper's hybrid-parallel scheme."""
+    return dtensor.Layout([_axis(mesh)] + [UNSHARDED] * (rank - 1), mesh)
+
+
+def columns_sharded_layout(mesh: dtensor.Mesh, rank: int = 2) -> dtensor.Layout:
+    """Last dimension split over the mesh axis: logits [B, N] against a row-sharded W."""
+    return dtensor.Layout([UNSHARDED] * (rank - 1) + [_axis(mesh)], mesh)
+
+
+def is_dtensor_variable(value) -> bool:
+    """True for a ``dtensor.DVariable`` (works inside tf.function, unlike is_dtensor)."""
+    return isinstance(value, dtensor.DVariable)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassWeightPlacement:
+    """How W is laid out: the mesh, its axis and the number of row shards S."""
+
+    mesh: dtensor.Mesh | None
+    axis: str | None
+    row_shards: int
+
+    @property
+    def distributed(self) -> bool:
+        return self.mesh is not None
+
+    @property
+    def sharded(self) -> bool:
+        return self.row_shards > 1
+
+
+def class_weight_placement(class_weights) -> ClassWeightPlacement:
+    """Reads the placement of W from its DVariable layout (plain W: no mesh)."""
+    if not is_dtensor_variable(class_weights):
+        return ClassWeightPlacement(mesh=None, axis=None, row_shards=1)
+    layout = class_weights.layout
+    mesh = layout.mesh
+    if len(mesh.dim_names) != 1:
+        raise ValueError(f"class_weights must live on a 1-D mesh; got axes {mesh.dim_names}")
+    axis = mesh.dim_names[0]
+    specs = layout.sharding_specs
+    if len(specs) != 2:
+        raise ValueError(f"class_weights must be 2-D [N, D]; layout has rank {len(specs)}")
+    if specs[1] != UNSHARDED:
+        raise ValueError(
+            f"class_weights may be sharded by rows only; got sharding specs {specs}"
+        )
+    shards = mesh.dim_size(axis) if specs[0] == axis else 1
+    return ClassWeightPlacement(mesh=mesh, axis=axis, row_shards=shards)
+
+
+def relayout(value: tf.Tensor, layout: dtensor.Layout) -> tf.Tensor:
+    """States the layout we want at a boundary (DTensor would otherwise pick its own)."""
+    return dtensor.relayout(value, layout)
+
+
+def shard_index(placement: ClassWeightPlacement) -> tf.Tensor:
+    """Int32 [S] vector 0..S-1 laid out so that device s holds exactly element s."""
+    values = tf.range(placement.row_shards, dtype=tf.int32)
+    if not placement.sharded:
+        return values
+    return dtensor.relayout(values, dtensor.Layout([placement.axis], placement.mesh))
+
+
+def local_device_shard_ids(mesh: dtensor.Mesh) -> list[int]:
+    """Mesh coordinate (shard index) of each local device, in local device order."""
+    return [int(i) for i in mesh.local_device_ids()]
+
+
+def pack_sharded(array, layout: dtensor.Layout) -> tf.Tensor:
+    """Builds a DTensor from a host array, handing each local device only its shard.
+
+    Works in multi-client runs: each client packs the shards of its own devices, so
+    no device (and no client) receives the full array of a sharded layout.
+    """
+    array = np.asarray(array)
+    mesh = layout.mesh
+    axis = _axis(mesh)
+    size = mesh.dim_size(axis)
+    specs = layout.sharding_specs
+    if len(specs) != array.ndim:
+        raise ValueError(f"layout rank {len(specs)} != array rank {array.ndim}")
+    shards = []
+    for shard_id in local_device_shard_ids(mesh):
+        piece = array
+        for dim, spec in enumerate(specs):
+            if spec == axis:
+                if array.shape[dim] % size:
+                    raise ValueError(
+                        f"dimension {dim} of size {array.shape[dim]} is not divisible by "
+                        f"the {size} devices of mesh axis '{axis}'"
+                    )
+                step = array.shape[dim] // size
+                piece = np.take(piece, np.arange(shard_id * step, (shard_id + 1) * step), dim)
+        shards.append(tf.constant(piece))
+    return dtensor.pack(shards, layout)
+
+
+def to_numpy(value) -> np.ndarray:
+    """The global value of a (D)Tensor as a host numpy array.
+
+    Single client: sharded tensors are reassembled from their local shards. In a
+    multi-client run a sharded value is first relayouted to replicated (a collective:
+    every client must call this together).
+    """
+    if isinstance(value, tf.Variable) and not is_dtensor_variable(value):
+        return value.numpy()
+    tensor = tf.convert_to_tensor(value)
+    if not dtensor.is_dtensor(tensor):
+        return tensor.numpy()
+    layout = dtensor.fetch_layout(tensor)
+    if layout.is_fully_replicated():
+        return dtensor.unpack(tensor)[0].numpy()
+    mesh = layout.mesh
+    if mesh.num_local_devices() != mesh.size:
+        replicated = dtensor.relayout(tensor, replicated_layout(mesh, len(layout.sharding_specs)))
+        return dtensor.unpack(replicated)[0].numpy()
+    axis = _axis(mesh)
+    parts = [t.numpy() for t in dtensor.unpack(tensor)]
+    sharded_dims = [d for d, spec in enumerate(layout.sharding_specs) if spec == axis]
+    order = np.argsort(local_device_shard_ids(mesh))
+    return np.concatenate([parts[i] for i in order], axis=sharded_dims[0])
+
+
+def local_shapes(layout: dtensor.Layout, global_shape) -> tuple[int, ...]:
+    """Per-device shape of a tensor with ``global_shape`` under ``layout``."""
+    mesh = layout.mesh
+    return tuple(
+        dim if spec == UNSHARDED else dim // mesh.dim_size(spec)
+        for dim, spec in zip(global_shape, layout.sharding_specs)
+    )
+
+
+def zeros_like_variable(variable: tf.Variable, name: str) -> tf.Variable:
+    """A zero variable with ``variable``'s shape, dtype and (for DVariables) layout.
+
+    Sharded variables get sharded zeros built per device: the full tensor never
+    exists on one device (this is how W's momentum slot stays sharded like W).
+    """
+    if not is_dtensor_variable(variable):
+        return tf.Variable(tf.zeros_like(variable), trainable=False, name=name)
+    layout = variable.layout
+    local = local_shapes(layout, variable.shape)
+    shards = [
+        tf.zeros(local, dtype=variable.dtype) for _ in range(layout.mesh.num_local_devices())
+    ]
+    return dtensor.DVariable(dtensor.pack(shards, layout), trainable=False, name=name)

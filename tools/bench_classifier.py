@@ -1,0 +1,309 @@
+r"""Benchmark of one full classifier step: loss, backward, momentum-SGD update of W.
+
+For each layout (sharded = the paper's DHP, replicated = the DDP baseline) and chunk
+size, a fresh subprocess configures ``--virtual_devices`` CPU devices (or uses the real
+GPUs with --virtual_devices=0), builds W [N, D] on a 1-D DTensor mesh and times
+``--steps`` steps on random embeddings. Reported per record: median step time,
+per-device bytes held for W + its gradient + its momentum slot + one logits buffer
+(from the real per-device shapes), the process' measured peak RSS, achieved GFLOP/s
+(6 B N D flops per step) and the machine's float32 matmul peak measured in the same run.
+Also: the largest N each layout fits in --budget_gib per device (the analogue of the
+paper's Fig. 3), and the same step in plain PyTorch on one device if torch imports.
+
+  python tools/bench_classifier.py --virtual_devices=4 --num_instances=262144 \
+      --batch_size=1024 --json=bench_out/classifier_t4.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("layouts", ["sharded", "replicated"], "Layouts of W to benchmark.")
+flags.DEFINE_integer("virtual_devices", 4, "T virtual CPU devices; 0 = real local devices.")
+flags.DEFINE_integer("num_instances", 262144, "N, rows of W (instances).")
+flags.DEFINE_integer("dim", 128, "D, embedding dimension.")
+flags.DEFINE_integer("batch_size", 1024, "B, embeddings per step.")
+flags.DEFINE_list("chunk_size", ["0"], "Loss chunk sizes to try; 0 = unchunked.")
+flags.DEFINE_float("smoothing", 0.0, "alpha; > 0 also draws --num_hard random hard negatives.")
+flags.DEFINE_integer("num_hard", 100, "K hard negatives per example when smoothing > 0.")
+flags.DEFINE_integer("steps", 5, "Timed steps per configuration.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, allocation).")
+flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul used to measure peak.")
+flags.DEFINE_float("budget_gib", 16.0, "Per-device memory budget for the largest-N estimate.")
+flags.DEFINE_string("json", None, "Write the list of records to this path.")
+flags.DEFINE_bool("torch_peer", True, "Also time the step in PyTorch on one device if importable.")
+flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print a record.")
+
+_FLOAT = 4
+_LOGITS_BUFFERS = 3  # [c, N/T] float32 buffers alive at the peak of a step (logits, exp, residual)
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# -- worker side (one configuration per process) ---------------------------------------
+
+
+def _run_worker(config: dict) -> dict:
+    from tf_instcls import parallel
+
+    devices = config["devices"]
+    if config["kind"] != "peak" and devices > 0:
+        parallel.configure_virtual_devices(devices)
+    import numpy as np
+    import tensorflow as tf
+
+    if config["kind"] == "peak":
+        n = config["matmul_size"]
+        a = tf.random.normal([n, n])
+        b = tf.random.normal([n, n])
+        tf.matmul(a, b).numpy()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            tf.matmul(a, b).numpy()
+            times.append(time.perf_counter() - start)
+        return {"matmul_peak_gflops": 2 * n**3 / min(times) / 1e9}
+    if config["kind"] == "torch":
+        return _torch_step(config)
+
+    from tf_instcls.losses import instance_classification_loss
+    from tf_instcls.parallel import layouts
+    from tf_instcls.training import MomentumSGD
+
+    base_rss = _rss_bytes()
+    mesh = parallel.build_mesh(devices or None)
+    t = mesh.size
+    n, d, b = config["num_instances"], config["dim"], config["batch_size"]
+    chunk = config["chunk_size"] or None
+    clf = parallel.InstanceClassifier(
+        n, d, mesh=mesh, layout=config["layout"], chunk_size=chunk, init_stddev=0.01
+    )
+    w = clf.class_weights
+    opt = MomentumSGD(momentum=0.9, weight_decay=1e-4)
+    opt.build([w])
+    rng = np.random.default_rng(0)
+    x = parallel.pack_sharded(rng.normal(size=(b, d)).astype(np.float32),
+                              parallel.batch_layout(mesh, 2))
+    ids = parallel.pack_sharded(rng.integers(0, n, b).astype(np.int32),
+                                parallel.batch_layout(mesh, 1))
+    hard = None
+    if config["smoothing"] > 0:
+        hard = parallel.pack_sharded(
+            rng.integers(0, n, (b, config["num_hard"])).astype(np.int32),
+            parallel.batch_layout(mesh, 2),
+        )
+
+    @tf.function
+    def step(x, ids, hard):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = instance_classification_loss(
+                x, ids, w, hard_negatives=hard, smoothing=config["smoothing"],
+                chunk_size=chunk, valid_classes=n,
+            )
+            mean = tf.reduce_mean(loss)
+        grad_x, grad_w = tape.gradient(mean, [x, w])
+        opt.apply_gradients([(grad_w, w)], 0.1)
+        return mean, tf.reduce_sum(grad_x)
+
+    for _ in range(config["warmup"]):
+        step(x, ids, hard)[0].numpy()
+    times = []
+    for _ in range(config["steps"]):
+        start = time.perf_counter()
+        step(x, ids, hard)[0].numpy()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+
+    w_local = layouts.local_shapes(w.layout, w.shape)
+    slot = opt.slot_for(w)
+    assert slot.layout.sharding_specs == w.layout.sharding_specs, "slot layout != W layout"
+    rows_per_chunk = b if chunk is None else min(b, chunk)
+    if config["layout"] == "sharded":
+        logit_cols = w_local[0]
+        logit_rows = rows_per_chunk
+    else:
+        logit_cols = w_local[0]
+        logit_rows = rows_per_chunk // t if chunk is None else max(1, rows_per_chunk // t)
+        logit_rows = b // t if chunk is None else logit_rows
+    w_bytes = w_local[0] * w_local[1] * _FLOAT
+    logits_bytes = logit_rows * logit_cols * _FLOAT
+    return {
+        "layout": config["layout"],
+        "devices": t,
+        "num_instances": n,
+        "dim": d,
+        "batch_size": b,
+        "chunk_size": chunk or 0,
+        "smoothing": config["smoothing"],
+        "step_ms_median": 1000 * median,
+        "step_ms_all": [1000 * s for s in times],
+        "per_device_bytes": 3 * w_bytes + logits_bytes,
+        "per_device_bytes_parts": {
+            "W": w_bytes, "W_grad": w_bytes, "W_momentum": w_bytes, "logits": logits_bytes,
+        },
+        "peak_rss_bytes": _rss_bytes(),
+        "peak_rss_delta_bytes": _rss_bytes() - base_rss,
+        "gflops": 6 * b * n * d / median / 1e9,
+        "loss": float(step(x, ids, hard)[0].numpy()),
+    }
+
+
+def _torch_step(config: dict) -> dict:
+    import numpy as np
+    import torch
+
+    n, d, b = config["num_instances"], config["dim"], config["batch_size"]
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(n, d, generator=g) * 0.01)
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(b, d, generator=g, requires_grad=True)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, n, b))
+
+    def step():
+        opt.zero_grad()
+        z = torch.nn.functional.normalize(x) @ torch.nn.functional.normalize(w).t() / 0.15
+        loss = torch.nn.functional.cross_entropy(z, ids)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(config["warmup"]):
+        step()
+    times = []
+    for _ in range(config["steps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "layout": "torch-single-device", "devices": 1, "num_instances": n, "dim": d,
+        "batch_size": b, "chunk_size": 0, "step_ms_median": 1000 * median,
+        "gflops": 6 * b * n * d / median / 1e9, "peak_rss_bytes": _rss_bytes(),
+        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+    }
+
+
+# -- driver side -----------------------------------------------------------------------
+
+
+def _spawn(config: dict) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(config)}"],
+        env=env, capture_output=True, text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RECORD "):
+            return json.loads(line[len("RECORD "):])
+    tail = (proc.stderr or proc.stdout)[-1500:]
+    return {"error": f"worker exited {proc.returncode}", "stderr_tail": tail, **config}
+
+
+def largest_n(layout: str, devices: int, dim: int, batch: int, chunk: int, budget: float) -> int:
+    """Largest N whose per-device bytes (same model as the records) fit ``budget`` bytes.
+
+    sharded:    3 (N/T) D 4 + rows (N/T) 4 * buffers,  rows = chunk or B
+    replicated: 4 N D 4 (incl. the all-reduce buffer of W's gradient)
+                + (rows / T) N 4 * buffers
+    """
+    rows = chunk or batch
+    if layout == "sharded":
+        per_row = (3 * dim + rows * _LOGITS_BUFFERS) * _FLOAT / devices
+    else:
+        per_row = (4 * dim + max(1, rows // devices) * _LOGITS_BUFFERS) * _FLOAT
+    return int(budget // per_row)
+
+
+def _markdown(records) -> str:
+    head = ("| layout | T | N | D | B | chunk | step ms (median) | per-device MiB "
+            "(W+grad+slot+logits) | peak RSS MiB | GFLOP/s | % of matmul peak |")
+    lines = [head, "|" + "---|" * 11]
+    for r in records:
+        if "error" in r:
+            lines.append(f"| {r.get('layout')} | {r.get('devices')} | {r.get('num_instances')} "
+                         f"| | | {r.get('chunk_size')} | **{r['error']}** | | | | |")
+            continue
+        per_dev = r.get("per_device_bytes")
+        lines.append(
+            f"| {r['layout']} | {r['devices']} | {r['num_instances']} | {r['dim']} | "
+            f"{r['batch_size']} | {r['chunk_size'] or '-'} | {r['step_ms_median']:.0f} | "
+            f"{per_dev / 2**20:.1f} | " if per_dev else
+            f"| {r['layout']} | {r['devices']} | {r['num_instances']} | {r['dim']} | "
+            f"{r['batch_size']} | - | {r['step_ms_median']:.0f} | n/a | "
+        )
+        lines[-1] += (f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['gflops']:.1f} | "
+                      f"{100 * r['gflops'] / r['matmul_peak_gflops']:.0f}% |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if FLAGS.worker:
+        print("RECORD " + json.dumps(_run_worker(json.loads(FLAGS.worker))), flush=True)
+        return
+    for layout in FLAGS.layouts:
+        if layout not in ("sharded", "replicated"):
+            raise app.UsageError(f"--layouts: unknown layout {layout!r}")
+    chunks = [int(c) for c in FLAGS.chunk_size]
+    if any(c < 0 for c in chunks):
+        raise app.UsageError("--chunk_size values must be >= 0")
+    peak = _spawn({"kind": "peak", "devices": 0, "matmul_size": FLAGS.matmul_size})
+    if "error" in peak:
+        raise RuntimeError(f"matmul peak measurement failed: {peak}")
+    logging.info("float32 matmul peak: %.1f GFLOP/s", peak["matmul_peak_gflops"])
+    records = []
+    common = dict(kind="step", devices=FLAGS.virtual_devices, num_instances=FLAGS.num_instances,
+                  dim=FLAGS.dim, batch_size=FLAGS.batch_size, smoothing=FLAGS.smoothing,
+                  num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup)
+    for layout in FLAGS.layouts:
+        for chunk in chunks:
+            logging.info("running layout=%s chunk=%s ...", layout, chunk)
+            record = _spawn(dict(common, layout=layout, chunk_size=chunk))
+            record["matmul_peak_gflops"] = peak["matmul_peak_gflops"]
+            if "error" not in record:
+                record["largest_n_in_budget"] = largest_n(
+                    layout, record["devices"], FLAGS.dim, FLAGS.batch_size, chunk,
+                    FLAGS.budget_gib * 2**30,
+                )
+                record["budget_gib"] = FLAGS.budget_gib
+            records.append(record)
+            logging.info("%s", {k: v for k, v in record.items() if k != "step_ms_all"})
+    if FLAGS.torch_peer:
+        try:
+            import torch  # noqa: F401
+
+            record = _spawn(dict(common, kind="torch", layout="torch", chunk_size=0))
+            record["matmul_peak_gflops"] = peak["matmul_peak_gflops"]
+            records.append(record)
+        except ImportError:
+            logging.info("PyTorch not importable: no side-by-side peer")
+    print(_markdown(records))
+    fit = [r for r in records if "largest_n_in_budget" in r]
+    if fit:
+        print(f"\nLargest N in {FLAGS.budget_gib} GiB per device (model above, Fig. 3 analogue):")
+        for r in fit:
+            print(f"  {r['layout']:>10} T={r['devices']} chunk={r['chunk_size'] or '-'}: "
+                  f"{r['largest_n_in_budget']:,}")
+    if FLAGS.json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {FLAGS.json}")
+
+
+if __name__ == "__main__":
+    app.run(main)
