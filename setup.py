@@ -11,7 +11,7 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["tf_instcls", "tf_instcls.*"]),
+    packages=find_packages(include=["tf_instcls", "tf_instcls.*", "tools"]),
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow>=2.21,<2.22",
@@ -20,7 +20,11 @@ setup(
         "absl-py>=2.0",
         "gin-config>=0.5",
         "numpy>=1.26",
+        "scikit-learn>=1.3",  # the embedded digits dataset
+        "matplotlib>=3.7",
+        "tensorboard>=2.20",  # tf.summary needs it; TF 2.21 does not pull it in
     ],
+    entry_points={"console_scripts": ["tf-instcls-train=tools.train:run"]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],

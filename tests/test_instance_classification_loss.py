@@ -214,3 +214,19 @@ def test_unpadded_weights_not_divisible_by_shards_are_refused():
 
         cfg = dict(num_classes=13, batch=B, chunk=None, label_weights=[1.0])
         _CosineSoftmax(cfg, class_weight_placement(variable), 1, None)
+
+
+@pytest.mark.parametrize("layout", ["sharded", "replicated"])
+@pytest.mark.parametrize("temperature", [0.03, 0.5])
+def test_other_temperatures_including_the_row_max_path(layout, temperature):
+    """tau < 0.05 shifts by the all-reduced row max; larger tau uses no shift."""
+    x, ids, hard, upstream = _problem(11)
+    mesh = parallel.build_mesh(4)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout, seed=4)
+    w = parallel.to_numpy(clf.class_weights)
+    got = loss_and_grads(mesh, clf.class_weights, x, ids, hard, upstream, smoothing=0.2,
+                         temperature=temperature, chunk_size=3, valid_classes=N)
+    ref = cosine_softmax_loss(x, ids, w, temperature=temperature, hard_negatives=hard,
+                              smoothing=0.2, valid_classes=N, upstream=upstream)
+    for value, want, name in zip(got, ref, ("loss", "dL/dx", "dL/dW")):
+        assert_close(value, want, name=name)

@@ -1,5 +1,8 @@
 """Pure loss functions (no state, no gin, no flags)."""
 
-from tf_instcls.losses.instance_classification import instance_classification_loss
+from tf_instcls.losses.instance_classification import (
+    instance_classification_loss,
+    instance_classification_loss_and_accuracy,
+)
 
-__all__ = ["instance_classification_loss"]
+__all__ = ["instance_classification_loss", "instance_classification_loss_and_accuracy"]

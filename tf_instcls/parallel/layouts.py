@@ -172,6 +172,7 @@ def zeros_like_variable(variable: tf.Variable, name: str) -> tf.Variable:
     Sharded variables get sharded zeros built per device: the full tensor never
     exists on one device (this is how W's momentum slot stays sharded like W).
     """
+    variable = variable_handle(variable)
     if not is_dtensor_variable(variable):
         return tf.Variable(tf.zeros_like(variable), trainable=False, name=name)
     layout = variable.layout
@@ -180,3 +181,47 @@ def zeros_like_variable(variable: tf.Variable, name: str) -> tf.Variable:
         tf.zeros(local, dtype=variable.dtype) for _ in range(layout.mesh.num_local_devices())
     ]
     return dtensor.DVariable(dtensor.pack(shards, layout), trainable=False, name=name)
+
+
+def pack_local_batch(local_batch, layout: dtensor.Layout) -> tf.Tensor:
+    """A batch-sharded DTensor from this process' part of the global batch.
+
+    ``local_batch`` (tensor or array) holds the rows of this client's devices, in local
+    device order; it is split evenly over them. Single client: the whole batch.
+    """
+    local_batch = tf.convert_to_tensor(local_batch)
+    count = layout.mesh.num_local_devices()
+    if local_batch.shape[0] % count:
+        raise ValueError(
+            f"local batch of {local_batch.shape[0]} rows does not split over {count} devices"
+        )
+    return dtensor.pack(tf.split(local_batch, count, axis=0), layout)
+
+
+def variable_handle(variable):
+    """The tf.Variable behind a Keras 3 variable (itself for TF variables)."""
+    inner = getattr(variable, "_value", None)
+    return inner if isinstance(inner, tf.Variable) else variable
+
+
+def replicate_model_variables(model, mesh: dtensor.Mesh) -> dict:
+    """Makes every variable of a Keras 3 model a replicated DVariable on ``mesh``.
+
+    Keras 3 (3.15, TF backend) creates plain ``tf.Variable``s even under
+    ``dtensor.default_mesh``, so the backbone and head would not live on the mesh. Each
+    Keras variable keeps its object (layers, paths, trainability) and gets a DVariable
+    with the same value as its storage. Returns ``{variable path: DVariable}`` for the
+    checkpoint.
+    """
+    handles = {}
+    for variable in model.variables:
+        inner = variable_handle(variable)
+        if not is_dtensor_variable(inner):
+            value = dtensor.copy_to_mesh(
+                inner.read_value(), replicated_layout(mesh, len(inner.shape))
+            )
+            inner = dtensor.DVariable(value, trainable=inner.trainable,
+                                      name=inner.name.split(":")[0])
+            variable._value = inner
+        handles[variable.path] = inner
+    return handles

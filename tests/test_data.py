@@ -1,0 +1,156 @@
+"""Sources, stable ids, augmentation (eager == tf.data), pipelines and their resume."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_instcls import data as data_lib
+from tf_instcls.data import sources
+
+
+def _npz(tmp_path, n=40, size=12, channels=3, labels=True):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    if labels:
+        np.savez(path, x=x, y=np.arange(n) % 4)
+    else:
+        np.savez(path, x=x)
+    return str(path), x
+
+
+def test_digits_is_embedded_rgb_with_labels():
+    src = data_lib.load_source("digits")
+    assert src.num_images == 1797 and src.images.shape == (1797, 32, 32, 3)
+    assert src.images.dtype == np.uint8 and src.num_classes == 10
+
+
+def test_npz_source_keeps_array_order_as_ids(tmp_path):
+    path, x = _npz(tmp_path, channels=1)
+    src = data_lib.load_source(f"npz:{path}")
+    load = src.load_fn(None)
+    for i in (0, 7, 39):
+        np.testing.assert_array_equal(load(tf.constant(i)).numpy()[..., 0], x[i, ..., 0])
+    assert src.labels.tolist() == (np.arange(40) % 4).tolist()
+
+
+@pytest.mark.parametrize("spec,pattern", [
+    ("npz:/nonexistent.npz", "not found"),
+    ("folder:/nonexistent", "not found"),
+    ("imagenet", "unknown dataset spec"),
+    ("tfds:", "unknown dataset spec"),
+])
+def test_bad_specs_are_rejected(spec, pattern):
+    with pytest.raises((ValueError, FileNotFoundError), match=pattern):
+        data_lib.load_source(spec)
+
+
+def test_npz_with_wrong_dtype_is_rejected(tmp_path):
+    np.savez(tmp_path / "f.npz", x=np.zeros((3, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="must be uint8"):
+        data_lib.load_source(f"npz:{tmp_path / 'f.npz'}")
+
+
+def _folder(tmp_path, corrupt=False):
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(1)
+    for cls in ("cat", "dog"):
+        os.makedirs(root / cls)
+        for i in range(3):
+            img = rng.integers(0, 256, (10 + i, 14, 3), dtype=np.uint8)
+            tf.io.write_file(str(root / cls / f"{i}.png"), tf.io.encode_png(img))
+    if corrupt:
+        (root / "cat" / "1.png").write_bytes(b"not an image at all")
+    return root
+
+
+def test_folder_ids_labels_and_native_sizes(tmp_path):
+    src = data_lib.load_source(f"folder:{_folder(tmp_path)}")
+    assert src.num_images == 6 and src.class_names == ["cat", "dog"]
+    assert src.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert src.load_fn(None)(tf.constant(2)).shape == (12, 14, 3)
+
+
+def test_corrupt_image_fails_naming_the_file_or_is_skipped(tmp_path):
+    root = _folder(tmp_path, corrupt=True)
+    with pytest.raises(ValueError, match=r"corrupt or undecodable image: .*cat/1\.png"):
+        data_lib.load_source(f"folder:{root}")
+    src = data_lib.load_source(f"folder:{root}", skip_corrupt=True)
+    assert src.num_images == 5 and src.skipped == [os.path.join("cat", "1.png")]
+    assert [os.path.basename(p) for p in src.paths] == ["0.png", "2.png", "0.png", "1.png",
+                                                        "2.png"]
+
+
+def test_holdout_is_stratified_deterministic_and_disjoint(tmp_path):
+    src = data_lib.load_source("digits")
+    train, held = data_lib.split_holdout(src, 0.2, seed=3)
+    again, _ = data_lib.split_holdout(src, 0.2, seed=3)
+    assert train.num_images + held.num_images == 1797
+    np.testing.assert_array_equal(train.images, again.images)
+    counts = np.bincount(held.labels, minlength=10)
+    assert counts.min() >= 34 and counts.max() <= 38
+
+
+CONFIG = data_lib.AugmentConfig(image_size=16, blur_prob=0.5)
+
+
+def test_augmentation_is_the_same_eagerly_and_in_tf_data():
+    """big_vision's lesson: preprocessing must agree eagerly and inside tf.data."""
+    from tf_instcls.data.augment import augment_view, view_seed
+
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (20, 24, 3), np.uint8))
+    eager = [augment_view(image, view_seed(7, 2, i, v), CONFIG).numpy()
+             for i in range(3) for v in range(2)]
+    ds = tf.data.Dataset.from_tensor_slices([(i, v) for i in range(3) for v in range(2)])
+    ds = ds.map(lambda iv: augment_view(image, view_seed(7, 2, iv[0], iv[1]), CONFIG))
+    graph = [x.numpy() for x in ds]
+    for a, b in zip(eager, graph):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert eager[0].shape == (16, 16, 3)
+    assert not np.allclose(eager[0], eager[1]), "two views of an instance must differ"
+
+
+def test_bad_augment_config():
+    with pytest.raises(ValueError, match="crop_scale"):
+        data_lib.AugmentConfig(crop_scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="blur_prob"):
+        data_lib.AugmentConfig(blur_prob=1.5)
+
+
+def test_epoch_covers_every_id_once_and_resume_replays_exactly(tmp_path):
+    path, _ = _npz(tmp_path, n=40)
+    src = data_lib.load_source(f"npz:{path}")
+    full = list(data_lib.make_train_dataset(src, CONFIG, global_batch_size=8, epoch=1, seed=5))
+    ids = np.concatenate([b["ids"].numpy() for b in full])
+    assert sorted(ids.tolist()) == list(range(40))
+    resumed = list(data_lib.make_train_dataset(src, CONFIG, global_batch_size=8, epoch=1,
+                                               seed=5, start_step=3))
+    assert len(resumed) == 2
+    for a, b in zip(full[3:], resumed):
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        np.testing.assert_allclose(a["images"], b["images"])
+    other = list(data_lib.make_train_dataset(src, CONFIG, global_batch_size=8, epoch=2, seed=5))
+    assert not np.array_equal(ids, np.concatenate([b["ids"].numpy() for b in other]))
+
+
+def test_processes_split_each_global_batch_without_overlap_or_gaps(tmp_path):
+    path, _ = _npz(tmp_path, n=40)
+    src = data_lib.load_source(f"npz:{path}")
+    whole = [b["ids"].numpy() for b in
+             data_lib.make_train_dataset(src, CONFIG, global_batch_size=8, epoch=0)]
+    parts = [[b["ids"].numpy() for b in data_lib.make_train_dataset(
+        src, CONFIG, global_batch_size=8, epoch=0, process_index=p, process_count=2)]
+        for p in range(2)]
+    for step, batch in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step], parts[1][step]]), batch)
+
+
+def test_eval_dataset_pads_to_full_batches_in_id_order():
+    src = data_lib.load_source("digits").subset(np.arange(10), "ten")
+    batches = list(data_lib.make_eval_dataset(src, 32, batch_size=4))
+    ids = np.concatenate([b["ids"].numpy() for b in batches])
+    valid = np.concatenate([b["valid"].numpy() for b in batches])
+    assert ids.tolist()[:10] == list(range(10)) and valid.sum() == 10 and len(ids) == 12
+    assert sources.ImageSource  # public type

@@ -1,0 +1,89 @@
+"""tools/train.py end to end: a short run, then SIGKILL mid-epoch and an exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+TINY = [
+    "--gin_bindings=DataConfig.image_size = 16",
+    "--gin_bindings=ModelConfig.backbone_width = 8",
+    "--gin_bindings=ModelConfig.head_hidden_dim = 32",
+    "--gin_bindings=TrainConfig.deterministic = True",
+    "--gin_bindings=TrainConfig.log_steps = True",
+    "--gin_bindings=TrainConfig.checkpoint_every_steps = 5",
+    "--gin_bindings=TrainConfig.knn_k = 20",
+    "--epochs=2", "--batch_size=64", "--virtual_devices=2",
+]
+
+
+def _cmd(model_dir, extra=()):
+    return [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--model_dir={model_dir}",
+            *TINY, *extra]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _steps(model_dir):
+    path = os.path.join(model_dir, "steps.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.mark.slow
+def test_train_prints_knn_writes_metrics_and_resumes_exactly_after_sigkill(tmp_path):
+    reference = tmp_path / "reference"
+    out = subprocess.run(_cmd(reference), env=_env(), capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "kNN top-1:" in out.stdout
+    metrics = [json.loads(line) for line in open(reference / "metrics.jsonl")]
+    assert [m["epoch"] for m in metrics] == [0, 1]
+    assert {"epoch", "loss", "instance_acc", "lr", "knn_top1"} <= set(metrics[-1])
+    assert (reference / "config.gin").exists() and (reference / "operative_config.gin").exists()
+    ref_steps = {s["step"]: s["loss"] for s in _steps(reference)}
+    total = max(ref_steps)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(killed), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(s["step"] >= 13 for s in _steps(killed)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _steps(killed)
+    assert before and max(s["step"] for s in before) < total, "killed too late to test resume"
+    resumed = subprocess.run(_cmd(killed), env=_env(), capture_output=True, text=True,
+                             timeout=600, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = _steps(killed)
+    logged = [s["step"] for s in after]
+    assert len(logged) > len(set(logged)), "steps after the last checkpoint are re-run"
+    assert min(logged[len(before):]) % 5 == 1, "resume starts right after a checkpoint"
+    final = {s["step"]: s["loss"] for s in after}  # the last value logged for each step
+    assert sorted(final) == sorted(ref_steps)
+    for step, loss in ref_steps.items():
+        assert abs(final[step] - loss) <= 1e-5 * max(1.0, abs(loss)), (step, final[step], loss)
+
+
+def test_bad_flags_and_bindings_fail_before_any_work(tmp_path):
+    bad_binding = subprocess.run(
+        _cmd(tmp_path / "x", ["--gin_bindings=TrainConfig.epochz = 3"]), env=_env(),
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad_binding.returncode != 0 and "epochz" in bad_binding.stderr
+    bad_flag = subprocess.run(_cmd(tmp_path / "y", ["--batch_size=0"]), env=_env(),
+                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert bad_flag.returncode != 0 and "batch_size" in bad_flag.stderr
+    assert not (tmp_path / "y" / "checkpoints").exists()

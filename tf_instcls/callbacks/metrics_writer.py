@@ -1,0 +1,39 @@
+"""metrics.jsonl: one JSON object per epoch (and steps.jsonl per step, optionally)."""
+
+import json
+import os
+
+import keras
+
+
+class MetricsWriter(keras.callbacks.Callback):
+    """Writes ``epoch, loss, instance_acc, lr`` (+ ``knn_top1`` ...) per epoch.
+
+    Runs after the kNN monitor in the callback list, so its ``logs`` hold the kNN
+    accuracy. Only process 0 writes in multi-client runs.
+    """
+
+    def __init__(self, state, log_steps: bool = False):
+        super().__init__()
+        self.state = state
+        self.log_steps = log_steps
+
+    def _write(self, name, record):
+        from tf_instcls.parallel import is_multi_client
+
+        if is_multi_client():
+            from tensorflow.experimental import dtensor
+
+            if dtensor.client_id() != 0:
+                return
+        with open(os.path.join(self.state.model_dir, name), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.log_steps:
+            record = {k: v for k, v in (logs or {}).items() if k != "images_per_sec"}
+            self._write("steps.jsonl", dict(step=self.state.step, epoch=self.state.epoch,
+                                            **record))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write("metrics.jsonl", {k: v for k, v in (logs or {}).items()})

@@ -1,0 +1,29 @@
+"""TensorBoard scalars (loss, instance accuracy, lr, kNN accuracy) under model_dir/tb."""
+
+import os
+
+import keras
+import tensorflow as tf
+
+
+class ScalarSummaries(keras.callbacks.Callback):
+    def __init__(self, state, every_steps: int = 10):
+        super().__init__()
+        self.state = state
+        self.every_steps = every_steps
+        self.writer = tf.summary.create_file_writer(os.path.join(state.model_dir, "tb"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.state.step
+        if step % self.every_steps == 0:
+            with self.writer.as_default(step=step):
+                for key in ("loss", "instance_acc", "lr", "images_per_sec"):
+                    if key in (logs or {}):
+                        tf.summary.scalar(f"train/{key}", logs[key])
+
+    def on_epoch_end(self, epoch, logs=None):
+        with self.writer.as_default(step=self.state.step):
+            for key, value in (logs or {}).items():
+                if isinstance(value, float):
+                    tf.summary.scalar(f"epoch/{key}", value)
+        self.writer.flush()

@@ -1,0 +1,24 @@
+"""Data: sources with stable instance ids, stateless two-view augmentation, pipelines."""
+
+from tf_instcls.data.augment import AugmentConfig, augment_view, default_config, eval_view
+from tf_instcls.data.pipeline import (
+    epoch_permutation,
+    make_eval_dataset,
+    make_train_dataset,
+    steps_per_epoch,
+)
+from tf_instcls.data.sources import ImageSource, load_source, split_holdout
+
+__all__ = [
+    "AugmentConfig",
+    "ImageSource",
+    "augment_view",
+    "default_config",
+    "epoch_permutation",
+    "eval_view",
+    "load_source",
+    "make_eval_dataset",
+    "make_train_dataset",
+    "split_holdout",
+    "steps_per_epoch",
+]

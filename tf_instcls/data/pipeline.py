@@ -1,0 +1,100 @@
+"""tf.data pipelines: an epoch is a seeded permutation of instance ids, two views each.
+
+Everything is a pure function of (seed, epoch, step), so a resumed run starts exactly
+at the next batch of the interrupted epoch with the same views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_instcls.data.augment import AugmentConfig, augment_view, eval_view, view_seed
+from tf_instcls.data.sources import ImageSource
+
+
+def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
+    steps = num_images // global_batch_size
+    if steps < 1:
+        raise ValueError(
+            f"batch size {global_batch_size} is larger than the dataset ({num_images} images)"
+        )
+    return steps
+
+
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_images).astype(np.int32)
+
+
+def make_train_dataset(
+    source: ImageSource,
+    config: AugmentConfig,
+    *,
+    global_batch_size: int,
+    epoch: int,
+    start_step: int = 0,
+    seed: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_parallel_calls: int | None = None,
+) -> tf.data.Dataset:
+    """Batches ``{"images": uint8->float [b, 2, S, S, 3], "ids": int32 [b]}`` for one epoch.
+
+    ``b`` is this process' share of the global batch: process p takes rows
+    [p b, (p + 1) b) of every global batch, so processes never overlap or leave gaps.
+    The last incomplete global batch of an epoch is dropped (the permutation changes
+    every epoch, so every image is seen).
+    """
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global batch {global_batch_size} not divisible by {process_count} processes"
+        )
+    steps = steps_per_epoch(source.num_images, global_batch_size)
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    local = global_batch_size // process_count
+    perm = epoch_permutation(source.num_images, seed, epoch)[: steps * global_batch_size]
+    perm = perm.reshape(steps, global_batch_size)[start_step:]
+    ids = perm[:, process_index * local : (process_index + 1) * local].reshape(-1)
+    load = source.load_fn(None)
+
+    def two_views(instance_id):
+        image = load(instance_id)
+        views = [augment_view(image, view_seed(seed, epoch, instance_id, v), config)
+                 for v in range(2)]
+        return {"images": tf.stack(views), "ids": instance_id}
+
+    dataset = tf.data.Dataset.from_tensor_slices(ids)
+    dataset = dataset.map(two_views, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+                          deterministic=True)
+    return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def make_eval_dataset(
+    source: ImageSource,
+    image_size: int,
+    *,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """Unaugmented views of every image, in id order, padded to full batches.
+
+    Yields ``{"images", "ids", "valid"}``; ``valid`` marks the padding rows added to fill
+    the last batch (so every batch splits evenly over the mesh).
+    """
+    n = source.num_images
+    total = int(np.ceil(n / batch_size)) * batch_size
+    ids = np.arange(total, dtype=np.int32)
+    local = batch_size // process_count
+    ids = ids.reshape(-1, batch_size)[:, process_index * local : (process_index + 1) * local]
+    load = source.load_fn(image_size)
+
+    def one(index):
+        valid = index < n
+        image = load(tf.minimum(index, n - 1))
+        return {"images": eval_view(image, image_size), "ids": index, "valid": valid}
+
+    dataset = tf.data.Dataset.from_tensor_slices(ids.reshape(-1))
+    dataset = dataset.map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,45 @@
+"""Encoder = backbone + projection head (the paper's 2-layer MLP, or none: Table 2)."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from tf_instcls.models.backbones import create_backbone
+
+
+def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> keras.Model:
+    """Linear -> BN -> ReLU -> Linear, the paper's MLP head to D (128)."""
+    inputs = keras.Input([in_dim])
+    x = layers.Dense(hidden_dim, use_bias=False, name="head_fc1")(inputs)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn")(x)
+    x = layers.ReLU(name="head_relu")(x)
+    x = layers.Dense(out_dim, name="head_fc2")(x)
+    return keras.Model(inputs, x, name="projection_head")
+
+
+def build_encoder(
+    backbone: str,
+    image_size: int,
+    *,
+    embedding_dim: int = 128,
+    head_hidden_dim: int = 2048,
+    use_head: bool = True,
+    backbone_width: int | None = None,
+) -> keras.Model:
+    """Keras model ``images -> {"features": [B, F], "embedding": [B, D]}``.
+
+    Without a head (``use_head=False``) a single linear layer maps features to D, as
+    the paper's "no MLP" row (the classifier needs D-dim embeddings).
+    """
+    net = create_backbone(backbone, image_size, backbone_width)
+    features = net.output
+    in_dim = features.shape[-1]
+    if use_head:
+        head = build_projection_head(in_dim, head_hidden_dim, embedding_dim)
+    else:
+        inputs = keras.Input([in_dim])
+        head = keras.Model(inputs, layers.Dense(embedding_dim, name="head_linear")(inputs),
+                           name="linear_head")
+    embedding = head(features)
+    return keras.Model(net.input, {"features": features, "embedding": embedding}, name="encoder")

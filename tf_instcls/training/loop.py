@@ -1,0 +1,273 @@
+"""run_pretraining: the epoch loop, read top to bottom.
+
+Builds data, encoder, classifier and optimizer on the mesh, restores the latest
+checkpoint from ``model_dir`` if there is one (a rerun resumes automatically), and drives
+``keras.callbacks.CallbackList`` so ours and the user's callbacks run on the usual hooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+from tensorflow.experimental import dtensor
+
+from tf_instcls import data as data_lib
+from tf_instcls import models, parallel
+from tf_instcls.parallel import layouts
+from tf_instcls.training.optimizer import MomentumSGD
+from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
+from tf_instcls.training.step import make_train_step
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the images come from and how they are augmented."""
+
+    dataset: str = "digits"  # digits | npz:PATH | folder:PATH | tfds:NAME[:SPLIT]
+    eval_dataset: str | None = None  # labelled kNN queries; None: hold out a part
+    holdout_fraction: float = 0.15  # used when eval_dataset is None and labels exist
+    image_size: int = 32
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    blur_prob: float = 0.0
+    skip_corrupt_images: bool = False
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    backbone: str = "convnet_small"
+    backbone_width: int | None = None
+    use_head: bool = True
+    head_hidden_dim: int = 2048
+    embedding_dim: int = 128
+    temperature: float = 0.15
+    classifier_layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
+    chunk_size: int | None = None
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """The paper's optimizer: SGD m=0.9, wd=1e-4, lr 0.48 per 4096, warm-up + cosine."""
+
+    base_learning_rate: float = 0.48
+    base_batch_size: int = 4096
+    warmup_epochs: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256  # instances per step (each gives two views)
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: only at epoch ends
+    keep_checkpoints: int = 3
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    knn_every_epochs: int = 1
+    deterministic: bool = False
+    log_steps: bool = False  # write steps.jsonl (one line per step)
+    verbose: int = 1
+
+
+@dataclasses.dataclass
+class TrainState:
+    """What callbacks may read: the live objects of one run."""
+
+    model_dir: str
+    mesh: dtensor.Mesh
+    encoder: keras.Model
+    classifier: parallel.InstanceClassifier
+    optimizer: MomentumSGD
+    global_step: tf.Variable
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    train_source: data_lib.ImageSource
+    eval_source: data_lib.ImageSource | None
+    steps_per_epoch: int
+    epochs: int
+    image_size: int
+    run_info: dict
+    epoch: int = 0
+    epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
+
+    @property
+    def step(self) -> int:
+        return int(parallel.to_numpy(self.global_step))
+
+
+CONFIG_CLASSES = ("DataConfig", "ModelConfig", "OptimConfig", "TrainConfig")
+
+
+def gin_config_classes(gin):
+    """Registers the four config dataclasses with gin (once); returns the configurables.
+
+    gin stops here, at the edge: the binary calls this, the library never imports gin.
+    The returned callables (not the plain classes) read the gin bindings.
+    """
+    registered = getattr(gin_config_classes, "_done", None)
+    if registered is None:
+        registered = tuple(
+            gin.external_configurable(globals()[name], name=name) for name in CONFIG_CLASSES
+        )
+        gin_config_classes._done = registered
+    return registered
+
+
+def _sources(cfg: DataConfig, seed: int):
+    source = data_lib.load_source(cfg.dataset, skip_corrupt=cfg.skip_corrupt_images)
+    if cfg.eval_dataset:
+        return source, data_lib.load_source(cfg.eval_dataset)
+    if source.labels is not None and cfg.holdout_fraction > 0:
+        return data_lib.split_holdout(source, cfg.holdout_fraction, seed)
+    return source, None
+
+
+def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimConfig,
+                train: TrainConfig, mesh) -> TrainState:
+    """Everything of a run, restored from ``model_dir`` when a checkpoint exists."""
+    os.makedirs(model_dir, exist_ok=True)
+    if train.batch_size % mesh.size:
+        raise ValueError(f"batch_size {train.batch_size} not divisible by {mesh.size} devices")
+    train_source, eval_source = _sources(data, train.seed)
+    steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
+    run_info = {
+        "num_instances": train_source.num_images, "embedding_dim": model.embedding_dim,
+        "backbone": model.backbone, "backbone_width": model.backbone_width,
+        "use_head": model.use_head, "image_size": data.image_size,
+        "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
+        "batch_size": train.batch_size, "seed": train.seed,
+    }
+    _check_run_info(model_dir, run_info)
+    encoder = models.build_encoder(
+        model.backbone, data.image_size, embedding_dim=model.embedding_dim,
+        head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
+        backbone_width=model.backbone_width,
+    )
+    encoder_variables = layouts.replicate_model_variables(encoder, mesh)
+    classifier = parallel.InstanceClassifier(
+        train_source.num_images, model.embedding_dim, mesh=mesh,
+        layout=model.classifier_layout, temperature=model.temperature,
+        chunk_size=model.chunk_size, seed=train.seed,
+    )
+    optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
+    optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables]
+                    + classifier.distributed_variables)
+    global_step = dtensor.DVariable(
+        dtensor.copy_to_mesh(tf.constant(0, tf.int64), layouts.replicated_layout(mesh, 0)),
+        name="global_step",
+    )
+    checkpoint = tf.train.Checkpoint(
+        encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
+        global_step=global_step,
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=train.keep_checkpoints
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
+                     int(parallel.to_numpy(global_step)))
+    return TrainState(
+        model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
+        optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
+        train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
+        epochs=train.epochs, image_size=data.image_size, run_info=run_info,
+    )
+
+
+def _check_run_info(model_dir: str, run_info: dict) -> None:
+    """A model_dir belongs to one run: refuse to resume with a different N, D, data..."""
+    path = os.path.join(model_dir, "run_info.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        diff = {k: (previous.get(k), v) for k, v in run_info.items() if previous.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{model_dir} holds a run with a different configuration; differences "
+                f"(checkpoint, now): {diff}. Use a new --model_dir."
+            )
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(run_info, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim: OptimConfig,
+                    train: TrainConfig, mesh, callbacks=()) -> dict:
+    """Pretrains an encoder; returns the last epoch's logs (with ``knn_top1`` if labelled)."""
+    from tf_instcls import callbacks as cb  # callbacks read TrainState: import late
+
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    state = build_state(model_dir, data, model, optim, train, mesh)
+    peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
+                                   train.batch_size)
+    total_steps = train.epochs * state.steps_per_epoch
+    warmup_steps = int(optim.warmup_epochs * state.steps_per_epoch)
+    lr_fn = lambda step: warmup_cosine(  # noqa: E731
+        step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
+    )
+    step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn)
+    augment = data_lib.AugmentConfig(
+        image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
+    )
+    own = [cb.ProgressLogger(state, verbose=train.verbose),
+           cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps)]
+    if state.eval_source is not None and state.train_source.labels is not None:
+        own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,
+                                 every_epochs=train.knn_every_epochs))
+    own += [cb.MetricsWriter(state, log_steps=train.log_steps), cb.ScalarSummaries(state)]
+    callback_list = keras.callbacks.CallbackList(
+        own + list(callbacks), add_history=False, add_progbar=False, model=state.encoder
+    )
+    image_layout = layouts.batch_layout(mesh, 5)
+    id_layout = layouts.batch_layout(mesh, 1)
+    process_index = dtensor.client_id() if parallel.is_multi_client() else 0
+    process_count = dtensor.num_clients() if parallel.is_multi_client() else 1
+
+    start = state.step
+    logs: dict = {}
+    callback_list.on_train_begin({"step": start})
+    for epoch in range(start // state.steps_per_epoch, train.epochs):
+        state.epoch = epoch
+        first = state.step - epoch * state.steps_per_epoch
+        callback_list.on_epoch_begin(epoch)
+        dataset = data_lib.make_train_dataset(
+            state.train_source, augment, global_batch_size=train.batch_size, epoch=epoch,
+            start_step=first, seed=train.seed, process_index=process_index,
+            process_count=process_count,
+        )
+        sums = {"loss": 0.0, "instance_acc": 0.0}
+        count = 0
+        tick = time.perf_counter()
+        for batch_index, batch in enumerate(dataset, start=first):
+            callback_list.on_train_batch_begin(batch_index)
+            metrics = step_fn(
+                layouts.pack_local_batch(batch["images"], image_layout),
+                layouts.pack_local_batch(batch["ids"], id_layout),
+                state.global_step,
+            )
+            logs = {k: float(parallel.to_numpy(v)) for k, v in metrics.items()}
+            now = time.perf_counter()
+            logs["images_per_sec"] = train.batch_size / max(now - tick, 1e-9)
+            tick = now
+            for key in sums:
+                sums[key] += logs[key]
+            count += 1
+            callback_list.on_train_batch_end(batch_index, logs)
+        epoch_logs = {k: v / max(count, 1) for k, v in sums.items()}
+        epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step)
+        state.epoch_results = {}
+        callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
+        logs = {**epoch_logs, **state.epoch_results}
+    callback_list.on_train_end(logs)
+    return logs

@@ -1,0 +1,23 @@
+"""Learning-rate schedules (pure functions of the step)."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+
+def scaled_learning_rate(base_lr: float, base_batch: int, batch_size: int) -> float:
+    """Linear scaling: the paper's 0.48 at batch 4096 -> 0.48 * B / 4096."""
+    return base_lr * batch_size / base_batch
+
+
+def warmup_cosine(step, *, peak_lr: float, total_steps: int, warmup_steps: int):
+    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine decay to 0."""
+    step = tf.cast(step, tf.float32)
+    warmup = float(max(warmup_steps, 0))
+    total = float(max(total_steps, 1))
+    warm = peak_lr * (step + 1.0) / max(warmup, 1.0)
+    progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+    cosine = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
+    return tf.where(step < warmup, warm, cosine)
