@@ -145,6 +145,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "batch_size": train.batch_size, "seed": train.seed,
     }
     _check_run_info(model_dir, run_info)
+    keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
     encoder = models.build_encoder(
         model.backbone, data.image_size, embedding_dim=model.embedding_dim,
         head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
