@@ -10,9 +10,29 @@ from tf_instcls import data as data_lib
 from tf_instcls import parallel
 from tf_instcls.parallel import layouts
 
+_INFER_FNS: dict = {}
+
+
+def _inference_fn(encoder, training=False):
+    """One tf.function per encoder and BN mode, so repeated evaluations do not retrace.
+
+    ``training=True`` makes BN use batch statistics and update its running statistics
+    (the contrastive prior's pass); no other weight changes.
+    """
+    key = (id(encoder), training)
+    if key not in _INFER_FNS:
+
+        @tf.function
+        def infer(images):
+            out = encoder(images, training=training)
+            return out["features"], out["embedding"]
+
+        _INFER_FNS[key] = (encoder, infer)  # keeps the encoder alive with its id
+    return _INFER_FNS[key][1]
+
 
 def extract_features(encoder, source, image_size: int, mesh, *, batch_size: int = 256,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, training: bool = False) -> dict:
     """``{"features": [N, F], "embedding": [N, D]}`` as numpy, in id order."""
     batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
     multi = parallel.is_multi_client()
@@ -22,11 +42,7 @@ def extract_features(encoder, source, image_size: int, mesh, *, batch_size: int 
         process_count=dtensor.num_clients() if multi else 1,
     )
 
-    @tf.function
-    def infer(images):
-        out = encoder(images, training=False)
-        return out["features"], out["embedding"]
-
+    infer = _inference_fn(encoder, training)
     layout = layouts.batch_layout(mesh, 4)
     feats, embs = [], []
     total = int(np.ceil(source.num_images / batch_size))

@@ -130,6 +130,32 @@ class InstanceClassifier(keras.layers.Layer):
             self.build()
         return self._class_weights
 
+    def assign_rows(self, rows: np.ndarray) -> None:
+        """Sets W[:N] = rows (host array [N, D]); padded rows stay zero.
+
+        Each device receives only its own rows (``dtensor.pack`` of local shards): a
+        sharded W is never materialised whole on a device.
+        """
+        rows = np.asarray(rows, np.float32)
+        if rows.shape != (self.num_instances, self.dim):
+            raise ValueError(
+                f"assign_rows needs [{self.num_instances}, {self.dim}]; got {rows.shape}"
+            )
+        if self.mesh is None:
+            padded = np.zeros((self.num_padded, self.dim), np.float32)
+            padded[: self.num_instances] = rows
+            self.class_weights.assign(padded)
+            return
+        local_rows = self.num_padded // self.num_shards
+        shards = []
+        for shard_id in layouts.local_device_shard_ids(self.mesh):
+            start = shard_id * local_rows if self.num_shards > 1 else 0
+            block = np.zeros((local_rows, self.dim), np.float32)
+            real = rows[start : min(start + local_rows, self.num_instances)]
+            block[: len(real)] = real
+            shards.append(tf.constant(block))
+        self.class_weights.assign(dtensor.pack(shards, self.variable_layout()))
+
     @property
     def distributed_variables(self) -> list[tf.Variable]:
         """W, for the optimizer (it creates W's slots with W's own layout)."""

@@ -73,6 +73,7 @@ class TrainConfig:
     knn_every_epochs: int = 1
     deterministic: bool = False
     log_steps: bool = False  # write steps.jsonl (one line per step)
+    init_mode: str = "prior_running_bn"  # gaussian | prior_fixed_bn | prior_running_bn
     verbose: int = 1
 
 
@@ -142,7 +143,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "backbone": model.backbone, "backbone_width": model.backbone_width,
         "use_head": model.use_head, "image_size": data.image_size,
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
-        "batch_size": train.batch_size, "seed": train.seed,
+        "batch_size": train.batch_size, "seed": train.seed, "init_mode": train.init_mode,
     }
     _check_run_info(model_dir, run_info)
     keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
@@ -221,7 +222,10 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     augment = data_lib.AugmentConfig(
         image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
     )
-    own = [cb.ProgressLogger(state, verbose=train.verbose),
+    # The prior runs first: the kNN monitor's "at initialisation" then sees the network
+    # the training really starts from (BN statistics included).
+    own = [cb.ContrastivePrior(state, mode=train.init_mode),
+           cb.ProgressLogger(state, verbose=train.verbose),
            cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps)]
     if state.eval_source is not None and state.train_source.labels is not None:
         own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,

@@ -1,0 +1,77 @@
+"""run_pretraining in-process: user callbacks see the usual hooks; a mismatched
+model_dir is refused; BN statistics and W are on the mesh and change."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tf_instcls import parallel
+from tf_instcls.parallel import layouts
+from tf_instcls.training import loop
+
+TINY = dict(
+    data=loop.DataConfig(image_size=16),
+    model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
+    optim=loop.OptimConfig(warmup_epochs=0),
+)
+
+
+class Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def on_train_begin(self, logs=None):
+        self.events.append("train_begin")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.events.append(f"epoch_begin:{epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.events.append("batch")
+        assert {"loss", "instance_acc", "lr", "images_per_sec"} <= set(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(f"epoch_end:{epoch}")
+        assert "knn_top1" in logs  # the kNN monitor runs before user callbacks
+
+    def on_train_end(self, logs=None):
+        self.events.append("train_end")
+
+
+@pytest.mark.slow
+def test_run_pretraining_drives_user_callbacks_and_refuses_other_configs(tmp_path):
+    mesh = parallel.build_mesh(2)
+    train = loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0)
+    recorder = Recorder()
+
+    logs = loop.run_pretraining(str(tmp_path), TINY["data"], TINY["model"], TINY["optim"],
+                                train, mesh, callbacks=[recorder])
+    steps = 1527 // 256
+    assert recorder.events == (["train_begin", "epoch_begin:0"] + ["batch"] * steps
+                               + ["epoch_end:0", "train_end"])
+    assert logs["knn_top1"] > 10 and np.isfinite(logs["loss"])
+    record = json.loads(open(tmp_path / "metrics.jsonl").read().splitlines()[-1])
+    assert record["epoch"] == 0 and "knn_top1" in record
+
+    with pytest.raises(ValueError, match="different configuration.*embedding_dim"):
+        other = loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=32)
+        loop.run_pretraining(str(tmp_path), TINY["data"], other, TINY["optim"], train, mesh)
+
+
+def test_encoder_variables_become_replicated_dvariables():
+    from tensorflow.experimental import dtensor
+
+    from tf_instcls import models
+
+    mesh = parallel.build_mesh(4)
+    encoder = models.build_encoder("convnet_small", 16, embedding_dim=8, head_hidden_dim=8,
+                                   backbone_width=4)
+    handles = layouts.replicate_model_variables(encoder, mesh)
+    assert len(handles) == len(encoder.variables)
+    for variable in encoder.variables:
+        inner = layouts.variable_handle(variable)
+        assert isinstance(inner, dtensor.DVariable)
+        assert inner.layout.is_fully_replicated() and inner.layout.mesh == mesh

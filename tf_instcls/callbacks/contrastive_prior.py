@@ -1,0 +1,55 @@
+"""Contrastive-prior initialisation of W (Liu et al. 2021, Sec. 3.2 / Fig. 4).
+
+Before the first epoch, the untouched random network embeds every training image once
+(the unaugmented view) and embedding i becomes row i of W, so that the classifier
+starts from the network's own similarity structure instead of random directions.
+"""
+
+import keras
+import numpy as np
+from absl import logging
+
+from tf_instcls.eval.features import extract_features
+
+INIT_MODES = ("gaussian", "prior_fixed_bn", "prior_running_bn")
+
+
+class ContrastivePrior(keras.callbacks.Callback):
+    """Initialises W in ``on_train_begin``; skipped when resuming (W is in the checkpoint).
+
+    Modes:
+      gaussian: keep the random normal W (the paper's baseline).
+      prior_fixed_bn: BN in inference mode (its initial statistics) for the pass.
+      prior_running_bn (the paper's method): BN uses batch statistics and updates its
+        running statistics during the pass; every other weight stays fixed. The updated
+        BN statistics are kept, as in the paper.
+    """
+
+    def __init__(self, state, mode: str = "prior_running_bn", batch_size: int = 256):
+        super().__init__()
+        if mode not in INIT_MODES:
+            raise ValueError(f"init mode must be one of {INIT_MODES}; got {mode!r}")
+        self.state, self.mode, self.batch_size = state, mode, batch_size
+
+    def on_train_begin(self, logs=None):
+        if self.mode == "gaussian" or self.state.step > 0:
+            return
+        logging.info("contrastive prior (%s): embedding %d images", self.mode,
+                     self.state.train_source.num_images)
+        rows = prior_embeddings(self.state.encoder, self.state.train_source,
+                                self.state.image_size, self.state.mesh,
+                                running_bn=self.mode == "prior_running_bn",
+                                batch_size=self.batch_size)
+        self.state.classifier.assign_rows(rows)
+
+
+def prior_embeddings(encoder, source, image_size, mesh, *, running_bn: bool,
+                     batch_size: int = 256) -> np.ndarray:
+    """[N, D] head embeddings of every image (unaugmented), BN running or fixed."""
+    if not running_bn:
+        return extract_features(encoder, source, image_size, mesh, batch_size=batch_size,
+                                progress=True)["embedding"]
+    return extract_features(encoder, source, image_size, mesh, batch_size=batch_size,
+                            progress=True, training=True)["embedding"]
+
+
