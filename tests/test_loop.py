@@ -75,3 +75,20 @@ def test_encoder_variables_become_replicated_dvariables():
         inner = layouts.variable_handle(variable)
         assert isinstance(inner, dtensor.DVariable)
         assert inner.layout.is_fully_replicated() and inner.layout.mesh == mesh
+
+
+def test_batchnorm_statistics_are_over_the_global_batch():
+    """On a batch-sharded input DTensor reduces BN's moments over all devices (SyncBN)."""
+    mesh = parallel.build_mesh(4)
+    inputs = keras.Input([3])
+    bn = keras.layers.BatchNormalization(momentum=0.0, epsilon=0.0)
+    model = keras.Model(inputs, bn(inputs))
+    layouts.replicate_model_variables(model, mesh)
+    # Each device's rows have a different mean: local statistics would differ.
+    x = np.arange(24, dtype=np.float32).reshape(8, 3) ** 1.5
+    out = model(parallel.pack_sharded(x, parallel.batch_layout(mesh, 2)), training=True)
+    moving_mean = parallel.to_numpy(layouts.variable_handle(bn.moving_mean))
+    moving_var = parallel.to_numpy(layouts.variable_handle(bn.moving_variance))
+    np.testing.assert_allclose(moving_mean, x.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(moving_var, x.var(0), rtol=1e-4)
+    np.testing.assert_allclose(parallel.to_numpy(out), (x - x.mean(0)) / x.std(0), atol=1e-4)
