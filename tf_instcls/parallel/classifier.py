@@ -156,6 +156,49 @@ class InstanceClassifier(keras.layers.Layer):
             shards.append(tf.constant(block))
         self.class_weights.assign(dtensor.pack(shards, self.variable_layout()))
 
+    def build_table(self, columns: int) -> tf.Variable:
+        """An int32 [num_padded, columns] DVariable laid out like W (the hard negatives)."""
+        if self.mesh is None:
+            return tf.Variable(tf.zeros([self.num_padded, columns], tf.int32), trainable=False,
+                               name="hard_negatives")
+        local = self.num_padded // self.num_shards
+        shards = [tf.zeros([local, columns], tf.int32)
+                  for _ in range(self.mesh.num_local_devices())]
+        layout = self.variable_layout()
+        return dtensor.DVariable(dtensor.pack(shards, layout), trainable=False,
+                                 name="hard_negatives")
+
+    def assign_table(self, table_variable: tf.Variable, table: np.ndarray) -> None:
+        """Writes a host [N, columns] int table into a variable from build_table."""
+        table = np.asarray(table, np.int32)
+        columns = table_variable.shape[1]
+        if table.shape != (self.num_instances, columns):
+            raise ValueError(f"table must be [{self.num_instances}, {columns}]; got {table.shape}")
+        padded = np.zeros((self.num_padded, columns), np.int32)
+        padded[: self.num_instances] = table
+        if self.mesh is None:
+            table_variable.assign(padded)
+            return
+        table_variable.assign(layouts.pack_sharded(padded, self.variable_layout()))
+
+    def lookup_rows(self, table_variable, ids):
+        """table[ids] ([B, columns]) without gathering a sharded table (inside tf.function)."""
+        if self.num_shards == 1:
+            table = tf.convert_to_tensor(table_variable)
+            if self.mesh is not None:  # a 1-device mesh still marks dim 0 as sharded
+                table = layouts.relayout(table, layouts.replicated_layout(self.mesh, 2))
+            return tf.gather(table, ids)
+        local = self.num_padded // self.num_shards
+        placement = layouts.class_weight_placement(table_variable)
+        if self.mesh is not None:
+            ids = layouts.relayout(ids, layouts.replicated_layout(self.mesh, 1))
+        table3 = tf.reshape(table_variable, [self.num_shards, local, -1])  # [S, L, K]
+        owner = ids // local
+        rows = tf.gather(table3, ids - owner * local, axis=1)  # [S, B, K], local
+        shard_ids = layouts.shard_index(placement)
+        own = tf.equal(tf.reshape(shard_ids, [-1, 1]), tf.expand_dims(owner, 0))  # [S, B]
+        return tf.reduce_sum(tf.where(tf.expand_dims(own, 2), rows, 0), axis=0)  # all-reduce
+
     @property
     def distributed_variables(self) -> list[tf.Variable]:
         """W, for the optimizer (it creates W's slots with W's own layout)."""

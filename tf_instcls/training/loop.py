@@ -74,6 +74,9 @@ class TrainConfig:
     deterministic: bool = False
     log_steps: bool = False  # write steps.jsonl (one line per step)
     init_mode: str = "prior_running_bn"  # gaussian | prior_fixed_bn | prior_running_bn
+    num_hard_negatives: int = 100  # K of Eq. 2; 0 disables smoothing
+    smoothing: float = 0.2  # alpha of Eq. 2-3; 0 disables smoothing
+    mining_period: int = 1  # epochs between hard-negative mining (the paper: 1)
     verbose: int = 1
 
 
@@ -96,6 +99,8 @@ class TrainState:
     image_size: int
     run_info: dict
     epoch: int = 0
+    hard_table: tf.Variable | None = None  # [N, K] hard negatives, laid out like W
+    hard_table_epoch: tf.Variable | None = None  # the epoch the table was mined at
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
 
     @property
@@ -144,6 +149,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "use_head": model.use_head, "image_size": data.image_size,
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed, "init_mode": train.init_mode,
+        "num_hard_negatives": train.num_hard_negatives if train.smoothing > 0 else 0,
     }
     _check_run_info(model_dir, run_info)
     keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
@@ -165,9 +171,21 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         dtensor.copy_to_mesh(tf.constant(0, tf.int64), layouts.replicated_layout(mesh, 0)),
         name="global_step",
     )
+    hard_table = hard_table_epoch = None
+    extra = {}
+    if train.num_hard_negatives > 0 and train.smoothing > 0:
+        if train.num_hard_negatives >= train_source.num_images:
+            raise ValueError(f"num_hard_negatives {train.num_hard_negatives} must be < N = "
+                             f"{train_source.num_images}")
+        hard_table = classifier.build_table(train.num_hard_negatives)
+        hard_table_epoch = dtensor.DVariable(
+            dtensor.copy_to_mesh(tf.constant(-1, tf.int64), layouts.replicated_layout(mesh, 0)),
+            name="hard_table_epoch",
+        )
+        extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
-        global_step=global_step,
+        global_step=global_step, **extra,
     )
     manager = tf.train.CheckpointManager(
         checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=train.keep_checkpoints
@@ -181,6 +199,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
+        hard_table=hard_table, hard_table_epoch=hard_table_epoch,
     )
 
 
@@ -218,7 +237,8 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     lr_fn = lambda step: warmup_cosine(  # noqa: E731
         step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
     )
-    step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn)
+    step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
+                              smoothing=train.smoothing, hard_table=state.hard_table)
     augment = data_lib.AugmentConfig(
         image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
     )
@@ -226,6 +246,8 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     # the training really starts from (BN statistics included).
     own = [cb.ContrastivePrior(state, mode=train.init_mode),
            cb.ProgressLogger(state, verbose=train.verbose),
+           *([cb.HardNegativeMiner(state, period=train.mining_period)]
+             if state.hard_table is not None else []),
            cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps)]
     if state.eval_source is not None and state.train_source.labels is not None:
         own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,

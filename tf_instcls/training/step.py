@@ -13,12 +13,14 @@ from tf_instcls.losses import instance_classification_loss_and_accuracy
 from tf_instcls.parallel import layouts
 
 
-def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0):
-    """Returns ``step(images, ids, global_step, hard_negatives=None) -> metrics``.
+def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
+                    hard_table=None):
+    """Returns ``step(images, ids, global_step) -> metrics``.
 
     images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
-    batch-sharded on the mesh. hard_negatives: [b, K] int32 (for Eq. 3) or None.
-    The two views of an instance are classified against its one shared id.
+    batch-sharded on the mesh. With ``hard_table`` (the miner's [N, K] table, laid out
+    like W) and ``smoothing`` > 0 the loss is Eq. 3, else Eq. 1. The two views of an
+    instance are classified against its one shared id.
     """
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
@@ -42,7 +44,10 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         return tf.reduce_mean(loss), tf.reduce_mean(tf.cast(hit, tf.float32))
 
     @tf.function
-    def step(images, ids, global_step, hard_negatives=None):
+    def step(images, ids, global_step):
+        hard_negatives = None
+        if hard_table is not None and smoothing > 0:
+            hard_negatives = classifier.lookup_rows(hard_table, ids)  # [b, K]
         with tf.GradientTape() as tape:
             loss, accuracy = forward(images, ids, hard_negatives)
         grads = tape.gradient(loss, handles)

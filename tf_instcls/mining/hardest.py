@@ -1,0 +1,100 @@
+"""Hardest negative classes (Liu et al. 2021, Eq. 2): for each row i of W, the k other
+rows most cosine-similar to it, most similar first, ties to the lower index. Exact.
+
+Memory is bounded by query blocks: a block of ``block_size`` rows is compared with all
+of W at a time, never an N x N matrix. On a row-sharded W every device compares the
+block with its own rows only ([bs, N/S] similarities) and keeps its local top k; only
+those S * k candidates per query row are gathered for the final top k. W is never
+all-gathered: the query rows themselves are fetched with a local gather plus a masked
+all-reduce of [bs, D].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tf_instcls import parallel
+from tf_instcls.parallel import layouts
+
+
+def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
+                      valid_rows: int | None = None) -> np.ndarray:
+    """int32 [N, k] table of the k hardest negatives of every row of W.
+
+    Args:
+      class_weights: W [N, D]: a tensor / variable, or a ``dtensor.DVariable``
+        (row-sharded or replicated) on a 1-D mesh.
+      k: negatives per row, 1 <= k < N.
+      block_size: query rows per block (default 1024); bounds memory to about
+        block_size x N / S similarities per device.
+      valid_rows: rows at or beyond this index are padding: never returned, never
+        queried (default: all N rows). The table then has ``valid_rows`` rows.
+    """
+    shape = tf.TensorShape(class_weights.shape)
+    if shape.rank != 2:
+        raise ValueError(f"class_weights must be 2-D [N, D]; got shape {shape}")
+    total, _ = shape
+    n = total if valid_rows is None else int(valid_rows)
+    if not 1 <= n <= total:
+        raise ValueError(f"valid_rows must be in [1, {total}]; got {valid_rows}")
+    if not isinstance(k, (int, np.integer)) or not 1 <= k < n:
+        raise ValueError(f"k must be an int in [1, N) = [1, {n}); got {k!r}")
+    block = 1024 if block_size is None else int(block_size)
+    if block < 1:
+        raise ValueError(f"block_size must be >= 1; got {block_size}")
+    placement = layouts.class_weight_placement(class_weights)
+    shards = placement.row_shards
+    local_rows = total // shards
+    block_fn = _make_block_fn(class_weights, placement, total, n, k, local_rows)
+    out = np.empty((n, k), np.int32)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        ids = np.arange(start, stop, dtype=np.int32)
+        ids = np.pad(ids, (0, block - len(ids)), constant_values=start)  # static shapes
+        if placement.distributed:
+            ids_t = parallel.pack_sharded(ids, layouts.replicated_layout(placement.mesh, 1))
+        else:
+            ids_t = tf.constant(ids)
+        out[start:stop] = parallel.to_numpy(block_fn(ids_t))[: stop - start]
+    return out
+
+
+def _make_block_fn(class_weights, placement, total, n, k, local_rows):
+    shards = placement.row_shards
+    take = min(k, local_rows)  # each shard can offer at most all of its rows
+
+    @tf.function
+    def block_fn(query_ids):  # [bs] int32, replicated
+        w = tf.convert_to_tensor(class_weights)
+        square = tf.reduce_sum(tf.square(w), axis=1, keepdims=True)
+        unit = w * tf.math.rsqrt(tf.maximum(square, 1e-12))  # [N, D]
+        shard_ids = layouts.shard_index(placement)  # [S]
+        # Fetch the query rows without gathering W: local gather + masked all-reduce.
+        unit3 = tf.reshape(unit, [shards, local_rows, -1])  # [S, L, D]
+        owner = query_ids // local_rows
+        rows = tf.gather(unit3, query_ids - owner * local_rows, axis=1)  # [S, bs, D]
+        own = tf.equal(tf.reshape(shard_ids, [-1, 1]), tf.expand_dims(owner, 0))  # [S, bs]
+        queries = tf.reduce_sum(tf.where(tf.expand_dims(own, 2), rows, 0.0), axis=0)
+        sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, N]
+        if placement.sharded:
+            sims = layouts.relayout(sims, layouts.columns_sharded_layout(placement.mesh, 2))
+        sims = tf.reshape(sims, [-1, shards, local_rows])  # [bs, S, L], local
+        columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
+                   + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L] global ids
+        excluded = tf.equal(columns, tf.reshape(query_ids, [-1, 1, 1])) | (columns >= n)
+        sims = tf.where(excluded, -np.inf, sims)
+        values, local_index = tf.math.top_k(sims, k=take)  # [bs, S, take], lower index first
+        global_index = local_index + tf.reshape(shard_ids, [1, -1, 1]) * local_rows
+        if placement.distributed:
+            rep = layouts.replicated_layout(placement.mesh, 3)
+            values = layouts.relayout(values, rep)  # the S * take candidates: small
+            global_index = layouts.relayout(global_index, rep)
+        # Candidates are ordered by shard, then by local rank: among equal values the
+        # lower global index comes first, and top_k keeps that order.
+        values = tf.reshape(values, [-1, shards * take])
+        global_index = tf.reshape(global_index, [-1, shards * take])
+        _, best = tf.math.top_k(values, k=k)
+        return tf.gather(global_index, best, batch_dims=1)  # [bs, k]
+
+    return block_fn
