@@ -1,5 +1,7 @@
 """Per-epoch hardest-class mining for the smoothed loss (Eq. 2-3)."""
 
+import time
+
 import keras
 from absl import logging
 
@@ -28,10 +30,14 @@ class HardNegativeMiner(keras.callbacks.Callback):
         if not due:
             return
         clf = state.classifier
+        start = time.perf_counter()
         table = hardest_negatives(clf.class_weights, state.hard_table.shape[1],
                                   block_size=self.block_size, valid_rows=clf.num_instances)
         clf.assign_table(state.hard_table, table)
         state.hard_table_epoch.assign(
             parallel.pack_sharded(epoch, parallel.replicated_layout(clf.mesh, 0))
         )
-        logging.info("mined %d hard negatives per instance (epoch %d)", table.shape[1], epoch)
+        seconds = time.perf_counter() - start
+        state.epoch_results["mining_seconds"] = seconds
+        logging.info("mined %d hard negatives per instance (epoch %d) in %.2f s",
+                     table.shape[1], epoch, seconds)

@@ -26,8 +26,8 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
       class_weights: W [N, D]: a tensor / variable, or a ``dtensor.DVariable``
         (row-sharded or replicated) on a 1-D mesh.
       k: negatives per row, 1 <= k < N.
-      block_size: query rows per block (default 1024); bounds memory to about
-        block_size x N / S similarities per device.
+      block_size: query rows per block; bounds memory to about block_size x N / S
+        similarities per device. Default: up to 4096, at most ~2 GiB per device.
       valid_rows: rows at or beyond this index are padding: never returned, never
         queried (default: all N rows). The table then has ``valid_rows`` rows.
     """
@@ -40,13 +40,18 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
         raise ValueError(f"valid_rows must be in [1, {total}]; got {valid_rows}")
     if not isinstance(k, (int, np.integer)) or not 1 <= k < n:
         raise ValueError(f"k must be an int in [1, N) = [1, {n}); got {k!r}")
-    block = 1024 if block_size is None else int(block_size)
+    placement = layouts.class_weight_placement(class_weights)
+    local_rows = total // placement.row_shards
+    if block_size is None:
+        # Up to 4096 query rows (large blocks keep the matmul efficient), capped so the
+        # [block, N / S] similarities take at most ~2 GiB per device.
+        block = int(min(4096, max(256, (2 << 30) // (4 * local_rows))))
+    else:
+        block = int(block_size)
     if block < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}")
-    placement = layouts.class_weight_placement(class_weights)
-    shards = placement.row_shards
-    local_rows = total // shards
-    block_fn = _make_block_fn(class_weights, placement, total, n, k, local_rows)
+    unit = _normalize(class_weights)  # once, not per block (same layout as W)
+    block_fn = _make_block_fn(placement, total, n, k, local_rows)
     out = np.empty((n, k), np.int32)
     for start in range(0, n, block):
         stop = min(start + block, n)
@@ -56,19 +61,26 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
             ids_t = parallel.pack_sharded(ids, layouts.replicated_layout(placement.mesh, 1))
         else:
             ids_t = tf.constant(ids)
-        out[start:stop] = parallel.to_numpy(block_fn(ids_t))[: stop - start]
+        out[start:stop] = parallel.to_numpy(block_fn(unit, ids_t))[: stop - start]
     return out
 
 
-def _make_block_fn(class_weights, placement, total, n, k, local_rows):
+@tf.function
+def _normalize(class_weights):
+    w = tf.convert_to_tensor(class_weights)
+    square = tf.reduce_sum(tf.square(w), axis=1, keepdims=True)
+    return w * tf.math.rsqrt(tf.maximum(square, 1e-12))  # [N, D]
+
+
+def _make_block_fn(placement, total, n, k, local_rows):
     shards = placement.row_shards
-    take = min(k, local_rows)  # each shard can offer at most all of its rows
+    # k + 1 per shard: the row itself is among them (cosine 1) and is dropped at the end;
+    # this avoids a broadcast mask over [bs, N], a slow pass on CPU.
+    take = min(k + 1, local_rows)
+    padded = n < total
 
     @tf.function
-    def block_fn(query_ids):  # [bs] int32, replicated
-        w = tf.convert_to_tensor(class_weights)
-        square = tf.reduce_sum(tf.square(w), axis=1, keepdims=True)
-        unit = w * tf.math.rsqrt(tf.maximum(square, 1e-12))  # [N, D]
+    def block_fn(unit, query_ids):  # unit W [N, D]; [bs] int32, replicated
         shard_ids = layouts.shard_index(placement)  # [S]
         # Fetch the query rows without gathering W: local gather + masked all-reduce.
         unit3 = tf.reshape(unit, [shards, local_rows, -1])  # [S, L, D]
@@ -80,10 +92,10 @@ def _make_block_fn(class_weights, placement, total, n, k, local_rows):
         if placement.sharded:
             sims = layouts.relayout(sims, layouts.columns_sharded_layout(placement.mesh, 2))
         sims = tf.reshape(sims, [-1, shards, local_rows])  # [bs, S, L], local
-        columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
-                   + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L] global ids
-        excluded = tf.equal(columns, tf.reshape(query_ids, [-1, 1, 1])) | (columns >= n)
-        sims = tf.where(excluded, -np.inf, sims)
+        if padded:  # padding rows (zero vectors, cosine 0) must never be chosen
+            columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
+                       + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L]
+            sims = tf.where(columns >= n, -np.inf, sims)
         values, local_index = tf.math.top_k(sims, k=take)  # [bs, S, take], lower index first
         global_index = local_index + tf.reshape(shard_ids, [1, -1, 1]) * local_rows
         if placement.distributed:
@@ -94,7 +106,14 @@ def _make_block_fn(class_weights, placement, total, n, k, local_rows):
         # lower global index comes first, and top_k keeps that order.
         values = tf.reshape(values, [-1, shards * take])
         global_index = tf.reshape(global_index, [-1, shards * take])
-        _, best = tf.math.top_k(values, k=k)
-        return tf.gather(global_index, best, batch_dims=1)  # [bs, k]
+        _, best = tf.math.top_k(values, k=k + 1)
+        found = tf.gather(global_index, best, batch_dims=1)  # [bs, k + 1]
+        # Drop the row itself (wherever its ties put it); else drop the (k+1)-th entry.
+        is_self = tf.equal(found, tf.expand_dims(query_ids, 1))
+        drop = tf.where(tf.reduce_any(is_self, axis=1),
+                        tf.argmax(tf.cast(is_self, tf.int32), axis=1, output_type=tf.int32), k)
+        positions = tf.expand_dims(tf.range(k), 0)  # [1, k]; static shapes for DTensor
+        positions += tf.cast(positions >= tf.expand_dims(drop, 1), tf.int32)
+        return tf.gather(found, positions, batch_dims=1)  # [bs, k]
 
     return block_fn

@@ -266,6 +266,8 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     callback_list.on_train_begin({"step": start})
     for epoch in range(start // state.steps_per_epoch, train.epochs):
         state.epoch = epoch
+        state.epoch_results = {}  # callbacks add results for this epoch here
+        epoch_start = time.perf_counter()
         first = state.step - epoch * state.steps_per_epoch
         callback_list.on_epoch_begin(epoch)
         dataset = data_lib.make_train_dataset(
@@ -292,8 +294,9 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
             count += 1
             callback_list.on_train_batch_end(batch_index, logs)
         epoch_logs = {k: v / max(count, 1) for k, v in sums.items()}
-        epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step)
-        state.epoch_results = {}
+        epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step,
+                          train_seconds=time.perf_counter() - epoch_start,
+                          **state.epoch_results)  # e.g. mining_seconds
         callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
         logs = {**epoch_logs, **state.epoch_results}
     callback_list.on_train_end(logs)
