@@ -27,6 +27,7 @@ setup(
     entry_points={"console_scripts": ["tf-instcls-train=tools.train:run"]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
+        "bench": ["faiss-cpu>=1.8"],  # tools/bench_mining.py compares against faiss
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
 )
