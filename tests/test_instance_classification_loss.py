@@ -230,3 +230,28 @@ def test_other_temperatures_including_the_row_max_path(layout, temperature):
                               smoothing=0.2, valid_classes=N, upstream=upstream)
     for value, want, name in zip(got, ref, ("loss", "dL/dx", "dL/dW")):
         assert_close(value, want, name=name)
+
+
+@pytest.mark.parametrize("temperature", [0.03, 0.15])
+@pytest.mark.parametrize("layout", ["sharded", "replicated"])
+def test_accuracy_is_argmax_over_valid_classes(layout, temperature):
+    from tf_instcls.losses import instance_classification_loss_and_accuracy
+
+    mesh = parallel.build_mesh(4)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout, seed=8)
+    w = parallel.to_numpy(clf.class_weights)[:N]
+    x = np.random.default_rng(12).normal(size=(B, D)).astype(np.float32)
+    cos = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (
+        w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    ids = np.argmax(cos, axis=1).astype(np.int32)
+    ids[::2] = (ids[::2] + 1) % N  # half the rows: not the argmax
+    xd = parallel.pack_sharded(x, parallel.batch_layout(mesh, 2))
+    idd = parallel.pack_sharded(ids, parallel.batch_layout(mesh, 1))
+
+    @tf.function
+    def run(xd, idd):
+        return instance_classification_loss_and_accuracy(
+            xd, idd, clf.class_weights, temperature=temperature, valid_classes=N)
+
+    _, hit = run(xd, idd)
+    np.testing.assert_array_equal(parallel.to_numpy(hit), ids == np.argmax(cos, axis=1))

@@ -46,10 +46,7 @@ class ContrastivePrior(keras.callbacks.Callback):
 def prior_embeddings(encoder, source, image_size, mesh, *, running_bn: bool,
                      batch_size: int = 256) -> np.ndarray:
     """[N, D] head embeddings of every image (unaugmented), BN running or fixed."""
-    if not running_bn:
-        return extract_features(encoder, source, image_size, mesh, batch_size=batch_size,
-                                progress=True)["embedding"]
     return extract_features(encoder, source, image_size, mesh, batch_size=batch_size,
-                            progress=True, training=True)["embedding"]
+                            progress=True, training=running_bn)["embedding"]
 
 

@@ -17,7 +17,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
     started with, so the resumed steps see the same hard negatives.
     """
 
-    def __init__(self, state, period: int = 1, block_size: int = 1024):
+    def __init__(self, state, period: int = 1, block_size: int | None = None):
         super().__init__()
         if period < 1:
             raise ValueError(f"mining period must be >= 1; got {period}")

@@ -5,6 +5,8 @@ import os
 
 import keras
 
+from tf_instcls import parallel
+
 
 class MetricsWriter(keras.callbacks.Callback):
     """Writes ``epoch, loss, instance_acc, lr`` (+ ``knn_top1`` ...) per epoch.
@@ -19,13 +21,8 @@ class MetricsWriter(keras.callbacks.Callback):
         self.log_steps = log_steps
 
     def _write(self, name, record):
-        from tf_instcls.parallel import is_multi_client
-
-        if is_multi_client():
-            from tensorflow.experimental import dtensor
-
-            if dtensor.client_id() != 0:
-                return
+        if parallel.process_index() != 0:
+            return
         with open(os.path.join(self.state.model_dir, name), "a") as f:
             f.write(json.dumps(record) + "\n")
 

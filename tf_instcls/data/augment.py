@@ -72,16 +72,13 @@ def _uniform(seed, lo=0.0, hi=1.0):
 
 def random_resized_crop(image, seed, config: AugmentConfig):
     """Inception-style crop of random area and aspect ratio, resized to image_size."""
-    shape = tf.shape(image)
-    height, width = shape[0], shape[1]
     lo, hi = config.crop_ratio
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
         min_object_covered=0.0, aspect_ratio_range=(lo, hi),
         area_range=config.crop_scale, max_attempts=100, use_image_if_no_bounding_boxes=True,
     )
     crop = tf.slice(image, begin, size)
-    del height, width
     return tf.image.resize(crop, [config.image_size, config.image_size], antialias=True)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.experimental import dtensor
 
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
@@ -31,26 +30,38 @@ def _inference_fn(encoder, training=False):
     return _INFER_FNS[key][1]
 
 
-def extract_features(encoder, source, image_size: int, mesh, *, batch_size: int = 256,
-                     progress: bool = False, training: bool = False) -> dict:
-    """``{"features": [N, F], "embedding": [N, D]}`` as numpy, in id order."""
-    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
-    multi = parallel.is_multi_client()
-    dataset = data_lib.make_eval_dataset(
-        source, image_size, batch_size=batch_size,
-        process_index=dtensor.client_id() if multi else 0,
-        process_count=dtensor.num_clients() if multi else 1,
-    )
+def mesh_batch_size(batch_size: int, mesh) -> int:
+    """``batch_size`` rounded down to a multiple of the mesh size (at least one row each)."""
+    return max(mesh.size, batch_size - batch_size % mesh.size)
 
+
+def run_encoder(encoder, batches, mesh, *, training: bool = False, total: int | None = None,
+                progress: bool = False) -> dict:
+    """Encoder outputs for an iterable of image batches (each split over the mesh).
+
+    Returns ``{"features", "embedding"}`` as numpy, the batches concatenated in order.
+    """
     infer = _inference_fn(encoder, training)
     layout = layouts.batch_layout(mesh, 4)
     feats, embs = [], []
-    total = int(np.ceil(source.num_images / batch_size))
     bar = tf.keras.utils.Progbar(total, verbose=1 if progress else 0, unit_name="batch")
-    for batch in dataset:
-        f, e = infer(layouts.pack_local_batch(batch["images"], layout))
+    for images in batches:
+        f, e = infer(layouts.pack_local_batch(images, layout))
         feats.append(parallel.to_numpy(f))
         embs.append(parallel.to_numpy(e))
         bar.add(1)
-    n = source.num_images
-    return {"features": np.concatenate(feats)[:n], "embedding": np.concatenate(embs)[:n]}
+    return {"features": np.concatenate(feats), "embedding": np.concatenate(embs)}
+
+
+def extract_features(encoder, source, image_size: int, mesh, *, batch_size: int = 256,
+                     progress: bool = False, training: bool = False) -> dict:
+    """``{"features": [N, F], "embedding": [N, D]}`` as numpy, in id order (eval view)."""
+    batch_size = mesh_batch_size(batch_size, mesh)
+    dataset = data_lib.make_eval_dataset(
+        source, image_size, batch_size=batch_size,
+        process_index=parallel.process_index(), process_count=parallel.process_count(),
+    )
+    total = int(np.ceil(source.num_images / batch_size))
+    out = run_encoder(encoder, (batch["images"] for batch in dataset), mesh,
+                      training=training, total=total, progress=progress)
+    return {key: value[: source.num_images] for key, value in out.items()}

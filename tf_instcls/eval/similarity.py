@@ -17,32 +17,25 @@ import tensorflow as tf
 from tf_instcls import models, parallel
 from tf_instcls.callbacks.contrastive_prior import INIT_MODES, prior_embeddings
 from tf_instcls.data.augment import AugmentConfig, augment_view, view_seed
+from tf_instcls.eval.features import mesh_batch_size, run_encoder
 from tf_instcls.parallel import layouts
 
 
 def augmented_embeddings(encoder, source, config: AugmentConfig, mesh, *, seed: int,
                          running_bn: bool, batch_size: int = 256) -> np.ndarray:
     """[N, D] embeddings of one augmented view per instance (BN running or fixed)."""
-    batch_size = max(mesh.size, batch_size - batch_size % mesh.size)
+    batch_size = mesh_batch_size(batch_size, mesh)
     n = source.num_images
-    total = int(np.ceil(n / batch_size)) * batch_size
+    total = int(np.ceil(n / batch_size)) * batch_size  # padded: every batch splits evenly
     load = source.load_fn(None)
 
     def one(index):
-        index = tf.minimum(index, n - 1)
+        index = tf.minimum(tf.cast(index, tf.int32), n - 1)
         return augment_view(load(index), view_seed(seed, 0, index, 0), config)
 
-    ds = tf.data.Dataset.range(total).map(lambda i: one(tf.cast(i, tf.int32)),
-                                          num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size)
-
-    @tf.function
-    def infer(images):
-        return encoder(images, training=running_bn)["embedding"]
-
-    out = [parallel.to_numpy(infer(layouts.pack_local_batch(b, layouts.batch_layout(mesh, 4))))
-           for b in ds]
-    return np.concatenate(out)[:n]
+    batches = tf.data.Dataset.range(total).map(one, num_parallel_calls=tf.data.AUTOTUNE)
+    out = run_encoder(encoder, batches.batch(batch_size), mesh, training=running_bn)
+    return out["embedding"][:n]
 
 
 def intra_inter(x: np.ndarray, w: np.ndarray) -> dict:

@@ -251,7 +251,6 @@ class _CosineSoftmax:
         self.fixed_shift = cfg["inv_temperature"] <= 20.0
         self.num_padding = cfg["num_classes"] - cfg["valid"]
         self.log_label_weights = tf.constant(np.log(cfg["label_weights"]), tf.float32)
-        self.label_weights = tf.constant(cfg["label_weights"], tf.float32)
 
     # -- layout helpers -------------------------------------------------------------
     def _pin(self, value):
@@ -334,8 +333,11 @@ class _CosineSoftmax:
         loss = tf.reshape(shift + tf.math.log(denom), [-1]) - log_num
         posterior = tf.nn.softmax(weighted, axis=1)  # q over the K' targets, [c, K']
         if self.with_accuracy:
-            masked = z if valid is None else tf.where(valid, z, _NEG)
-            best = tf.reduce_max(masked, axis=[1, 2])  # [c], all-reduce
+            if self.fixed_shift:  # no row max was needed for the softmax: take it now
+                masked = z if valid is None else tf.where(valid, z, _NEG)
+                best = tf.reduce_max(masked, axis=[1, 2])  # [c], all-reduce
+            else:  # the shift already is the (masked, all-reduced) row max
+                best = tf.reshape(shift, [-1])
             # float, not bool: custom_gradient outputs must be differentiable dtypes.
             loss = (loss, tf.cast(target_logits[:, 0] >= best, tf.float32))
         return loss, (expo, 1.0 / denom, posterior, own, local)
@@ -378,7 +380,6 @@ class _CosineSoftmax:
         if self.fixed_shift and valid is not None:
             # Zero the padded rows of W (a cheap [N, 1] op) instead of masking [c, N].
             row_mask = tf.cast(tf.reshape(valid, [-1, 1]), tf.float32)  # [N, 1]
-        x_chunks = self._split(x_unit)
         t_chunks = self._split(self.targets)
         recompute = len(self.bounds) > 1
 
@@ -423,5 +424,4 @@ class _CosineSoftmax:
                 return (self._merge(losses), self._merge(hits)), grad
             return self._merge(losses), grad
 
-        del x_chunks
         return cosine_softmax(x_unit, w_unit)

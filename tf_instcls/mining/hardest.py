@@ -82,12 +82,7 @@ def _make_block_fn(placement, total, n, k, local_rows):
     @tf.function
     def block_fn(unit, query_ids):  # unit W [N, D]; [bs] int32, replicated
         shard_ids = layouts.shard_index(placement)  # [S]
-        # Fetch the query rows without gathering W: local gather + masked all-reduce.
-        unit3 = tf.reshape(unit, [shards, local_rows, -1])  # [S, L, D]
-        owner = query_ids // local_rows
-        rows = tf.gather(unit3, query_ids - owner * local_rows, axis=1)  # [S, bs, D]
-        own = tf.equal(tf.reshape(shard_ids, [-1, 1]), tf.expand_dims(owner, 0))  # [S, bs]
-        queries = tf.reduce_sum(tf.where(tf.expand_dims(own, 2), rows, 0.0), axis=0)
+        queries = layouts.gather_rows(unit, query_ids, placement)  # [bs, D], W not gathered
         sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, N]
         if placement.sharded:
             sims = layouts.relayout(sims, layouts.columns_sharded_layout(placement.mesh, 2))

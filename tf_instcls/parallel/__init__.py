@@ -17,6 +17,8 @@ from tf_instcls.parallel.mesh import (
     configure_virtual_devices,
     initialize_multi_client,
     is_multi_client,
+    process_count,
+    process_index,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "is_multi_client",
     "pack_sharded",
     "padded_num_classes",
+    "process_count",
+    "process_index",
     "replicated_layout",
     "row_sharded_layout",
     "to_numpy",

@@ -136,25 +136,7 @@ class InstanceClassifier(keras.layers.Layer):
         Each device receives only its own rows (``dtensor.pack`` of local shards): a
         sharded W is never materialised whole on a device.
         """
-        rows = np.asarray(rows, np.float32)
-        if rows.shape != (self.num_instances, self.dim):
-            raise ValueError(
-                f"assign_rows needs [{self.num_instances}, {self.dim}]; got {rows.shape}"
-            )
-        if self.mesh is None:
-            padded = np.zeros((self.num_padded, self.dim), np.float32)
-            padded[: self.num_instances] = rows
-            self.class_weights.assign(padded)
-            return
-        local_rows = self.num_padded // self.num_shards
-        shards = []
-        for shard_id in layouts.local_device_shard_ids(self.mesh):
-            start = shard_id * local_rows if self.num_shards > 1 else 0
-            block = np.zeros((local_rows, self.dim), np.float32)
-            real = rows[start : min(start + local_rows, self.num_instances)]
-            block[: len(real)] = real
-            shards.append(tf.constant(block))
-        self.class_weights.assign(dtensor.pack(shards, self.variable_layout()))
+        self._assign_padded(self.class_weights, rows, np.float32, "assign_rows")
 
     def build_table(self, columns: int) -> tf.Variable:
         """An int32 [num_padded, columns] DVariable laid out like W (the hard negatives)."""
@@ -170,34 +152,25 @@ class InstanceClassifier(keras.layers.Layer):
 
     def assign_table(self, table_variable: tf.Variable, table: np.ndarray) -> None:
         """Writes a host [N, columns] int table into a variable from build_table."""
-        table = np.asarray(table, np.int32)
-        columns = table_variable.shape[1]
-        if table.shape != (self.num_instances, columns):
-            raise ValueError(f"table must be [{self.num_instances}, {columns}]; got {table.shape}")
-        padded = np.zeros((self.num_padded, columns), np.int32)
-        padded[: self.num_instances] = table
+        self._assign_padded(table_variable, table, np.int32, "assign_table")
+
+    def _assign_padded(self, variable, values, dtype, what: str) -> None:
+        """variable[:N] = values, padding rows zero, each device given only its rows."""
+        values = np.asarray(values, dtype)
+        columns = variable.shape[1]
+        if values.shape != (self.num_instances, columns):
+            raise ValueError(f"{what} needs [{self.num_instances}, {columns}]; got {values.shape}")
+        padded = np.zeros((self.num_padded, columns), dtype)
+        padded[: self.num_instances] = values
         if self.mesh is None:
-            table_variable.assign(padded)
-            return
-        table_variable.assign(layouts.pack_sharded(padded, self.variable_layout()))
+            variable.assign(padded)
+        else:
+            variable.assign(layouts.pack_sharded(padded, self.variable_layout()))
 
     def lookup_rows(self, table_variable, ids):
         """table[ids] ([B, columns]) without gathering a sharded table (inside tf.function)."""
-        if self.num_shards == 1:
-            table = tf.convert_to_tensor(table_variable)
-            if self.mesh is not None:  # a 1-device mesh still marks dim 0 as sharded
-                table = layouts.relayout(table, layouts.replicated_layout(self.mesh, 2))
-            return tf.gather(table, ids)
-        local = self.num_padded // self.num_shards
         placement = layouts.class_weight_placement(table_variable)
-        if self.mesh is not None:
-            ids = layouts.relayout(ids, layouts.replicated_layout(self.mesh, 1))
-        table3 = tf.reshape(table_variable, [self.num_shards, local, -1])  # [S, L, K]
-        owner = ids // local
-        rows = tf.gather(table3, ids - owner * local, axis=1)  # [S, B, K], local
-        shard_ids = layouts.shard_index(placement)
-        own = tf.equal(tf.reshape(shard_ids, [-1, 1]), tf.expand_dims(owner, 0))  # [S, B]
-        return tf.reduce_sum(tf.where(tf.expand_dims(own, 2), rows, 0), axis=0)  # all-reduce
+        return layouts.gather_rows(tf.convert_to_tensor(table_variable), ids, placement)
 
     @property
     def distributed_variables(self) -> list[tf.Variable]:

@@ -97,6 +97,32 @@ def shard_index(placement: ClassWeightPlacement) -> tf.Tensor:
     return dtensor.relayout(values, dtensor.Layout([placement.axis], placement.mesh))
 
 
+def gather_rows(value: tf.Tensor, ids: tf.Tensor, placement: ClassWeightPlacement) -> tf.Tensor:
+    """value[ids] for a [N, C] tensor laid out like W, without gathering it (tf.function).
+
+    Each device gathers from its own rows of an [S, N/S, C] view (indices taken modulo
+    N/S, so non-owners read a wrong row) and masks out the rows it does not own; the
+    sum over S (an all-reduce of [B, C]) leaves the owner's row.
+    """
+    shards = placement.row_shards
+    local_rows = value.shape[0] // shards
+    if placement.distributed:
+        ids = dtensor.relayout(ids, replicated_layout(placement.mesh, 1))
+    owner = ids // local_rows
+    rows = tf.gather(tf.reshape(value, [shards, local_rows, -1]), ids - owner * local_rows,
+                     axis=1)  # [S, B, C], local
+    own = tf.equal(tf.reshape(shard_index(placement), [-1, 1]), tf.expand_dims(owner, 0))
+    return tf.reduce_sum(tf.where(tf.expand_dims(own, 2), rows, tf.zeros_like(rows)), axis=0)
+
+
+def replicated_variable(value, mesh: dtensor.Mesh, name: str, dtype=None) -> tf.Variable:
+    """A DVariable holding ``value`` (host scalar or array) on every device of ``mesh``."""
+    value = tf.constant(value, dtype)
+    return dtensor.DVariable(
+        dtensor.copy_to_mesh(value, replicated_layout(mesh, value.shape.rank)), name=name
+    )
+
+
 def local_device_shard_ids(mesh: dtensor.Mesh) -> list[int]:
     """Mesh coordinate (shard index) of each local device, in local device order."""
     return [int(i) for i in mesh.local_device_ids()]

@@ -57,6 +57,16 @@ def is_multi_client() -> bool:
     return int(os.environ.get("DTENSOR_NUM_CLIENTS", "1")) > 1
 
 
+def process_index() -> int:
+    """This client's index in a multi-client run (0 otherwise)."""
+    return dtensor.client_id() if is_multi_client() else 0
+
+
+def process_count() -> int:
+    """The number of clients (1 unless multi-client)."""
+    return dtensor.num_clients() if is_multi_client() else 1
+
+
 def initialize_multi_client(device_type: str | None = None) -> None:
     """Starts DTensor's accelerator system for a multi-client (multi-process) run.
 

@@ -167,10 +167,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
     optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
     optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables]
                     + classifier.distributed_variables)
-    global_step = dtensor.DVariable(
-        dtensor.copy_to_mesh(tf.constant(0, tf.int64), layouts.replicated_layout(mesh, 0)),
-        name="global_step",
-    )
+    global_step = layouts.replicated_variable(0, mesh, "global_step", tf.int64)
     hard_table = hard_table_epoch = None
     extra = {}
     if train.num_hard_negatives > 0 and train.smoothing > 0:
@@ -178,10 +175,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
             raise ValueError(f"num_hard_negatives {train.num_hard_negatives} must be < N = "
                              f"{train_source.num_images}")
         hard_table = classifier.build_table(train.num_hard_negatives)
-        hard_table_epoch = dtensor.DVariable(
-            dtensor.copy_to_mesh(tf.constant(-1, tf.int64), layouts.replicated_layout(mesh, 0)),
-            name="hard_table_epoch",
-        )
+        hard_table_epoch = layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64)
         extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
@@ -258,8 +252,7 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     )
     image_layout = layouts.batch_layout(mesh, 5)
     id_layout = layouts.batch_layout(mesh, 1)
-    process_index = dtensor.client_id() if parallel.is_multi_client() else 0
-    process_count = dtensor.num_clients() if parallel.is_multi_client() else 1
+    process_index, process_count = parallel.process_index(), parallel.process_count()
 
     start = state.step
     logs: dict = {}
