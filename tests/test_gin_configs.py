@@ -14,10 +14,7 @@ CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
 
 def _parse(files, bindings=()):
     gin.clear_config(clear_constants=True)
-    gin.add_config_file_search_path(GIN_DIR)
-    configurables = loop.gin_config_classes(gin)
-    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
-    return tuple(make() for make in configurables)
+    return loop.configs_from_gin(gin, files, bindings, search_path=GIN_DIR)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

@@ -25,8 +25,8 @@ flags.DEFINE_integer("block_size", None, "Query rows per block (default: the lib
 flags.DEFINE_integer("virtual_devices", 1, "T virtual CPU devices (W row-sharded over them); "
                      "1 = plain single-device W.", lower_bound=1)
 flags.DEFINE_integer("repeats", 2, "Timed repetitions (best is reported).", lower_bound=1)
-flags.DEFINE_string("train_log", None, "A run's model_dir: report mining's share of an "
-                    "epoch from its metrics.jsonl and the miner timing in this tool.")
+flags.DEFINE_string("train_log", None, "A run's model_dir: also report mining's share of "
+                    "its epoch time (mining_seconds / train_seconds in metrics.jsonl).")
 flags.DEFINE_string("json", None, "Write the result here.")
 
 
@@ -92,9 +92,13 @@ def main(argv):
         "differences_are_float32_ties": tie_only,
     }
     if FLAGS.train_log:
-        metrics = [json.loads(line) for line in open(os.path.join(FLAGS.train_log,
-                                                                  "metrics.jsonl"))]
-        result["train_log_epochs"] = len(metrics)
+        with open(os.path.join(FLAGS.train_log, "metrics.jsonl")) as f:
+            epochs = [json.loads(line) for line in f if line.strip()]
+        mining = sum(e.get("mining_seconds", 0.0) for e in epochs)
+        epoch_time = sum(e["train_seconds"] for e in epochs)  # includes the mining
+        result.update(train_log=FLAGS.train_log, train_log_epochs=len(epochs),
+                      train_log_mining_seconds=mining, train_log_epoch_seconds=epoch_time,
+                      train_log_mining_share=mining / epoch_time)
     print(json.dumps(result, indent=1))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:

@@ -38,10 +38,9 @@ def main(argv):
     from tf_instcls.training import loop
     from tf_instcls.training.step import make_train_step
 
-    gin.add_config_file_search_path(os.path.join(ROOT, "gin"))
-    configurables = loop.gin_config_classes(gin)
-    gin.parse_config_files_and_bindings(FLAGS.gin_file, FLAGS.gin_bindings)
-    data, model, optim, train = (make() for make in configurables)
+    data, model, optim, train = loop.configs_from_gin(
+        gin, FLAGS.gin_file, FLAGS.gin_bindings, search_path=os.path.join(ROOT, "gin")
+    )
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)
     state = loop.build_state(os.path.join("/tmp", "bench_pipeline_run"), data, model, optim,

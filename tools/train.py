@@ -39,8 +39,6 @@ def _parse_gin():
     import gin
     from tf_instcls.training import loop
 
-    gin.add_config_file_search_path(os.path.join(ROOT, "gin"))
-    configurables = loop.gin_config_classes(gin)
     bindings = list(FLAGS.gin_bindings)
     if FLAGS.dataset is not None:
         bindings.append(f"DataConfig.dataset = {FLAGS.dataset!r}")
@@ -52,10 +50,11 @@ def _parse_gin():
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")
     try:
-        gin.parse_config_files_and_bindings(FLAGS.gin_file, bindings, finalize_config=True)
+        configs = loop.configs_from_gin(gin, FLAGS.gin_file, bindings,
+                                        search_path=os.path.join(ROOT, "gin"))
     except (ValueError, SyntaxError, KeyError) as err:
         raise app.UsageError(f"bad gin config or binding: {err}") from err
-    return gin, loop, configurables
+    return gin, loop, configs
 
 
 def main(argv):
@@ -67,8 +66,7 @@ def main(argv):
         parallel.configure_virtual_devices(FLAGS.virtual_devices)
     if FLAGS.multi_client:
         parallel.initialize_multi_client("CPU" if FLAGS.virtual_devices else None)
-    gin, loop, configurables = _parse_gin()
-    data, model, optim, train = (make() for make in configurables)
+    gin, loop, (data, model, optim, train) = _parse_gin()
     name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
     model_dir = FLAGS.model_dir or os.path.join("runs", name)
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,

@@ -126,6 +126,16 @@ def gin_config_classes(gin):
     return registered
 
 
+def configs_from_gin(gin, files, bindings=(), *, search_path: str | None = None) -> tuple:
+    """Parses and finalizes gin ``files`` + ``bindings``; returns
+    (DataConfig, ModelConfig, OptimConfig, TrainConfig) built from them."""
+    if search_path:
+        gin.add_config_file_search_path(search_path)
+    configurables = gin_config_classes(gin)
+    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+    return tuple(make() for make in configurables)
+
+
 def _sources(cfg: DataConfig, seed: int):
     source = data_lib.load_source(cfg.dataset, skip_corrupt=cfg.skip_corrupt_images)
     if cfg.eval_dataset:
