@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 
 from absl import app, flags
@@ -43,7 +44,9 @@ def main(argv):
     )
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)
-    state = loop.build_state(os.path.join("/tmp", "bench_pipeline_run"), data, model, optim,
+    # A fresh model_dir: a shared one would hold another config's run (refused) or a
+    # checkpoint of this one (silently restored).
+    state = loop.build_state(tempfile.mkdtemp(prefix="bench_pipeline_"), data, model, optim,
                              train, mesh)
     augment = data_lib.AugmentConfig(image_size=data.image_size,
                                      crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob)
