@@ -24,7 +24,11 @@ setup(
         "matplotlib>=3.7",
         "tensorboard>=2.20",  # tf.summary needs it; TF 2.21 does not pull it in
     ],
-    entry_points={"console_scripts": ["tf-instcls-train=tools.train:run"]},
+    entry_points={"console_scripts": [
+        "tf-instcls-train=tools.train:run",
+        "tf-instcls-export=tools.export:run",
+        "tf-instcls-embed=tools.embed:run",
+    ]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],
         "bench": ["faiss-cpu>=1.8"],  # tools/bench_mining.py compares against faiss

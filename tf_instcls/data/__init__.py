@@ -3,6 +3,7 @@
 from tf_instcls.data.augment import AugmentConfig, augment_view, default_config, eval_view
 from tf_instcls.data.pipeline import (
     epoch_permutation,
+    eval_preprocess,
     make_eval_dataset,
     make_train_dataset,
     steps_per_epoch,
@@ -15,6 +16,7 @@ __all__ = [
     "augment_view",
     "default_config",
     "epoch_permutation",
+    "eval_preprocess",
     "eval_view",
     "load_source",
     "make_eval_dataset",

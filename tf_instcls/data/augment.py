@@ -137,18 +137,22 @@ def augment_view(image_uint8, seed, config: AugmentConfig):
 
 
 def normalize(image_float):
+    """[0, 1] RGB -> mean/std normalised; one image [h, w, 3] or a batch [b, h, w, 3]."""
     image = (image_float - tf.constant(MEAN)) / tf.constant(STD)
-    return tf.ensure_shape(image, [None, None, 3])
+    return tf.ensure_shape(image, [None] * (image.shape.rank - 1) + [3])
 
 
 def eval_view(image_uint8, image_size: int):
-    """The unaugmented view: resize (shorter side * 1.14) + centre crop for large images."""
+    """The unaugmented view: resize (shorter side * 1.14) + centre crop for large images.
+
+    Takes one image [h, w, 3] or a batch [b, h, w, 3] (the serving signature's path).
+    """
     image = tf.image.convert_image_dtype(image_uint8, tf.float32)
     if image_size >= 96:
         resize = int(round(image_size / 0.875))
         image = tf.image.resize(image, [resize, resize], antialias=True)
         offset = (resize - image_size) // 2
-        image = image[offset : offset + image_size, offset : offset + image_size]
+        image = image[..., offset : offset + image_size, offset : offset + image_size, :]
     else:
         image = tf.image.resize(image, [image_size, image_size], antialias=True)
     return normalize(tf.clip_by_value(image, 0.0, 1.0))

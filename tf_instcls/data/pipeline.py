@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls.data.augment import AugmentConfig, augment_view, eval_view, view_seed
-from tf_instcls.data.sources import ImageSource
+from tf_instcls.data.sources import ImageSource, resize_uint8
 
 
 def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
@@ -70,6 +70,13 @@ def make_train_dataset(
     return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def eval_preprocess(images_uint8, image_size: int):
+    """What evaluation does to a stored image: the source's uint8 resize to
+    ``image_size``, then the eval view. One image or a batch; the serving signature uses
+    this on raw images of any size so that exported outputs equal evaluation's."""
+    return eval_view(resize_uint8(images_uint8, image_size), image_size)
+
+
 def make_eval_dataset(
     source: ImageSource,
     image_size: int,
@@ -92,7 +99,7 @@ def make_eval_dataset(
 
     def one(index):
         valid = index < n
-        image = load(tf.minimum(index, n - 1))
+        image = load(tf.minimum(index, n - 1))  # already resized to image_size
         return {"images": eval_view(image, image_size), "ids": index, "valid": valid}
 
     dataset = tf.data.Dataset.from_tensor_slices(ids.reshape(-1))

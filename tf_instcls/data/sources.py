@@ -83,7 +83,7 @@ class ImageSource:
             table = tf.constant(self.images)
 
             def load(index):
-                return _resize_uint8(tf.gather(table, index), image_size)
+                return resize_uint8(tf.gather(table, index), image_size)
 
             return load
         if self.paths is not None:
@@ -92,7 +92,7 @@ class ImageSource:
             def load(index):
                 data = tf.io.read_file(tf.gather(paths, index))
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
-                return _resize_uint8(image, image_size)
+                return resize_uint8(image, image_size)
 
             return load
         loader = self.loader
@@ -102,7 +102,7 @@ class ImageSource:
                 lambda i: np.asarray(loader(int(i)), np.uint8), [index], tf.uint8
             )
             image.set_shape([None, None, 3])
-            return _resize_uint8(image, image_size)
+            return resize_uint8(image, image_size)
 
         return load
 
@@ -115,7 +115,8 @@ class _SubsetLoader:
         return self.loader(int(self.ids[index]))
 
 
-def _resize_uint8(image, size):
+def resize_uint8(image, size):
+    """uint8 image [h, w, 3] (or batch) -> uint8 [size, size, 3], as every source loads."""
     if size is None:  # keep the native size (the random resized crop works on it)
         return tf.ensure_shape(image, [None, None, 3])
     image = tf.image.resize(image, [size, size], method="bilinear", antialias=True)

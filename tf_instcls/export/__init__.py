@@ -1,0 +1,27 @@
+"""Shipping the encoder: restore it from a run, export a SavedModel for TF Serving."""
+
+from tf_instcls.export.restore import (
+    RestoredEncoder,
+    find_checkpoint,
+    read_run_info,
+    restore_encoder,
+)
+from tf_instcls.export.saved_model import (
+    SIGNATURES,
+    export_encoder,
+    load_export_info,
+    resolve_export_dir,
+    serving_functions,
+)
+
+__all__ = [
+    "SIGNATURES",
+    "RestoredEncoder",
+    "export_encoder",
+    "find_checkpoint",
+    "load_export_info",
+    "read_run_info",
+    "resolve_export_dir",
+    "restore_encoder",
+    "serving_functions",
+]

@@ -1,0 +1,98 @@
+"""The encoder of a pretraining run, rebuilt from its model_dir on plain variables.
+
+Checkpoints hold the encoder under ``encoder/<variable path>`` (see ``training/loop.py``),
+next to W, the optimizer and the hard-negative table. Reading it back needs neither a
+mesh nor the classifier: the backbone and head are rebuilt from ``run_info.json`` and
+each variable is read by key from the checkpoint (any device count, any layout), so
+the result is an ordinary single-device Keras model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_instcls import models
+
+
+@dataclasses.dataclass
+class RestoredEncoder:
+    encoder: keras.Model  # images (normalised float) -> {"features", "embedding"}
+    run_info: dict
+    step: int
+    checkpoint_path: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.run_info["image_size"])
+
+
+def encoder_checkpoint_key(variable_path: str) -> str:
+    """The checkpoint key of an encoder variable (TF's object-graph name escaping)."""
+    escaped = variable_path.replace(".", "..").replace("/", ".S")
+    return f"encoder/{escaped}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def read_run_info(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "run_info.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{model_dir} is not a pretraining model_dir: {path} is missing "
+            "(tools/train.py writes it at the start of a run)"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
+    """``checkpoint`` (a prefix like .../ckpt-310, or a step number) or the latest one."""
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    if checkpoint is None:
+        latest = tf.train.latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise FileNotFoundError(f"no checkpoint in {ckpt_dir} (has the run saved one?)")
+        return latest
+    if checkpoint.isdigit():
+        checkpoint = os.path.join(ckpt_dir, f"ckpt-{checkpoint}")
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+        available = sorted(p[: -len(".index")] for p in tf.io.gfile.glob(
+            os.path.join(ckpt_dir, "ckpt-*.index")))
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found; available: {available}")
+    return checkpoint
+
+
+def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEncoder:
+    """Builds the run's encoder and loads its weights (BN statistics included)."""
+    run_info = read_run_info(model_dir)
+    path = find_checkpoint(model_dir, checkpoint)
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    head_key = encoder_checkpoint_key("head_fc1/kernel")
+    hidden = shapes[head_key][1] if head_key in shapes else 2048
+    encoder = models.build_encoder(
+        run_info["backbone"], int(run_info["image_size"]),
+        embedding_dim=int(run_info["embedding_dim"]), head_hidden_dim=int(hidden),
+        use_head=bool(run_info["use_head"]), backbone_width=run_info.get("backbone_width"),
+    )
+    missing = []
+    for variable in encoder.variables:
+        key = encoder_checkpoint_key(variable.path)
+        if key not in shapes:
+            missing.append(variable.path)
+            continue
+        if list(shapes[key]) != list(variable.shape):
+            raise ValueError(
+                f"{path}: encoder variable {variable.path} has shape {shapes[key]} in the "
+                f"checkpoint but {list(variable.shape)} in the model built from run_info.json"
+            )
+        variable.assign(np.asarray(reader.get_tensor(key)))
+    if missing:
+        raise ValueError(f"{path} does not match the encoder of {model_dir}/run_info.json: "
+                         f"{len(missing)} variables missing, e.g. {missing[:3]}")
+    step = int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+    return RestoredEncoder(encoder=encoder, run_info=run_info, step=step, checkpoint_path=path)
