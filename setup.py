@@ -28,6 +28,11 @@ setup(
         "tf-instcls-train=tools.train:run",
         "tf-instcls-export=tools.export:run",
         "tf-instcls-embed=tools.embed:run",
+        "tf-instcls-eval-knn=tools.eval_knn:run",
+        "tf-instcls-eval-linear=tools.eval_linear:run",
+        "tf-instcls-finetune=tools.finetune:run",
+        "tf-instcls-analyze=tools.analyze:run",
+        "tf-instcls-results-table=tools.results_table:run",
     ]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6"],

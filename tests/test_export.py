@@ -19,14 +19,7 @@ from tf_instcls.eval.features import extract_features
 from tf_instcls.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
-IMAGE_SIZE = 16
-CONFIGS = dict(
-    data=loop.DataConfig(image_size=IMAGE_SIZE),
-    model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
-    optim=loop.OptimConfig(warmup_epochs=0),
-    train=loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0,
-                           num_hard_negatives=8),
-)
+IMAGE_SIZE = 16  # the tiny_run fixture's (conftest.py)
 
 
 def _env():
@@ -41,19 +34,18 @@ def _odd_sized_images(n=6, seed=0):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A 1-epoch run on 2 devices, exported; the in-memory encoder's outputs on the mesh."""
-    model_dir = str(tmp_path_factory.mktemp("run"))
+def run(tiny_run, tmp_path_factory):
+    """The tiny run exported; the in-memory encoder's outputs on the mesh."""
+    model_dir, c = tiny_run
     mesh = parallel.build_mesh(2)
-    c = CONFIGS
-    loop.run_pretraining(model_dir, c["data"], c["model"], c["optim"], c["train"], mesh)
     state = loop.build_state(model_dir, c["data"], c["model"], c["optim"], c["train"], mesh)
     images = _odd_sized_images()
     source = ImageSource(name="odd", num_images=len(images), image_size=(23, 29),
                          images=images)
     in_memory = extract_features(state.encoder, source, IMAGE_SIZE, mesh, batch_size=2)
     restored = export.restore_encoder(model_dir)
-    path = export.export_encoder(restored.encoder, os.path.join(model_dir, "export"),
+    base = str(tmp_path_factory.mktemp("export"))
+    path = export.export_encoder(restored.encoder, base,
                                  image_size=restored.image_size, step=restored.step,
                                  run_info=restored.run_info)
     return dict(model_dir=model_dir, export_dir=path, images=images, in_memory=in_memory,

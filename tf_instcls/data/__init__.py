@@ -1,6 +1,12 @@
 """Data: sources with stable instance ids, stateless two-view augmentation, pipelines."""
 
-from tf_instcls.data.augment import AugmentConfig, augment_view, default_config, eval_view
+from tf_instcls.data.augment import (
+    AugmentConfig,
+    augment_view,
+    default_config,
+    eval_view,
+    supervised_config,
+)
 from tf_instcls.data.pipeline import (
     epoch_permutation,
     eval_preprocess,
@@ -23,4 +29,5 @@ __all__ = [
     "make_train_dataset",
     "split_holdout",
     "steps_per_epoch",
+    "supervised_config",
 ]

@@ -53,6 +53,14 @@ def default_config(image_size: int) -> AugmentConfig:
     return AugmentConfig(image_size=image_size)
 
 
+def supervised_config(image_size: int) -> AugmentConfig:
+    """"Standard augmentation" of linear evaluation / fine-tuning: random resized crop
+    and flip only (ImageNet-size: crops of 8-100%; small images: 50-100%)."""
+    scale = (0.08, 1.0) if image_size >= 96 else (0.5, 1.0)
+    return AugmentConfig(image_size=image_size, crop_scale=scale, jitter_prob=0.0,
+                         grayscale_prob=0.0, blur_prob=0.0)
+
+
 def view_seed(seed, epoch, instance_id, view) -> tf.Tensor:
     """Stateless seed [2] for one view of one instance in one epoch."""
     mixed = tf.stack([

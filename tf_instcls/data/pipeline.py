@@ -84,9 +84,14 @@ def make_eval_dataset(
     batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    augment: AugmentConfig | None = None,
+    epoch: int = 0,
+    seed: int = 0,
 ) -> tf.data.Dataset:
-    """Unaugmented views of every image, in id order, padded to full batches.
+    """One view of every image, in id order, padded to full batches.
 
+    The view is the unaugmented eval view, or with ``augment`` a stateless augmented
+    view (of (seed, epoch, id)): linear evaluation's "standard augmentation".
     Yields ``{"images", "ids", "valid"}``; ``valid`` marks the padding rows added to fill
     the last batch (so every batch splits evenly over the mesh).
     """
@@ -100,6 +105,9 @@ def make_eval_dataset(
     def one(index):
         valid = index < n
         image = load(tf.minimum(index, n - 1))  # already resized to image_size
+        if augment is not None:
+            view = augment_view(image, view_seed(seed, epoch, index, 0), augment)
+            return {"images": view, "ids": index, "valid": valid}
         return {"images": eval_view(image, image_size), "ids": index, "valid": valid}
 
     dataset = tf.data.Dataset.from_tensor_slices(ids.reshape(-1))

@@ -54,12 +54,15 @@ def run_encoder(encoder, batches, mesh, *, training: bool = False, total: int | 
 
 
 def extract_features(encoder, source, image_size: int, mesh, *, batch_size: int = 256,
-                     progress: bool = False, training: bool = False) -> dict:
-    """``{"features": [N, F], "embedding": [N, D]}`` as numpy, in id order (eval view)."""
+                     progress: bool = False, training: bool = False, augment=None,
+                     epoch: int = 0, seed: int = 0) -> dict:
+    """``{"features": [N, F], "embedding": [N, D]}`` as numpy, in id order (eval view,
+    or the stateless augmented view of (seed, epoch) with ``augment``)."""
     batch_size = mesh_batch_size(batch_size, mesh)
     dataset = data_lib.make_eval_dataset(
         source, image_size, batch_size=batch_size,
         process_index=parallel.process_index(), process_count=parallel.process_count(),
+        augment=augment, epoch=epoch, seed=seed,
     )
     total = int(np.ceil(source.num_images / batch_size))
     out = run_encoder(encoder, (batch["images"] for batch in dataset), mesh,

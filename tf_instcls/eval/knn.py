@@ -1,9 +1,86 @@
 """Weighted kNN classification (NPID protocol): cosine similarity, top-k neighbours,
-each voting for its class with weight exp(s / temperature)."""
+each voting for its class with weight exp(s / temperature).
+
+Memory is bounded on both sides: queries go in blocks and the bank in chunks, with a
+running top-k merged per chunk, so a 1.28M-image bank never needs a [queries, bank]
+similarity matrix (at most ``max_elements`` similarities exist at once).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def _normalise(x):
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_neighbours(bank_features, query_features, k: int, *,
+                       max_elements: int = 1 << 25, exclude_self: bool = False):
+    """Top-``k`` cosine neighbours of each query in the bank, best first.
+
+    Returns (indices [q, k] int64, similarities [q, k] float32). ``exclude_self``
+    drops bank row i from query i's list (query set == bank, leave-one-out).
+    """
+    bank, query = _normalise(bank_features), _normalise(query_features)
+    if bank.ndim != 2 or query.ndim != 2 or bank.shape[1] != query.shape[1]:
+        raise ValueError(f"feature shapes do not match: bank {bank.shape}, query {query.shape}")
+    m = len(bank)
+    k = min(k, m - 1 if exclude_self else m)
+    if k < 1:
+        raise ValueError(f"need k >= 1 and a non-empty bank; got k={k}, bank size {m}")
+    chunk = int(min(m, max(k, max_elements // 64)))
+    block = int(max(1, min(len(query), max_elements // chunk)))
+    out_idx = np.empty((len(query), k), np.int64)
+    out_sim = np.empty((len(query), k), np.float32)
+    for qs in range(0, len(query), block):
+        q = query[qs : qs + block]
+        best_sim = np.full((len(q), 0), -np.inf, np.float32)
+        best_idx = np.zeros((len(q), 0), np.int64)
+        for bs in range(0, m, chunk):
+            sims = q @ bank[bs : bs + chunk].T
+            ids = np.broadcast_to(np.arange(bs, bs + sims.shape[1]), sims.shape)
+            if exclude_self:
+                local = np.arange(qs, qs + len(q)) - bs
+                inside = (local >= 0) & (local < sims.shape[1])
+                sims[np.nonzero(inside)[0], local[inside]] = -np.inf
+            sims = np.concatenate([best_sim, sims], axis=1)
+            ids = np.concatenate([best_idx, ids], axis=1)
+            keep = min(k, sims.shape[1])
+            part = np.argpartition(-sims, keep - 1, axis=1)[:, :keep]
+            best_sim = np.take_along_axis(sims, part, axis=1)
+            best_idx = np.take_along_axis(ids, part, axis=1)
+        order = np.lexsort((best_idx, -best_sim), axis=1)  # by similarity, ties by index
+        out_sim[qs : qs + block] = np.take_along_axis(best_sim, order, axis=1)
+        out_idx[qs : qs + block] = np.take_along_axis(best_idx, order, axis=1)
+    return out_idx, out_sim
+
+
+def knn_vote(neighbour_labels, similarities, *, k: int, temperature: float,
+             num_classes: int) -> np.ndarray:
+    """Class scores [q, C] from the first ``k`` (sorted) neighbours' weighted votes."""
+    if k < 1 or temperature <= 0:
+        raise ValueError(f"need k >= 1 and temperature > 0; got k={k}, temperature={temperature}")
+    labels = np.asarray(neighbour_labels)[:, :k]
+    weights = np.exp(np.asarray(similarities, np.float64)[:, :k] / temperature)
+    votes = np.zeros((len(labels), num_classes), np.float64)
+    np.add.at(votes, (np.arange(len(labels))[:, None], labels), weights)
+    return votes
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(top-1, top-5) in % of class scores [q, C]; ties broken by the lower class."""
+    ranked = np.argsort(-scores, axis=1, kind="stable")
+    labels = np.asarray(labels)
+    top1 = float((ranked[:, 0] == labels).mean() * 100)
+    top5 = float((ranked[:, :5] == labels[:, None]).any(axis=1).mean() * 100)
+    return top1, top5
+
+
+def _check_labels(bank, bank_labels, query, query_labels):
+    if len(bank_labels) != len(bank) or len(query_labels) != len(query):
+        raise ValueError("one label per feature row is required")
 
 
 def weighted_knn(
@@ -15,38 +92,36 @@ def weighted_knn(
     k: int = 200,
     temperature: float = 0.07,
     num_classes: int | None = None,
-    block_size: int = 1024,
+    max_elements: int = 1 << 25,
 ) -> dict:
-    """Top-1 / top-5 accuracy (in %) of weighted kNN; memory bounded by query blocks.
+    """Top-1 / top-5 accuracy (in %) of weighted kNN. Features need not be normalised;
+    ``k`` is clipped to the bank size."""
+    return knn_grid(bank_features, bank_labels, query_features, query_labels, ks=[k],
+                    temperatures=[temperature], num_classes=num_classes,
+                    max_elements=max_elements)[0]
 
-    Features need not be normalised. ``k`` is clipped to the bank size.
-    """
-    bank = np.asarray(bank_features, np.float32)
-    query = np.asarray(query_features, np.float32)
-    if bank.ndim != 2 or query.ndim != 2 or bank.shape[1] != query.shape[1]:
-        raise ValueError(f"feature shapes do not match: bank {bank.shape}, query {query.shape}")
-    if len(bank_labels) != len(bank) or len(query_labels) != len(query):
-        raise ValueError("one label per feature row is required")
-    if k < 1 or temperature <= 0:
-        raise ValueError(f"need k >= 1 and temperature > 0; got k={k}, temperature={temperature}")
-    bank = bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12)
-    query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+
+def knn_grid(bank_features, bank_labels, query_features, query_labels, *, ks, temperatures,
+             num_classes: int | None = None, max_elements: int = 1 << 25) -> list[dict]:
+    """Weighted kNN for every (k, temperature): one neighbour search at max(ks)."""
+    _check_labels(bank_features, bank_labels, query_features, query_labels)
+    if min(ks) < 1 or min(temperatures) <= 0:
+        raise ValueError(f"need k >= 1 and temperature > 0; got k={ks}, "
+                         f"temperature={temperatures}")
     bank_labels = np.asarray(bank_labels, np.int64)
     query_labels = np.asarray(query_labels, np.int64)
     classes = num_classes or int(max(bank_labels.max(), query_labels.max())) + 1
-    k = min(k, len(bank))
-    top1 = top5 = 0
-    for start in range(0, len(query), block_size):
-        sims = query[start : start + block_size] @ bank.T  # [q, M]
-        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        top_sims = np.take_along_axis(sims, idx, axis=1)
-        weights = np.exp(top_sims / temperature)
-        votes = np.zeros((len(sims), classes), np.float64)
-        np.add.at(votes, (np.arange(len(sims))[:, None], bank_labels[idx]), weights)
-        ranked = np.argsort(-votes, axis=1, kind="stable")
-        truth = query_labels[start : start + block_size]
-        top1 += int((ranked[:, 0] == truth).sum())
-        top5 += int((ranked[:, :5] == truth[:, None]).any(axis=1).sum())
-    n = len(query)
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "k": k,
-            "temperature": temperature, "num_queries": n, "bank_size": len(bank)}
+    idx, sims = nearest_neighbours(bank_features, query_features, max(ks),
+                                   max_elements=max_elements)
+    neighbour_labels = bank_labels[idx]
+    results = []
+    for k in ks:
+        k_eff = min(k, idx.shape[1])
+        for temperature in temperatures:
+            votes = knn_vote(neighbour_labels, sims, k=k_eff, temperature=temperature,
+                             num_classes=classes)
+            top1, top5 = topk_accuracy(votes, query_labels)
+            results.append({"top1": top1, "top5": top5, "k": k_eff,
+                            "temperature": temperature, "num_queries": len(query_labels),
+                            "bank_size": len(bank_labels)})
+    return results

@@ -3,6 +3,7 @@
 from tf_instcls.export.restore import (
     RestoredEncoder,
     find_checkpoint,
+    load_encoder,
     read_run_info,
     restore_encoder,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "RestoredEncoder",
     "export_encoder",
     "find_checkpoint",
+    "load_encoder",
     "load_export_info",
     "read_run_info",
     "resolve_export_dir",

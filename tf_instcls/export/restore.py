@@ -70,16 +70,32 @@ def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEn
     """Builds the run's encoder and loads its weights (BN statistics included)."""
     run_info = read_run_info(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
-    reader = tf.train.load_checkpoint(path)
-    shapes = reader.get_variable_to_shape_map()
-    head_key = encoder_checkpoint_key("head_fc1/kernel")
-    hidden = shapes[head_key][1] if head_key in shapes else 2048
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    head_key = encoder_checkpoint_key("head_fc1/kernel")  # older runs lack head_hidden_dim
+    hidden = run_info.get("head_hidden_dim") or (shapes[head_key][1] if head_key in shapes
+                                                 else 2048)
     encoder = models.build_encoder(
         run_info["backbone"], int(run_info["image_size"]),
         embedding_dim=int(run_info["embedding_dim"]), head_hidden_dim=int(hidden),
         use_head=bool(run_info["use_head"]), backbone_width=run_info.get("backbone_width"),
     )
-    missing = []
+    for variable, value in read_encoder_weights(path, encoder):
+        variable.assign(value)
+    return RestoredEncoder(encoder=encoder, run_info=run_info, step=checkpoint_step(path),
+                           checkpoint_path=path)
+
+
+def checkpoint_step(path: str) -> int:
+    reader = tf.train.load_checkpoint(path)
+    return int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+
+
+def read_encoder_weights(path: str, encoder: keras.Model) -> list:
+    """[(Keras variable, numpy value)] of ``encoder`` from the checkpoint at ``path``;
+    a missing variable or a shape mismatch is an error naming it."""
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    values, missing = [], []
     for variable in encoder.variables:
         key = encoder_checkpoint_key(variable.path)
         if key not in shapes:
@@ -90,9 +106,37 @@ def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEn
                 f"{path}: encoder variable {variable.path} has shape {shapes[key]} in the "
                 f"checkpoint but {list(variable.shape)} in the model built from run_info.json"
             )
-        variable.assign(np.asarray(reader.get_tensor(key)))
+        values.append((variable, np.asarray(reader.get_tensor(key))))
     if missing:
-        raise ValueError(f"{path} does not match the encoder of {model_dir}/run_info.json: "
+        raise ValueError(f"{path} does not match the encoder built from run_info.json: "
                          f"{len(missing)} variables missing, e.g. {missing[:3]}")
-    step = int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
-    return RestoredEncoder(encoder=encoder, run_info=run_info, step=step, checkpoint_path=path)
+    return values
+
+
+def read_class_weights(path: str, num_instances: int | None = None) -> np.ndarray:
+    """W [N, D] of a checkpoint (padding rows dropped when ``num_instances`` is given)."""
+    reader = tf.train.load_checkpoint(path)
+    w = reader.get_tensor("class_weights/.ATTRIBUTES/VARIABLE_VALUE")
+    return w[:num_instances] if num_instances else w
+
+
+def load_encoder(path: str, checkpoint: str | None = None) -> RestoredEncoder:
+    """A pretraining model_dir (its latest or given checkpoint) or an export (a version
+    dir or its base: the Keras encoder written beside the SavedModel)."""
+    if os.path.exists(os.path.join(path, "run_info.json")):
+        return restore_encoder(path, checkpoint)
+    from tf_instcls.export import saved_model
+
+    try:
+        export_dir = saved_model.resolve_export_dir(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is neither a pretraining model_dir (no run_info.json) nor an export "
+            "(no saved_model.pb or version directories)") from None
+    if checkpoint is not None:
+        raise ValueError("--checkpoint applies to a model_dir, not to an export")
+    info = saved_model.load_export_info(export_dir)
+    encoder = keras.saving.load_model(os.path.join(export_dir, saved_model.KERAS_FILE))
+    run_info = dict(info.get("run_info") or {}, image_size=info["image_size"])
+    return RestoredEncoder(encoder=encoder, run_info=run_info, step=int(info.get("step", 0)),
+                           checkpoint_path=export_dir)

@@ -160,6 +160,9 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed, "init_mode": train.init_mode,
         "num_hard_negatives": train.num_hard_negatives if train.smoothing > 0 else 0,
+        "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
+        # what the evaluation tools need to rebuild the same train / held-out split
+        "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
     }
     _check_run_info(model_dir, run_info)
     keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
@@ -213,7 +216,9 @@ def _check_run_info(model_dir: str, run_info: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-        diff = {k: (previous.get(k), v) for k, v in run_info.items() if previous.get(k) != v}
+        # Keys an older version did not write are not compared (forward compatible).
+        diff = {k: (previous[k], v) for k, v in run_info.items()
+                if k in previous and previous[k] != v}
         if diff:
             raise ValueError(
                 f"{model_dir} holds a run with a different configuration; differences "

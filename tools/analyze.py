@@ -1,0 +1,208 @@
+r"""Analyses of a pretraining run, as PNG + JSON (+ TensorBoard projector files):
+
+  curves       loss, instance accuracy, kNN top-1/5 and lr per epoch (metrics.jsonl)
+  correlation  paper Fig. 1b: for every kept checkpoint, instance classification
+               accuracy vs kNN top-1 (and linear top-1 with --linear), as a scatter
+  retrieval    nearest-neighbour retrieval grid: evaluation images and their top-8
+               training-set neighbours
+  projector    embeddings of evaluation images for TensorBoard's Embedding Projector
+
+  python tools/analyze.py --model_dir=runs/cifar_subset --virtual_devices=2
+  python tools/analyze.py --model_dir=runs/cifar_subset --what=correlation --linear
+
+Keep checkpoints for the correlation (TrainConfig.keep_checkpoints). Output goes to
+<model_dir>/analysis unless --out_dir is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+from tools import common
+
+FLAGS = flags.FLAGS
+common.define_model_and_data_flags("analysis")
+flags.DEFINE_list("what", ["curves", "correlation", "retrieval", "projector"],
+                  "Analyses to run.")
+flags.DEFINE_bool("linear", False, "correlation: also a linear probe per checkpoint.")
+flags.DEFINE_integer("linear_epochs", 30, "correlation: epochs of each linear probe.",
+                     lower_bound=1)
+flags.DEFINE_integer("num_queries", 8, "retrieval: query images (one per class first).",
+                     lower_bound=1)
+flags.DEFINE_integer("top_k", 8, "retrieval: neighbours per query.", lower_bound=1)
+flags.DEFINE_enum("feature", "features", ["features", "embedding"],
+                  "Representation for kNN / retrieval / projector.")
+flags.DEFINE_integer("projector_images", 2000, "projector: at most this many images.",
+                     lower_bound=1)
+flags.DEFINE_integer("knn_k", 200, "kNN neighbours.", lower_bound=1)
+
+ANALYSES = ("curves", "correlation", "retrieval", "projector")
+
+
+def _curves(out):
+    from tf_instcls.eval import analysis, plots
+
+    records = analysis.read_metrics(FLAGS.model_dir)
+    path = os.path.join(out, "curves.png")
+    plots.line_plots(analysis.curves_series(records), path,
+                     title=f"{FLAGS.model_dir}: {len(records)} epochs")
+    print(f"wrote {path}")
+    return {"epochs": len(records), "png": path}
+
+
+def _correlation(out, model, train, evaluation, data):
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_instcls.eval import analysis, plots
+    from tf_instcls.eval import common as ec
+    from tf_instcls.eval.knn import weighted_knn
+    from tf_instcls.eval.linear import train_linear
+    from tf_instcls.export.restore import read_class_weights
+
+    state = tf.train.get_checkpoint_state(os.path.join(FLAGS.model_dir, "checkpoints"))
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    if len(paths) < 2:
+        raise app.UsageError("correlation needs >= 2 kept checkpoints; train with "
+                             "TrainConfig.keep_checkpoints large enough")
+    # instance accuracy is over the pretraining instances: the run's own training split
+    from tf_instcls.eval.common import labelled_splits
+
+    info = model.restored.run_info
+    pretrain, _ = labelled_splits(info["dataset"], info.get("eval_dataset"),
+                                  info.get("holdout_fraction") or 0.15, int(info["seed"]))
+    rows = []
+    num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
+    for path in paths:
+        ec.assign_checkpoint(model, path)
+        pre = ec.compute_features(model, pretrain, batch_size=FLAGS.batch_size,
+                                  progress=False)
+        w = read_class_weights(path, pretrain.num_images)
+        inst = analysis.instance_accuracy(pre["embedding"], w)
+        bank = pre if pretrain is train else ec.compute_features(
+            model, train, batch_size=FLAGS.batch_size, progress=False)
+        queries = ec.compute_features(model, evaluation, batch_size=FLAGS.batch_size,
+                                      progress=False)
+        knn = weighted_knn(bank[FLAGS.feature], train.labels, queries[FLAGS.feature],
+                           evaluation.labels, k=FLAGS.knn_k, num_classes=num_classes)
+        row = {"checkpoint": path, "step": model.restored.step, "instance_acc": inst,
+               "knn_top1": knn["top1"]}
+        if FLAGS.linear:
+            lin = train_linear(bank["features"], train.labels, queries["features"],
+                               evaluation.labels, num_classes=num_classes,
+                               epochs=FLAGS.linear_epochs, batch_size=256,
+                               learning_rate=0.1, feature_norm="standardize",
+                               seed=data["seed"], progress=False)
+            row["linear_top1"] = lin["top1"]
+        rows.append(row)
+        print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()), flush=True)
+    xs = [r["instance_acc"] for r in rows]
+    points = {"kNN top-1": (xs, [r["knn_top1"] for r in rows])}
+    if FLAGS.linear:
+        points["linear top-1"] = (xs, [r["linear_top1"] for r in rows])
+    result = {"checkpoints": rows}
+    for name, (x, y) in points.items():
+        result[f"pearson_{name.split()[0].lower()}"] = (
+            float(np.corrcoef(x, y)[0, 1]) if np.std(x) > 0 and np.std(y) > 0 else None)
+    png = os.path.join(out, "correlation.png")
+    plots.scatter(points, png, x_label="instance classification accuracy (%)",
+                  y_label="semantic accuracy (%)",
+                  title="instance vs semantic accuracy across checkpoints (Fig. 1b)",
+                  annotate={k: [f"s{r['step']}" for r in rows] for k in points})
+    result["png"] = png
+    print(f"wrote {png}; Pearson r: " + ", ".join(
+        f"{k}={v:.3f}" for k, v in result.items() if k.startswith("pearson") and v is not None))
+    return result
+
+
+def _retrieval(out, model, train, evaluation):
+    import numpy as np
+
+    from tf_instcls.eval import common as ec
+    from tf_instcls.eval import plots
+    from tf_instcls.eval.knn import nearest_neighbours
+
+    bank = ec.compute_features(model, train, batch_size=FLAGS.batch_size, progress=False)
+    queries = ec.compute_features(model, evaluation, batch_size=FLAGS.batch_size,
+                                  progress=False)
+    # one query per class first (the first eval image of each), then in id order
+    first = [int(np.flatnonzero(evaluation.labels == c)[0])
+             for c in np.unique(evaluation.labels)]
+    rest = [i for i in range(evaluation.num_images) if i not in set(first)]
+    chosen = (first + rest)[: FLAGS.num_queries]
+    idx, sims = nearest_neighbours(bank[FLAGS.feature], queries[FLAGS.feature][chosen],
+                                   FLAGS.top_k)
+    size = model.image_size
+    load_q, load_b = evaluation.load_fn(size), train.load_fn(size)
+    q_images = np.stack([load_q(i).numpy() for i in chosen])
+    n_images = np.stack([[load_b(int(j)).numpy() for j in row] for row in idx])
+    precision = float((train.labels[idx] == evaluation.labels[chosen][:, None]).mean() * 100)
+    png = os.path.join(out, "retrieval.png")
+    plots.retrieval_grid(q_images, n_images, png, scores=sims,
+                         query_labels=evaluation.labels[chosen],
+                         neighbour_labels=train.labels[idx], class_names=train.class_names,
+                         title=f"top-{FLAGS.top_k} neighbours ({FLAGS.feature}); "
+                               f"same class: {precision:.1f}%")
+    print(f"wrote {png} (neighbours of the query's class: {precision:.1f}%)")
+    return {"queries": chosen, "neighbours": idx.tolist(), "png": png,
+            "precision_at_k": precision}
+
+
+def _projector(out, model, evaluation):
+    import numpy as np
+
+    from tf_instcls.eval import analysis
+    from tf_instcls.eval import common as ec
+
+    n = min(FLAGS.projector_images, evaluation.num_images)
+    subset = evaluation.subset(np.arange(n), evaluation.name)
+    feats = ec.compute_features(model, subset, batch_size=FLAGS.batch_size, progress=False)
+    load = subset.load_fn(min(model.image_size, 64))
+    images = np.stack([load(i).numpy() for i in range(n)])
+    log_dir = analysis.write_projector(os.path.join(out, "projector"), feats[FLAGS.feature],
+                                       subset.labels, images, class_names=subset.class_names)
+    print(f"wrote projector files to {log_dir} (tensorboard --logdir={log_dir})")
+    return {"dir": log_dir, "num_images": n}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    unknown = set(FLAGS.what) - set(ANALYSES)
+    if unknown:
+        raise app.UsageError(f"--what: unknown {sorted(unknown)}; choose from {ANALYSES}")
+    if not FLAGS.model_dir and ({"curves", "correlation"} & set(FLAGS.what)):
+        raise app.UsageError("curves and correlation need --model_dir (a pretraining run)")
+    out = common.out_dir("analysis")
+    os.makedirs(out, exist_ok=True)
+    results = {}
+    if "curves" in FLAGS.what:
+        results["curves"] = _curves(out)
+    needs_model = [w for w in FLAGS.what if w != "curves"]
+    if needs_model:
+        mesh = common.make_mesh()
+        model, train, evaluation, data = common.load_model_and_splits(mesh)
+        results["data"] = data
+        if "retrieval" in FLAGS.what:
+            results["retrieval"] = _retrieval(out, model, train, evaluation)
+        if "projector" in FLAGS.what:
+            results["projector"] = _projector(out, model, evaluation)
+        if "correlation" in FLAGS.what:  # last: it loads every checkpoint into the model
+            results["correlation"] = _correlation(out, model, train, evaluation, data)
+    path = os.path.join(out, "analysis.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {path}")
+
+
+def run():
+    app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    app.run(main)
