@@ -70,11 +70,16 @@ def _correlation(out, model, train, evaluation, data):
         raise app.UsageError("correlation needs >= 2 kept checkpoints; train with "
                              "TrainConfig.keep_checkpoints large enough")
     # instance accuracy is over the pretraining instances: the run's own training split
-    from tf_instcls.eval.common import labelled_splits
+    # (its dataset, eval split and holdout, with --holdout_fraction / --seed if given)
+    from tf_instcls.eval.common import default_data_args, labelled_splits
 
     info = model.restored.run_info
-    pretrain, _ = labelled_splits(info["dataset"], info.get("eval_dataset"),
-                                  info.get("holdout_fraction") or 0.15, int(info["seed"]))
+    args = default_data_args(model, None, None, FLAGS.holdout_fraction, FLAGS.seed)
+    pretrain, _ = labelled_splits(*args)
+    if pretrain.num_images != info.get("num_instances"):
+        raise app.UsageError(
+            f"the rebuilt pretraining split has {pretrain.num_images} images but the run "
+            f"has N = {info.get('num_instances')}: pass the run's --holdout_fraction")
     rows = []
     num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
     for path in paths:
@@ -180,7 +185,11 @@ def main(argv):
         raise app.UsageError("curves and correlation need --model_dir (a pretraining run)")
     out = common.out_dir("analysis")
     os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "analysis.json")
     results = {}
+    if os.path.exists(path):  # earlier analyses of this out_dir stay; reruns replace
+        with open(path) as f:
+            results = json.load(f)
     if "curves" in FLAGS.what:
         results["curves"] = _curves(out)
     needs_model = [w for w in FLAGS.what if w != "curves"]
@@ -194,9 +203,9 @@ def main(argv):
             results["projector"] = _projector(out, model, evaluation)
         if "correlation" in FLAGS.what:  # last: it loads every checkpoint into the model
             results["correlation"] = _correlation(out, model, train, evaluation, data)
-    path = os.path.join(out, "analysis.json")
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
+    os.replace(path + ".tmp", path)
     print(f"wrote {path}")
 
 

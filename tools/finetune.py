@@ -36,7 +36,8 @@ flags.DEFINE_float("classifier_lr", None, "Classifier lr (default: the paper's, 
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float("weight_decay", 0.0, "Coupled L2 weight decay.")
 flags.DEFINE_bool("baselines", False, "Also fine-tune the same network from random "
-                  "initialisation.")
+                  "initialisation, and train a linear classifier on the labelled images' "
+                  "raw pixels (standardised).")
 
 
 def main(argv):
@@ -89,6 +90,20 @@ def main(argv):
         record["results"].append({**m.describe(), **result})
         rows.append([m.name, f"{FLAGS.label_fraction:g}", result["top1"], result["top5"]])
         print(f"{m.name}: fine-tuned ({FLAGS.label_fraction:g} labels) top-1 "
+              f"{result['top1']:.2f}%  top-5 {result['top5']:.2f}%", flush=True)
+    if FLAGS.baselines:
+        from tf_instcls.eval.linear import train_linear
+
+        result = train_linear(
+            ec.raw_pixels(labelled, model.image_size), labelled.labels,
+            ec.raw_pixels(evaluation, model.image_size), evaluation.labels,
+            num_classes=num_classes, epochs=100, batch_size=256, learning_rate=0.1,
+            feature_norm="standardize", seed=data["seed"], progress=False)
+        result.pop("weights"), result.pop("bias")
+        record["results"].append({"model": "raw pixels", **result})
+        rows.append(["raw pixels (linear)", f"{FLAGS.label_fraction:g}", result["top1"],
+                     result["top5"]])
+        print(f"raw pixels: linear ({FLAGS.label_fraction:g} labels) top-1 "
               f"{result['top1']:.2f}%  top-5 {result['top5']:.2f}%", flush=True)
     md = (f"# Fine-tuning with {FLAGS.label_fraction:g} of the labels\n\n"
           f"{subset_desc}; eval {data['eval_dataset']} ({data['num_eval']} images); "
