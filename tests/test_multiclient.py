@@ -60,3 +60,100 @@ def test_two_clients_match_the_single_process_reference(tmp_path):
     for result in results:  # every client sees the same global values
         for key, want in zip(("loss", "grad_x", "grad_w"), ref):
             assert_close(result[key], want, name=key)
+
+
+ROOT = os.path.dirname(HERE)
+TRAIN_TINY = ["--gin_bindings=DataConfig.image_size = 16",
+              "--gin_bindings=ModelConfig.backbone_width = 8",
+              "--gin_bindings=ModelConfig.head_hidden_dim = 32",
+              "--gin_bindings=TrainConfig.deterministic = True",
+              "--gin_bindings=TrainConfig.log_steps = True",
+              "--gin_bindings=TrainConfig.knn_k = 20",
+              "--batch_size=64"]
+
+
+def _start_train_clients(model_dir, extra=(), num_clients=2):
+    """``tools/train.py`` once per process, DTensor multi-client on localhost."""
+    jobs = ",".join(f"localhost:{p}" for p in _free_ports(num_clients))
+    procs = []
+    for client in range(num_clients):
+        env = dict(os.environ, DTENSOR_CLIENT_ID=str(client),
+                   DTENSOR_NUM_CLIENTS=str(num_clients), DTENSOR_JOB_NAME="worker",
+                   DTENSOR_JOBS=jobs, TF_CPP_MIN_LOG_LEVEL="2")
+        env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), "--multi_client",
+               "--virtual_devices=2", f"--model_dir={model_dir}", *TRAIN_TINY, *extra]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs, timeout=600):
+    try:
+        return [p.communicate(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+
+
+def _losses(model_dir):
+    import json
+
+    with open(os.path.join(model_dir, "steps.jsonl")) as f:
+        return [json.loads(line)["loss"] for line in f if line.strip()]
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_train_binary_on_two_processes_matches_one_process_on_four_devices(tmp_path):
+    multi = tmp_path / "multi"
+    outs = _finish(_start_train_clients(multi, ["--epochs=2"]))
+    for stdout, stderr in outs:
+        assert "kNN top-1" in stdout, stderr[-3000:]
+    single = tmp_path / "single"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train.py"),
+                           "--virtual_devices=4", f"--model_dir={single}", *TRAIN_TINY,
+                           "--epochs=2"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _losses(multi), _losses(single)
+    assert len(a) == len(b) == 2 * (1528 // 64)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert outs[0][0].splitlines()[-1] == proc.stdout.splitlines()[-1]  # same kNN line
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
+    import glob
+    import signal
+    import time
+
+    from tf_instcls.training import checkpoints
+
+    model_dir = tmp_path / "run"
+    extra = ["--epochs=20", "--gin_bindings=TrainConfig.checkpoint_every_steps = 5",
+             "--gin_bindings=TrainConfig.knn_every_epochs = 0"]
+    procs = _start_train_clients(model_dir, extra)
+    deadline = time.time() + 300
+    while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / "*.index")):
+        assert all(p.poll() is None for p in procs), procs[0].stderr.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(1.0)
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    try:
+        _, stderr = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    assert time.time() - killed < 120
+    assert procs[0].returncode != 0
+    assert "WorkerLostError" in stderr and "lost contact with another process" in stderr
+    latest = checkpoints.newest_valid(str(model_dir / "checkpoints"), move_damaged=False)
+    checkpoints.verify(latest)
+    no_knn = "--gin_bindings=TrainConfig.knn_every_epochs = 0"
+    outs = _finish(_start_train_clients(model_dir, ["--epochs=2", no_knn]))
+    for stdout, stderr in outs:
+        assert "resumed from" in stderr and "done" in stdout, stderr[-3000:]

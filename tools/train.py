@@ -69,8 +69,9 @@ def main(argv):
     gin, loop, (data, model, optim, train) = _parse_gin()
     name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
     model_dir = FLAGS.model_dir or os.path.join("runs", name)
-    mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
-                               device_type="CPU" if FLAGS.virtual_devices else None)
+    # multi-client: one mesh over every device of every process
+    local = None if FLAGS.multi_client else (FLAGS.virtual_devices or None)
+    mesh = parallel.build_mesh(local, device_type="CPU" if FLAGS.virtual_devices else None)
     logging.info("mesh: %d %s devices; model_dir %s", mesh.size, mesh.device_type(), model_dir)
     os.makedirs(model_dir, exist_ok=True)
     if not parallel.is_multi_client() or _client_id() == 0:

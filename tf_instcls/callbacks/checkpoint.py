@@ -3,6 +3,8 @@
 import keras
 from absl import logging
 
+from tf_instcls.training import checkpoints
+
 
 class CheckpointSaver(keras.callbacks.Callback):
     """Saves backbone, head, W, every optimizer slot, BN statistics and the global step.
@@ -15,14 +17,17 @@ class CheckpointSaver(keras.callbacks.Callback):
         super().__init__()
         self.state = state
         self.every_steps = every_steps
+        self.saved_step = None
+
+    def on_train_begin(self, logs=None):
+        self.saved_step = self.state.step  # the restored (or initial) position
 
     def _save(self):
         step = self.state.step
-        if self.state.manager.latest_checkpoint and self.state.manager.latest_checkpoint.endswith(
-            f"-{step}"
-        ):
+        if step == self.saved_step:
             return
-        path = self.state.manager.save(checkpoint_number=step)
+        path = checkpoints.save(self.state.manager, step)
+        self.saved_step = step
         logging.info("saved checkpoint %s", path)
 
     def on_train_batch_end(self, batch, logs=None):

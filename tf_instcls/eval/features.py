@@ -8,6 +8,7 @@ import tensorflow as tf
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
 from tf_instcls.parallel import layouts
+from tf_instcls.training import watchdog
 
 _INFER_FNS: dict = {}
 
@@ -50,6 +51,7 @@ def run_encoder(encoder, batches, mesh, *, training: bool = False, total: int | 
         feats.append(parallel.to_numpy(f))
         embs.append(parallel.to_numpy(e))
         bar.add(1)
+        watchdog.beat()  # long feature passes (prior, kNN monitor) are progress too
     return {"features": np.concatenate(feats), "embedding": np.concatenate(embs)}
 
 

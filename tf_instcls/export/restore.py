@@ -53,9 +53,12 @@ def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
     """``checkpoint`` (a prefix like .../ckpt-310, or a step number) or the latest one."""
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if checkpoint is None:
-        latest = tf.train.latest_checkpoint(ckpt_dir)
+        from tf_instcls.training.checkpoints import newest_valid
+
+        latest = newest_valid(ckpt_dir, move_damaged=False)  # skips damaged / missing ones
         if latest is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt_dir} (has the run saved one?)")
+            raise FileNotFoundError(f"no readable checkpoint in {ckpt_dir} (has the run "
+                                    "saved one?)")
         return latest
     if checkpoint.isdigit():
         checkpoint = os.path.join(ckpt_dir, f"ckpt-{checkpoint}")

@@ -136,7 +136,7 @@ class InstanceClassifier(keras.layers.Layer):
         Each device receives only its own rows (``dtensor.pack`` of local shards): a
         sharded W is never materialised whole on a device.
         """
-        self._assign_padded(self.class_weights, rows, np.float32, "assign_rows")
+        self.assign_padded(self.class_weights, rows, np.float32, "assign_rows")
 
     def build_table(self, columns: int) -> tf.Variable:
         """An int32 [num_padded, columns] DVariable laid out like W (the hard negatives)."""
@@ -152,9 +152,9 @@ class InstanceClassifier(keras.layers.Layer):
 
     def assign_table(self, table_variable: tf.Variable, table: np.ndarray) -> None:
         """Writes a host [N, columns] int table into a variable from build_table."""
-        self._assign_padded(table_variable, table, np.int32, "assign_table")
+        self.assign_padded(table_variable, table, np.int32, "assign_table")
 
-    def _assign_padded(self, variable, values, dtype, what: str) -> None:
+    def assign_padded(self, variable, values, dtype, what: str) -> None:
         """variable[:N] = values, padding rows zero, each device given only its rows."""
         values = np.asarray(values, dtype)
         columns = variable.shape[1]

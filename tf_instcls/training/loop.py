@@ -20,6 +20,7 @@ from tensorflow.experimental import dtensor
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
 from tf_instcls.parallel import layouts
+from tf_instcls.training import checkpoints, watchdog
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
 from tf_instcls.training.step import make_train_step
@@ -70,14 +71,25 @@ class TrainConfig:
     keep_checkpoints: int = 3
     knn_k: int = 200
     knn_temperature: float = 0.07
-    knn_every_epochs: int = 1
+    knn_every_epochs: int = 1  # 0: no kNN monitor
     deterministic: bool = False
     log_steps: bool = False  # write steps.jsonl (one line per step)
     init_mode: str = "prior_running_bn"  # gaussian | prior_fixed_bn | prior_running_bn
     num_hard_negatives: int = 100  # K of Eq. 2; 0 disables smoothing
     smoothing: float = 0.2  # alpha of Eq. 2-3; 0 disables smoothing
     mining_period: int = 1  # epochs between hard-negative mining (the paper: 1)
+    nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop | skip (the step)
+    max_consecutive_skips: int = 10  # "skip": stop after this many non-finite steps in a row
+    step_timeout_s: float = 900.0  # exit with an error after this long without progress; 0: off
     verbose: int = 1
+
+
+class WorkerLostError(RuntimeError):
+    """Another process of a multi-client run died or became unreachable."""
+
+
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
 
 
 @dataclasses.dataclass
@@ -102,6 +114,7 @@ class TrainState:
     hard_table: tf.Variable | None = None  # [N, K] hard negatives, laid out like W
     hard_table_epoch: tf.Variable | None = None  # the epoch the table was mined at
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
+    last_step: int = 0  # host copy of global_step, readable when the device is not
 
     @property
     def step(self) -> int:
@@ -136,6 +149,51 @@ def configs_from_gin(gin, files, bindings=(), *, search_path: str | None = None)
     return tuple(make() for make in configurables)
 
 
+def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
+                     train: TrainConfig) -> None:
+    """Fails before any work on values that would only break later (a gin binding or
+    flag can set any of them)."""
+    from tf_instcls.callbacks.contrastive_prior import INIT_MODES
+
+    problems = []
+
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
+
+    need(train.epochs >= 1, f"TrainConfig.epochs must be >= 1; got {train.epochs}")
+    need(train.batch_size >= 1, f"TrainConfig.batch_size must be >= 1; got {train.batch_size}")
+    need(0 <= train.smoothing < 1, f"TrainConfig.smoothing must be in [0, 1); got "
+         f"{train.smoothing}")
+    need(train.num_hard_negatives >= 0, "TrainConfig.num_hard_negatives must be >= 0")
+    need(train.init_mode in INIT_MODES, f"TrainConfig.init_mode must be one of {INIT_MODES}; "
+         f"got {train.init_mode!r}")
+    need(train.nonfinite in ("stop", "skip"), "TrainConfig.nonfinite must be 'stop' or "
+         f"'skip'; got {train.nonfinite!r}")
+    need(train.keep_checkpoints >= 1, "TrainConfig.keep_checkpoints must be >= 1")
+    need(train.checkpoint_every_steps >= 0, "TrainConfig.checkpoint_every_steps must be >= 0")
+    need(train.mining_period >= 1, "TrainConfig.mining_period must be >= 1")
+    need(train.step_timeout_s >= 0, "TrainConfig.step_timeout_s must be >= 0")
+    need(train.knn_every_epochs >= 0, "TrainConfig.knn_every_epochs must be >= 0")
+    need(model.classifier_layout in ("sharded", "replicated"), "ModelConfig.classifier_layout "
+         f"must be 'sharded' or 'replicated'; got {model.classifier_layout!r}")
+    need(model.temperature > 0, f"ModelConfig.temperature must be > 0; got {model.temperature}")
+    need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
+    need(model.chunk_size is None or model.chunk_size >= 1, "ModelConfig.chunk_size must be "
+         "None or >= 1")
+    need(optim.base_learning_rate > 0, "OptimConfig.base_learning_rate must be > 0")
+    need(0 <= optim.momentum < 1, f"OptimConfig.momentum must be in [0, 1); got "
+         f"{optim.momentum}")
+    need(optim.weight_decay >= 0, "OptimConfig.weight_decay must be >= 0")
+    need(optim.warmup_epochs >= 0, "OptimConfig.warmup_epochs must be >= 0")
+    need(data.image_size >= 8, f"DataConfig.image_size must be >= 8; got {data.image_size}")
+    need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
+    need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
+         f"{models.backbone_names()}; got {model.backbone!r}")
+    if problems:
+        raise ValueError("bad configuration: " + "; ".join(problems))
+
+
 def _sources(cfg: DataConfig, seed: int):
     source = data_lib.load_source(cfg.dataset, skip_corrupt=cfg.skip_corrupt_images)
     if cfg.eval_dataset:
@@ -148,6 +206,7 @@ def _sources(cfg: DataConfig, seed: int):
 def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimConfig,
                 train: TrainConfig, mesh) -> TrainState:
     """Everything of a run, restored from ``model_dir`` when a checkpoint exists."""
+    validate_configs(data, model, optim, train)
     os.makedirs(model_dir, exist_ok=True)
     if train.batch_size % mesh.size:
         raise ValueError(f"batch_size {train.batch_size} not divisible by {mesh.size} devices")
@@ -194,13 +253,18 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
     )
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(model_dir, "checkpoints"), max_to_keep=train.keep_checkpoints
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("resumed from %s (step %d)", manager.latest_checkpoint,
-                     int(parallel.to_numpy(global_step)))
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    # Find (and set aside) damaged checkpoints before the manager lists the directory.
+    latest = checkpoints.newest_valid(ckpt_dir, move_damaged=parallel.process_count() == 1)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
+                                         max_to_keep=train.keep_checkpoints)
+    if latest:
+        how = checkpoints.restore(
+            latest, checkpoint, classifier=classifier, encoder_variables=encoder_variables,
+            optimizer=optimizer, global_step=global_step, hard_table=hard_table,
+            hard_table_epoch=hard_table_epoch)
+        logging.info("resumed from %s (step %d, %s restore on %d devices)", latest,
+                     int(parallel.to_numpy(global_step)), how, mesh.size)
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
@@ -231,14 +295,54 @@ def _check_run_info(model_dir: str, run_info: dict) -> None:
     os.replace(tmp, path)
 
 
+def _non_finite(state, train, epoch, batch_index, logs, skips) -> int:
+    """The non-finite guard's decision; the step already left every variable as it was."""
+    where = (f"step {state.step} (epoch {epoch}, batch {batch_index}): loss "
+             f"{logs.get('loss')}")
+    if train.nonfinite == "skip" and skips + 1 < train.max_consecutive_skips:
+        logging.warning("non-finite loss or gradient at %s; step skipped (W, backbone, "
+                        "momentum and BN statistics unchanged)", where)
+        return skips + 1
+    reason = ("" if train.nonfinite == "stop" else
+              f" after {train.max_consecutive_skips} consecutive skipped steps")
+    raise FloatingPointError(
+        f"non-finite loss or gradient at {where}{reason}. Nothing non-finite reached W or "
+        f"the checkpoints; the latest checkpoint is {state.manager.latest_checkpoint}. "
+        "Lower the learning rate, check the data, or set TrainConfig.nonfinite = 'skip'.")
+
+
 def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim: OptimConfig,
                     train: TrainConfig, mesh, callbacks=()) -> dict:
-    """Pretrains an encoder; returns the last epoch's logs (with ``knn_top1`` if labelled)."""
-    from tf_instcls import callbacks as cb  # callbacks read TrainState: import late
+    """Pretrains an encoder; returns the last epoch's logs (with ``knn_top1`` if labelled).
+
+    A watchdog (``TrainConfig.step_timeout_s``) ends the process if progress stops; in
+    a multi-client run a lost peer raises :class:`WorkerLostError`.
+    """
 
     if train.deterministic:
         tf.config.experimental.enable_op_determinism()
     state = build_state(model_dir, data, model, optim, train, mesh)
+    if not train.step_timeout_s:
+        return _train(state, data, optim, train, mesh, callbacks)
+    describe = lambda: (f"Last step {state.last_step}; latest checkpoint "  # noqa: E731
+                        f"{state.manager.latest_checkpoint}.")
+    with watchdog.Watchdog(train.step_timeout_s, describe):
+        try:
+            return _train(state, data, optim, train, mesh, callbacks)
+        except _PEER_ERRORS as err:
+            if not parallel.is_multi_client():
+                raise
+            raise WorkerLostError(
+                f"process {parallel.process_index()} of {parallel.process_count()} lost "
+                f"contact with another process of this run after step {state.last_step} "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). The latest "
+                f"complete checkpoint is {state.manager.latest_checkpoint}; restart every "
+                "process with the same --model_dir to resume from it.") from err
+
+
+def _train(state, data, optim, train, mesh, callbacks) -> dict:
+    """The epoch loop of :func:`run_pretraining`."""
+    from tf_instcls import callbacks as cb
     peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
                                    train.batch_size)
     total_steps = train.epochs * state.steps_per_epoch
@@ -258,7 +362,8 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
            *([cb.HardNegativeMiner(state, period=train.mining_period)]
              if state.hard_table is not None else []),
            cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps)]
-    if state.eval_source is not None and state.train_source.labels is not None:
+    if (state.eval_source is not None and state.train_source.labels is not None
+            and train.knn_every_epochs > 0):
         own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,
                                  every_epochs=train.knn_every_epochs))
     own += [cb.MetricsWriter(state, log_steps=train.log_steps), cb.ScalarSummaries(state)]
@@ -269,7 +374,7 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     id_layout = layouts.batch_layout(mesh, 1)
     process_index, process_count = parallel.process_index(), parallel.process_count()
 
-    start = state.step
+    start = state.last_step = state.step
     logs: dict = {}
     callback_list.on_train_begin({"step": start})
     for epoch in range(start // state.steps_per_epoch, train.epochs):
@@ -284,7 +389,7 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
             process_count=process_count,
         )
         sums = {"loss": 0.0, "instance_acc": 0.0}
-        count = 0
+        count = skips = 0
         tick = time.perf_counter()
         for batch_index, batch in enumerate(dataset, start=first):
             callback_list.on_train_batch_begin(batch_index)
@@ -293,7 +398,16 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
                 layouts.pack_local_batch(batch["ids"], id_layout),
                 state.global_step,
             )
+            finite = bool(parallel.to_numpy(metrics.pop("finite")))
+            state.last_step += 1
+            watchdog.beat()
             logs = {k: float(parallel.to_numpy(v)) for k, v in metrics.items()}
+            if not finite:
+                skips = _non_finite(state, train, epoch, batch_index, logs, skips)
+                if train.nonfinite == "skip":
+                    continue
+            else:
+                skips = 0
             now = time.perf_counter()
             logs["images_per_sec"] = train.batch_size / max(now - tick, 1e-9)
             tick = now

@@ -14,6 +14,19 @@ import tensorflow as tf
 from tf_instcls.parallel import layouts
 
 
+def masked(value, keep):
+    """``value`` where the scalar bool ``keep`` holds, else exactly 0 (even where
+    ``value`` is NaN or Inf). ``tf.where`` with a scalar condition segfaults under
+    DTensor (TF 2.21, checked on virtual CPUs), and ``tf.cond`` silently took the wrong
+    branch, hence ``multiply_no_nan``."""
+    return tf.math.multiply_no_nan(value, tf.cast(keep, value.dtype))
+
+
+def keep_or_replace(keep, new, old):
+    """``new`` if ``keep`` else ``old``, elementwise-safe for a non-finite ``new``."""
+    return masked(new, keep) + masked(old, tf.logical_not(keep))
+
+
 class MomentumSGD(tf.Module):
     """``buf = momentum * buf + (g + weight_decay * v);  v -= lr * buf``.
 
@@ -59,8 +72,13 @@ class MomentumSGD(tf.Module):
     def slot_for(self, variable) -> tf.Variable:
         return self.slots[self._slot_index[id(variable)]]
 
-    def apply_gradients(self, grads_and_vars, learning_rate) -> None:
-        """One update; call inside the train step's tf.function, after :meth:`build`."""
+    def apply_gradients(self, grads_and_vars, learning_rate, apply=None) -> None:
+        """One update; call inside the train step's tf.function, after :meth:`build`.
+
+        ``apply`` (a scalar bool tensor, optional) masks the whole update: where it is
+        False neither the variables nor the momentum slots change (the non-finite
+        guard's skip), even if a gradient holds NaN or Inf.
+        """
         for grad, variable in grads_and_vars:
             if grad is None:
                 continue
@@ -76,5 +94,8 @@ class MomentumSGD(tf.Module):
             # Use the new buffer as a tensor: on a sharded DVariable a re-read of the slot
             # was not ordered after its assign (observed with 4 devices, TF 2.21).
             buffer = self.momentum * slot + grad
+            update = tf.cast(learning_rate, variable.dtype) * buffer
+            if apply is not None:
+                buffer, update = keep_or_replace(apply, buffer, slot), masked(update, apply)
             slot.assign(buffer)
-            variable.assign_sub(tf.cast(learning_rate, variable.dtype) * buffer)
+            variable.assign_sub(update)

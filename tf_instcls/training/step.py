@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tf_instcls.losses import instance_classification_loss_and_accuracy
 from tf_instcls.parallel import layouts
+from tf_instcls.training.optimizer import keep_or_replace
 
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
@@ -25,6 +26,9 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
     handles += classifier.distributed_variables
+    # BatchNorm's moving statistics change in the forward pass: kept aside so a
+    # non-finite step can put them back.
+    statistics = [layouts.variable_handle(v) for v in encoder.non_trainable_variables]
 
     def forward(images, ids, hard_negatives):
         size = images.shape[2]
@@ -48,12 +52,21 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         hard_negatives = None
         if hard_table is not None and smoothing > 0:
             hard_negatives = classifier.lookup_rows(hard_table, ids)  # [b, K]
+        before = [tf.identity(v.read_value()) for v in statistics]
         with tf.GradientTape() as tape:
             loss, accuracy = forward(images, ids, hard_negatives)
         grads = tape.gradient(loss, handles)
+        # The non-finite guard: one flag over the loss and every gradient. A False
+        # flag leaves W, the backbone, the slots and the BN statistics as they were.
+        finite = tf.reduce_all(tf.math.is_finite(loss))
+        for grad in grads:
+            if grad is not None:
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
         lr = learning_rate_fn(global_step)
-        optimizer.apply_gradients(zip(grads, handles), lr)
+        optimizer.apply_gradients(zip(grads, handles), lr, apply=finite)
+        for variable, value in zip(statistics, before):
+            variable.assign(keep_or_replace(finite, variable, value))
         global_step.assign_add(1)
-        return {"loss": loss, "instance_acc": accuracy, "lr": lr}
+        return {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
 
     return step

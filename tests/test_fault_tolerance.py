@@ -1,0 +1,202 @@
+"""Issue 8: non-finite guard, damaged / interrupted / unwritable checkpoints, config
+validation. Every scenario checks that the checkpoints already written stay usable."""
+
+import glob
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_instcls import parallel
+from tf_instcls.parallel import layouts
+from tf_instcls.training import checkpoints, loop
+from tf_instcls.training.step import make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+TINY = dict(
+    data=loop.DataConfig(image_size=16),
+    model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
+    optim=loop.OptimConfig(warmup_epochs=0),
+)
+TRAIN = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, num_hard_negatives=8,
+                         checkpoint_every_steps=1, knn_every_epochs=0)
+CLI_TINY = ["--gin_bindings=DataConfig.image_size = 16",
+            "--gin_bindings=ModelConfig.backbone_width = 8",
+            "--gin_bindings=ModelConfig.head_hidden_dim = 32",
+            "--gin_bindings=TrainConfig.knn_every_epochs = 0",
+            "--gin_bindings=TrainConfig.checkpoint_every_steps = 1",
+            "--batch_size=64"]
+
+
+def _env():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _train_cmd(model_dir, *extra):
+    return [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--model_dir={model_dir}",
+            *CLI_TINY, *extra]
+
+
+def _values(state):
+    handles = [layouts.variable_handle(v) for v in state.encoder.variables]
+    handles += [state.classifier.class_weights, *state.optimizer.slots]
+    return [parallel.to_numpy(h) for h in handles]
+
+
+def test_nonfinite_step_leaves_every_variable_untouched():
+    mesh = parallel.build_mesh(2)
+    import tempfile
+
+    state = loop.build_state(tempfile.mkdtemp(), **TINY, train=TRAIN, mesh=mesh)
+    step = make_train_step(state.encoder, state.classifier, state.optimizer, lambda s: 0.1)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 2, 16, 16, 3)).astype(np.float32)
+    ids = np.arange(8, dtype=np.int32)
+
+    def run(x):
+        return step(layouts.pack_sharded(x, layouts.batch_layout(mesh, 5)),
+                    layouts.pack_sharded(ids, layouts.batch_layout(mesh, 1)),
+                    state.global_step)
+
+    before = _values(state)
+    bad = images.copy()
+    bad[3, 0, 5, 5, 1] = np.nan
+    out = run(bad)
+    assert not bool(parallel.to_numpy(out["finite"]))
+    for a, b in zip(_values(state), before):  # BN statistics, W, slots, weights
+        np.testing.assert_array_equal(a, b)
+    assert state.step == 1  # the batch is consumed
+    out = run(images)
+    assert bool(parallel.to_numpy(out["finite"]))
+    changed = [not np.array_equal(a, b) for a, b in zip(_values(state), before)]
+    assert sum(changed) > len(changed) // 2
+
+
+class InjectNaN(keras.callbacks.Callback):
+    """Puts NaN into a backbone weight before batch ``at`` (and, with ``heal``, puts
+    the weight back before the next batch)."""
+
+    def __init__(self, at, heal=False):
+        super().__init__()
+        self.at, self.heal, self.state, self.saved = at, heal, None, None
+
+    def _handle(self):
+        return layouts.variable_handle(self.model.trainable_variables[0])
+
+    def on_train_batch_begin(self, batch, logs=None):
+        handle = self._handle()
+        if batch == self.at:
+            self.saved = parallel.to_numpy(handle)
+            handle.assign(layouts.pack_sharded(np.full_like(self.saved, np.nan), handle.layout))
+        elif self.heal and batch == self.at + 1:
+            handle.assign(layouts.pack_sharded(self.saved, handle.layout))
+
+
+def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
+    mesh = parallel.build_mesh(2)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 3 "
+                                                 r"\(epoch 0, batch 2\).*ckpt-2"):
+        loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh,
+                             callbacks=[InjectNaN(at=2)])
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert latest.endswith("ckpt-2")
+    w = tf.train.load_checkpoint(latest).get_tensor(checkpoints.W_KEY)
+    assert np.isfinite(w).all()
+
+
+def test_nonfinite_skip_mode_skips_the_step_and_goes_on(tmp_path):
+    mesh = parallel.build_mesh(2)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip"})
+    logs = loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
+                                callbacks=[InjectNaN(at=2, heal=True)])
+    assert logs["step"] == 5 and np.isfinite(logs["loss"])
+    w = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-5")).get_tensor(
+        checkpoints.W_KEY)
+    assert np.isfinite(w).all()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
+    mesh = parallel.build_mesh(2)
+    loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
+    ckpt_dir = tmp_path / "checkpoints"
+    data = sorted(glob.glob(str(ckpt_dir / "ckpt-5.data-*")), key=os.path.getsize)[-1]
+    with open(data, "r+b") as f:  # truncate the largest shard (W's)
+        f.truncate(os.path.getsize(data) // 2)
+    state = loop.build_state(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
+    assert state.step == 4
+    assert any("ckpt-5 is damaged" in r.getMessage() for r in caplog.records)
+    assert glob.glob(str(ckpt_dir / "corrupt" / "ckpt-5.*"))
+    assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-4")
+    # the run goes on and writes step 5 again
+    logs = loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
+    assert logs["step"] == 5
+    checkpoints.verify(str(ckpt_dir / "ckpt-5"))
+
+
+def test_bad_config_values_fail_before_any_work(tmp_path):
+    bad = dict(TINY, model=loop.ModelConfig(classifier_layout="rows", temperature=0))
+    with pytest.raises(ValueError, match="classifier_layout.*temperature must be > 0"):
+        loop.build_state(str(tmp_path / "x"), **bad, train=TRAIN, mesh=parallel.build_mesh(1))
+    assert not os.path.exists(tmp_path / "x")
+    with pytest.raises(ValueError, match="nonfinite must be"):
+        loop.validate_configs(TINY["data"], TINY["model"], TINY["optim"],
+                              loop.TrainConfig(nonfinite="ignore"))
+
+
+@pytest.mark.slow
+def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    ok = subprocess.run(_train_cmd(tmp_path, "--epochs=1"), env=_env(), capture_output=True,
+                        text=True, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+
+    def limit_file_size():  # writes beyond 200 kB fail with EFBIG, like a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    full = subprocess.run(_train_cmd(tmp_path, "--epochs=2"), env=_env(),
+                          capture_output=True, text=True, timeout=600,
+                          preexec_fn=limit_file_size)
+    assert full.returncode != 0
+    assert "could not write checkpoint" in full.stderr and "disk full" in full.stderr
+    assert f"previous checkpoint {latest} is intact" in full.stderr
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) == latest
+    checkpoints.verify(latest)
+    assert not glob.glob(str(tmp_path / "checkpoints" / "*_temp*"))
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
+    proc = subprocess.Popen(_train_cmd(tmp_path, "--epochs=3"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = str(tmp_path / "checkpoints")
+    killed_during_write = False
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if glob.glob(os.path.join(ckpt_dir, "ckpt-*_temp*")) and glob.glob(
+                    os.path.join(ckpt_dir, "ckpt-*.index")):
+                proc.send_signal(signal.SIGKILL)
+                killed_during_write = True
+                break
+            time.sleep(0.002)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert killed_during_write, "the run ended before a checkpoint write could be caught"
+    latest = checkpoints.newest_valid(ckpt_dir)
+    assert latest is not None
+    checkpoints.verify(latest)
+    resumed = subprocess.run(_train_cmd(tmp_path, "--epochs=3"), env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
