@@ -200,3 +200,21 @@ def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
+
+
+@pytest.mark.slow
+def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
+    import json
+
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "soak.py"), f"--work_dir={tmp_path}",
+         "--budget_s=25", "--kill_min_s=0.5", "--kill_max_s=3",
+         *[f"--gin_bindings={b}" for b in (
+             "DataConfig.image_size = 16", "ModelConfig.backbone_width = 8",
+             "ModelConfig.head_hidden_dim = 32", "TrainConfig.epochs = 2",
+             "TrainConfig.batch_size = 64", "TrainConfig.knn_every_epochs = 0")]],
+        env=_env(), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.load(open(tmp_path / "soak.json"))
+    assert report["equal"] and len(report["kills"]) >= 1
+    assert report["steps"] == 2 * (1528 // 64)
