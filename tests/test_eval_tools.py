@@ -16,18 +16,15 @@ from tf_instcls.eval.knn import weighted_knn
 from tf_instcls.eval.linear import train_linear
 from tf_instcls.parallel import layouts
 
+from helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    return env
 
 
 def _tool(name, *args, timeout=600):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args],
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc.stdout
 

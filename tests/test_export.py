@@ -18,14 +18,11 @@ from tf_instcls.data import ImageSource
 from tf_instcls.eval.features import extract_features
 from tf_instcls.training import loop
 
+from helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 IMAGE_SIZE = 16  # the tiny_run fixture's (conftest.py)
 
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    return env
 
 
 def _odd_sized_images(n=6, seed=0):
@@ -82,7 +79,7 @@ def test_reloaded_in_fresh_process_equals_in_memory_model(run, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script, run["export_dir"],
                            str(tmp_path / "images.npy"), str(out)],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     served = np.load(out)
     ref = run["in_memory"]
@@ -96,7 +93,7 @@ def test_reloaded_in_fresh_process_equals_in_memory_model(run, tmp_path):
 
 def test_saved_model_cli_lists_both_signatures(run):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    proc = subprocess.run([cli, "show", "--all", "--dir", run["export_dir"]], env=_env(),
+    proc = subprocess.run([cli, "show", "--all", "--dir", run["export_dir"]], env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "signature_def['serving_default']" in proc.stdout
@@ -217,7 +214,7 @@ def test_embed_tool_writes_embeddings_and_answers_queries(run, tmp_path):
            f"--export_dir={os.path.dirname(run['export_dir'])}",
            f"--dataset=npz:{tmp_path / 'data.npz'}", f"--out_dir={out_dir}", "--batch_size=3",
            f"--query={query}", "--top_k=3", f"--grid={tmp_path / 'grid.png'}"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     emb = np.load(out_dir / "embeddings.npy")
     assert emb.shape == (8, 16) and np.load(out_dir / "labels.npy").tolist() == [0, 1] * 4
@@ -228,7 +225,7 @@ def test_embed_tool_writes_embeddings_and_answers_queries(run, tmp_path):
     assert result[0]["id"] == 3 and result[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert os.path.getsize(tmp_path / "grid.png") > 1000
 
-    bad = subprocess.run(cmd[:3] + [f"--out_dir={tmp_path / 'none'}"], env=_env(),
+    bad = subprocess.run(cmd[:3] + [f"--out_dir={tmp_path / 'none'}"], env=subprocess_env(),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--dataset is required" in bad.stderr
 
@@ -237,9 +234,9 @@ def test_export_binary_versions_and_refuses_to_overwrite(run, tmp_path):
     base = tmp_path / "models" / "encoder"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "export.py"),
            f"--model_dir={run['model_dir']}", f"--export_dir={base}", "--version=7"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"to {base / '7'}" in proc.stdout
     assert export.resolve_export_dir(str(base)) == str(base / "7")
-    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in again.stderr

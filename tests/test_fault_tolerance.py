@@ -19,6 +19,8 @@ from tf_instcls.parallel import layouts
 from tf_instcls.training import checkpoints, loop
 from tf_instcls.training.step import make_train_step
 
+from helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 TINY = dict(
     data=loop.DataConfig(image_size=16),
@@ -34,11 +36,6 @@ CLI_TINY = ["--gin_bindings=DataConfig.image_size = 16",
             "--gin_bindings=TrainConfig.checkpoint_every_steps = 1",
             "--batch_size=64"]
 
-
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    return env
 
 
 def _train_cmd(model_dir, *extra):
@@ -154,7 +151,8 @@ def test_bad_config_values_fail_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
-    ok = subprocess.run(_train_cmd(tmp_path, "--epochs=1"), env=_env(), capture_output=True,
+    ok = subprocess.run(_train_cmd(tmp_path, "--epochs=1"), env=subprocess_env(),
+                        capture_output=True,
                         text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-3000:]
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
@@ -163,7 +161,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_pat
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    full = subprocess.run(_train_cmd(tmp_path, "--epochs=2"), env=_env(),
+    full = subprocess.run(_train_cmd(tmp_path, "--epochs=2"), env=subprocess_env(),
                           capture_output=True, text=True, timeout=600,
                           preexec_fn=limit_file_size)
     assert full.returncode != 0
@@ -176,7 +174,7 @@ def test_full_disk_gives_a_clear_error_and_keeps_the_previous_checkpoint(tmp_pat
 
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
-    proc = subprocess.Popen(_train_cmd(tmp_path, "--epochs=3"), env=_env(),
+    proc = subprocess.Popen(_train_cmd(tmp_path, "--epochs=3"), env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt_dir = str(tmp_path / "checkpoints")
     killed_during_write = False
@@ -196,7 +194,7 @@ def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     latest = checkpoints.newest_valid(ckpt_dir)
     assert latest is not None
     checkpoints.verify(latest)
-    resumed = subprocess.run(_train_cmd(tmp_path, "--epochs=3"), env=_env(),
+    resumed = subprocess.run(_train_cmd(tmp_path, "--epochs=3"), env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
@@ -213,7 +211,7 @@ def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
              "DataConfig.image_size = 16", "ModelConfig.backbone_width = 8",
              "ModelConfig.head_hidden_dim = 32", "TrainConfig.epochs = 2",
              "TrainConfig.batch_size = 64", "TrainConfig.knn_every_epochs = 0")]],
-        env=_env(), capture_output=True, text=True, timeout=900)
+        env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.load(open(tmp_path / "soak.json"))
     assert report["equal"] and len(report["kills"]) >= 1

@@ -37,3 +37,27 @@ def test_imagenet_config_is_the_papers_recipe():
 def test_unknown_binding_fails():
     with pytest.raises(ValueError):
         _parse([os.path.join(GIN_DIR, "digits.gin")], ["TrainConfig.epochz = 3"])
+
+
+ABLATIONS = sorted(glob.glob(os.path.join(GIN_DIR, "ablations", "*.gin")))
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=os.path.basename)
+def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
+    data, model, optim, train = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin"), path])
+    loop.validate_configs(data, model, optim, train)
+    name = os.path.basename(path)
+    if name == "npid.gin":
+        assert model.method == "npid" and model.npid_noise == 4096 and not model.use_head
+        assert model.npid_temperature == 0.07 and train.init_mode == "gaussian"
+    if name == "sampled.gin":
+        assert model.method == "sampled" and model.num_sampled == 1024
+    if name == "no_head.gin":
+        assert not model.use_head
+
+
+def test_sampled_with_smoothing_is_refused():
+    data, model, optim, train = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
+                                       ["ModelConfig.method = 'sampled'"])
+    with pytest.raises(ValueError, match="has no label smoothing"):
+        loop.validate_configs(data, model, optim, train)

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from helpers import subprocess_env
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
 TINY = [
     "--gin_bindings=DataConfig.image_size = 16",
@@ -27,11 +29,6 @@ def _cmd(model_dir, extra=()):
             *TINY, *extra]
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    return env
-
 
 def _steps(model_dir):
     path = os.path.join(model_dir, "steps.jsonl")
@@ -44,7 +41,7 @@ def _steps(model_dir):
 @pytest.mark.slow
 def test_train_prints_knn_writes_metrics_and_resumes_exactly_after_sigkill(tmp_path):
     reference = tmp_path / "reference"
-    out = subprocess.run(_cmd(reference), env=_env(), capture_output=True, text=True,
+    out = subprocess.run(_cmd(reference), env=subprocess_env(), capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "kNN top-1:" in out.stdout
@@ -56,7 +53,7 @@ def test_train_prints_knn_writes_metrics_and_resumes_exactly_after_sigkill(tmp_p
     total = max(ref_steps)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(killed), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(killed), env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, cwd=ROOT)
     deadline = time.time() + 300
     while time.time() < deadline and not any(s["step"] >= 13 for s in _steps(killed)):
@@ -65,7 +62,7 @@ def test_train_prints_knn_writes_metrics_and_resumes_exactly_after_sigkill(tmp_p
     proc.wait()
     before = _steps(killed)
     assert before and max(s["step"] for s in before) < total, "killed too late to test resume"
-    resumed = subprocess.run(_cmd(killed), env=_env(), capture_output=True, text=True,
+    resumed = subprocess.run(_cmd(killed), env=subprocess_env(), capture_output=True, text=True,
                              timeout=600, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = _steps(killed)
@@ -80,10 +77,10 @@ def test_train_prints_knn_writes_metrics_and_resumes_exactly_after_sigkill(tmp_p
 
 def test_bad_flags_and_bindings_fail_before_any_work(tmp_path):
     bad_binding = subprocess.run(
-        _cmd(tmp_path / "x", ["--gin_bindings=TrainConfig.epochz = 3"]), env=_env(),
+        _cmd(tmp_path / "x", ["--gin_bindings=TrainConfig.epochz = 3"]), env=subprocess_env(),
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad_binding.returncode != 0 and "epochz" in bad_binding.stderr
-    bad_flag = subprocess.run(_cmd(tmp_path / "y", ["--batch_size=0"]), env=_env(),
+    bad_flag = subprocess.run(_cmd(tmp_path / "y", ["--batch_size=0"]), env=subprocess_env(),
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad_flag.returncode != 0 and "batch_size" in bad_flag.stderr
     assert not (tmp_path / "y" / "checkpoints").exists()

@@ -10,6 +10,16 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env() -> dict:
+    """Environment for a child tool process: quiet TF logs, this checkout importable."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
 def define_model_and_data_flags(default_out: str) -> None:
     flags.DEFINE_string("model_dir", None, "A pretraining --model_dir (its checkpoints).")
     flags.DEFINE_string("export_dir", None, "Or an export (version dir or export base).")

@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from tools import common
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Holds reference/, soak/ and soak.json.")
@@ -60,15 +62,11 @@ def _command(model_dir):
     return cmd + [f"--gin_bindings={b}" for b in bindings]
 
 
-def _env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
-    return env
-
 
 def _run_to_end(model_dir, log):
     with open(log, "a") as out:
-        proc = subprocess.run(_command(model_dir), env=_env(), stdout=out, stderr=out)
+        proc = subprocess.run(_command(model_dir), env=common.subprocess_env(), stdout=out,
+                              stderr=out)
     if proc.returncode != 0:
         raise RuntimeError(f"training in {model_dir} failed (rc {proc.returncode}); see {log}")
 
@@ -134,7 +132,8 @@ def main(argv):
         wait = rng.uniform(FLAGS.kill_min_s, FLAGS.kill_max_s)
         with open(log, "a") as out:
             steps_before = _count_steps(soak)
-            proc = subprocess.Popen(_command(soak), env=_env(), stdout=out, stderr=out)
+            proc = subprocess.Popen(_command(soak), env=common.subprocess_env(), stdout=out,
+                                    stderr=out)
             # the clock starts at this attempt's first step (start-up is not training)
             while proc.poll() is None and _count_steps(soak) <= steps_before:
                 time.sleep(0.05)

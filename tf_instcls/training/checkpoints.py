@@ -122,7 +122,8 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
         assign(variable, _key(f"encoder/{_escape(name)}"))
     assign(global_step, _key("global_step"))
     assign_rows(classifier.class_weights, W_KEY)
-    w_slot = optimizer.slot_for(classifier.class_weights)
+    w_slot = (optimizer.slot_for(classifier.class_weights)
+              if optimizer.has_slot(classifier.class_weights) else None)  # NPID: none
     for index, slot in enumerate(optimizer.slots):
         key = _key(f"optimizer/slots/{index}")
         if slot is w_slot:

@@ -49,6 +49,14 @@ class ModelConfig:
     temperature: float = 0.15
     classifier_layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
     chunk_size: int | None = None
+    # full: the paper's full instance classification; sampled: softmax over the batch's
+    # classes + num_sampled uniform ones (Table 3); npid: memory bank + NCE (NPID)
+    method: str = "full"
+    num_sampled: int = 1024  # S of "sampled"
+    npid_noise: int = 4096  # m of NCE; 0: the full non-parametric softmax
+    npid_temperature: float = 0.07
+    npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
+    npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
 
 
 @dataclasses.dataclass
@@ -115,12 +123,14 @@ class TrainState:
     hard_table_epoch: tf.Variable | None = None  # the epoch the table was mined at
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
+    model_config: ModelConfig | None = None
 
     @property
     def step(self) -> int:
         return int(parallel.to_numpy(self.global_step))
 
 
+METHODS = ("full", "sampled", "npid")
 CONFIG_CLASSES = ("DataConfig", "ModelConfig", "OptimConfig", "TrainConfig")
 
 
@@ -178,6 +188,15 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.classifier_layout in ("sharded", "replicated"), "ModelConfig.classifier_layout "
          f"must be 'sharded' or 'replicated'; got {model.classifier_layout!r}")
     need(model.temperature > 0, f"ModelConfig.temperature must be > 0; got {model.temperature}")
+    need(model.method in METHODS, f"ModelConfig.method must be one of {METHODS}; got "
+         f"{model.method!r}")
+    need(model.num_sampled >= 1, "ModelConfig.num_sampled must be >= 1")
+    need(model.npid_noise >= 0, "ModelConfig.npid_noise must be >= 0")
+    need(model.npid_temperature > 0, "ModelConfig.npid_temperature must be > 0")
+    need(0 <= model.npid_momentum < 1, "ModelConfig.npid_momentum must be in [0, 1)")
+    need(model.method == "full" or train.smoothing == 0 or train.num_hard_negatives == 0,
+         f"ModelConfig.method = {model.method!r} has no label smoothing: set "
+         "TrainConfig.smoothing = 0 (or num_hard_negatives = 0)")
     need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
     need(model.chunk_size is None or model.chunk_size >= 1, "ModelConfig.chunk_size must be "
          "None or >= 1")
@@ -220,6 +239,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "batch_size": train.batch_size, "seed": train.seed, "init_mode": train.init_mode,
         "num_hard_negatives": train.num_hard_negatives if train.smoothing > 0 else 0,
         "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
+        "method": model.method,
         # what the evaluation tools need to rebuild the same train / held-out split
         "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
     }
@@ -237,8 +257,9 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         chunk_size=model.chunk_size, seed=train.seed,
     )
     optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
+    trained_w = classifier.distributed_variables if model.method != "npid" else []
     optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables]
-                    + classifier.distributed_variables)
+                    + trained_w)  # NPID's memory bank (W's place) is not trained
     global_step = layouts.replicated_variable(0, mesh, "global_step", tf.int64)
     hard_table = hard_table_epoch = None
     extra = {}
@@ -270,7 +291,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
-        hard_table=hard_table, hard_table_epoch=hard_table_epoch,
+        hard_table=hard_table, hard_table_epoch=hard_table_epoch, model_config=model,
     )
 
 
@@ -351,7 +372,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
         step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
     )
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
-                              smoothing=train.smoothing, hard_table=state.hard_table)
+                              smoothing=train.smoothing, hard_table=state.hard_table,
+                              method=state.model_config, seed=train.seed)
     augment = data_lib.AugmentConfig(
         image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
     )

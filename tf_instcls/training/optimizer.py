@@ -69,6 +69,9 @@ class MomentumSGD(tf.Module):
             excluded = any(part in variable.name for part in self.exclude_from_decay)
             self._decay.append(0.0 if excluded else self.weight_decay)
 
+    def has_slot(self, variable) -> bool:
+        return id(variable) in self._slot_index
+
     def slot_for(self, variable) -> tf.Variable:
         return self.slots[self._slot_index[id(variable)]]
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_instcls.losses import instance_classification_loss_and_accuracy
+from tf_instcls.losses.baselines import (
+    npid_nce_loss,
+    sampled_instance_classification_loss,
+    update_memory_bank,
+)
 from tf_instcls.parallel import layouts
-from tf_instcls.training.optimizer import keep_or_replace
+from tf_instcls.training.optimizer import keep_or_replace, masked
 
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
-                    hard_table=None):
+                    hard_table=None, method=None, seed=0):
     """Returns ``step(images, ids, global_step) -> metrics``.
 
     images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
@@ -23,14 +28,16 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
     like W) and ``smoothing`` > 0 the loss is Eq. 3, else Eq. 1. The two views of an
     instance are classified against its one shared id.
     """
+    name = getattr(method, "method", "full")
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
-    handles += classifier.distributed_variables
+    if name != "npid":  # NPID's bank (in W's place) is updated by the memory rule
+        handles += classifier.distributed_variables
     # BatchNorm's moving statistics change in the forward pass: kept aside so a
     # non-finite step can put them back.
     statistics = [layouts.variable_handle(v) for v in encoder.non_trainable_variables]
 
-    def forward(images, ids, hard_negatives):
+    def forward(images, ids, hard_negatives, global_step):
         size = images.shape[2]
         views = tf.reshape(images, [-1, size, size, 3])  # [2b, ...]: views stay adjacent
         view_ids = tf.reshape(tf.stack([ids, ids], axis=1), [-1])  # [2b]
@@ -39,13 +46,42 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             hard = tf.reshape(tf.stack([hard_negatives] * 2, axis=1),
                               [-1, hard_negatives.shape[-1]])
         out = encoder(views, training=True)
-        loss, hit = instance_classification_loss_and_accuracy(
-            out["embedding"], view_ids, classifier.class_weights,
-            temperature=classifier.temperature, hard_negatives=hard,
-            smoothing=smoothing if hard is not None else 0.0,
-            chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances,
-        )
-        return tf.reduce_mean(loss), tf.reduce_mean(tf.cast(hit, tf.float32))
+        if name == "sampled":
+            sampled = _draw(method.num_sampled, classifier.num_instances, seed, global_step)
+            loss, hit = sampled_instance_classification_loss(
+                out["embedding"], view_ids, classifier.class_weights, sampled,
+                temperature=classifier.temperature, valid_classes=classifier.num_instances)
+        elif name == "npid" and method.npid_noise > 0:
+            noise = _draw(method.npid_noise, classifier.num_instances, seed, global_step)
+            _, estimate, _ = npid_nce_loss(  # Z from the first step's batch, then fixed
+                tf.stop_gradient(out["embedding"]), view_ids, classifier.class_weights,
+                noise, temperature=method.npid_temperature,
+                valid_classes=classifier.num_instances)
+            first = npid_log_z_set < 0.5
+            log_z = keep_or_replace(first, estimate, tf.convert_to_tensor(npid_log_z))
+            npid_log_z.assign(log_z)
+            npid_log_z_set.assign(1.0)
+            loss, _, hit = npid_nce_loss(
+                out["embedding"], view_ids, classifier.class_weights, noise,
+                log_z=log_z, temperature=method.npid_temperature,
+                valid_classes=classifier.num_instances, proximal=method.npid_proximal)
+        else:  # full, or NPID's full non-parametric softmax (m = 0, bank not trained)
+            weights = classifier.class_weights
+            loss, hit = instance_classification_loss_and_accuracy(
+                out["embedding"], view_ids, weights,
+                temperature=(method.npid_temperature if name == "npid"
+                             else classifier.temperature),
+                hard_negatives=hard, smoothing=smoothing if hard is not None else 0.0,
+                chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances,
+            )
+        return tf.reduce_mean(loss), tf.reduce_mean(tf.cast(hit, tf.float32)), out["embedding"]
+
+    if name == "npid":
+        # Z of NCE (log), its per-step estimate, and whether it was set (resets on a
+        # restart: re-estimated from the first step after it, as NPID from its first batch)
+        mesh = classifier.mesh
+        npid_log_z = layouts.replicated_variable(0.0, mesh, "npid_log_z", tf.float32)
+        npid_log_z_set = layouts.replicated_variable(0.0, mesh, "npid_log_z_set", tf.float32)
 
     @tf.function
     def step(images, ids, global_step):
@@ -54,7 +90,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             hard_negatives = classifier.lookup_rows(hard_table, ids)  # [b, K]
         before = [tf.identity(v.read_value()) for v in statistics]
         with tf.GradientTape() as tape:
-            loss, accuracy = forward(images, ids, hard_negatives)
+            loss, accuracy, embedding = forward(images, ids, hard_negatives, global_step)
         grads = tape.gradient(loss, handles)
         # The non-finite guard: one flag over the loss and every gradient. A False
         # flag leaves W, the backbone, the slots and the BN statistics as they were.
@@ -66,7 +102,22 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         optimizer.apply_gradients(zip(grads, handles), lr, apply=finite)
         for variable, value in zip(statistics, before):
             variable.assign(keep_or_replace(finite, variable, value))
+        if name == "npid":
+            # NPID's memory update with the mean of the two views' features; a
+            # non-finite step leaves the bank as it was (momentum 1 = keep).
+            d = embedding.shape[-1]
+            features = tf.reduce_mean(tf.reshape(embedding, [-1, 2, d]), axis=1)
+            features = masked(tf.math.l2_normalize(features, axis=-1), finite)
+            keep = keep_or_replace(finite, tf.constant(method.npid_momentum), tf.constant(1.0))
+            update_memory_bank(classifier.class_weights, ids, features, momentum=keep)
         global_step.assign_add(1)
         return {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
 
     return step
+
+
+def _draw(count: int, num_classes: int, seed: int, global_step) -> tf.Tensor:
+    """``count`` uniform class ids for this step: a pure function of (seed, step), so a
+    resumed run draws the same ones."""
+    pair = tf.stack([tf.cast(seed, tf.int64) * 7919 + 17, tf.cast(global_step, tf.int64)])
+    return tf.random.stateless_uniform([count], pair, 0, num_classes, dtype=tf.int32)

@@ -1,0 +1,200 @@
+"""Issue 6: sampled softmax and NPID (NCE, memory bank) against float64 numpy, on
+plain tensors and on sharded / replicated meshes with padded N."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_instcls import parallel
+from tf_instcls.losses.baselines import (
+    npid_nce_loss,
+    sampled_instance_classification_loss,
+    update_memory_bank,
+)
+
+from helpers import assert_close
+
+N, D, B = 13, 6, 8
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _setup(devices, layout, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, D))
+    ids = rng.permutation(N)[:B].astype(np.int32)  # unique, as in a batch
+    if devices is None:
+        w_np = rng.normal(size=(N, D))
+        return None, tf.Variable(w_np.astype(np.float32)), w_np, x, ids
+    mesh = parallel.build_mesh(devices)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout, seed=seed)
+    w_np = parallel.to_numpy(clf.class_weights)[:N].astype(np.float64)
+    return mesh, clf.class_weights, w_np, x, ids
+
+
+def _pack(mesh, value, dtype):
+    value = np.asarray(value, dtype)
+    if mesh is None:
+        return tf.constant(value)
+    return parallel.pack_sharded(value, parallel.replicated_layout(mesh, value.ndim))
+
+
+def _sampled_reference(x, ids, w, sampled, t):
+    """Loss and gradients of the softmax restricted to the set, in float64."""
+    members = sorted(set(ids.tolist()) | set(sampled.tolist()))
+    xu, wu = _unit(x), _unit(w)
+    losses, gx, gw = [], np.zeros_like(x), np.zeros_like(w)
+    for b in range(len(x)):
+        z = wu[members] @ xu[b] / t
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        target = members.index(ids[b])
+        losses.append(-np.log(p[target]))
+        dz = p.copy()
+        dz[target] -= 1
+        dz /= t
+        # through the normalisations
+        dxu = wu[members].T @ dz
+        nx = np.linalg.norm(x[b])
+        gx[b] = (dxu - xu[b] * (xu[b] @ dxu)) / nx
+        for k, c in enumerate(members):
+            dwu = dz[k] * xu[b]
+            nw = np.linalg.norm(w[c])
+            gw[c] += (dwu - wu[c] * (wu[c] @ dwu)) / nw
+    return np.array(losses), gx, gw
+
+
+@pytest.mark.parametrize("devices, layout", [(None, None), (1, "sharded"), (2, "sharded"),
+                                             (4, "sharded"), (4, "replicated")])
+def test_sampled_softmax_equals_the_full_softmax_restricted_to_the_set(devices, layout):
+    mesh, w_var, w_np, x, ids = _setup(devices, layout)
+    sampled = np.array([2, 5, 5, 11, ids[0]], np.int32)  # duplicates and an overlap
+    t = 0.15
+
+    @tf.function
+    def run(xd, idd, sd):
+        with tf.GradientTape() as tape:
+            tape.watch(xd)
+            loss, hit = sampled_instance_classification_loss(
+                xd, idd, w_var, sd, temperature=t, valid_classes=N)
+            total = tf.reduce_sum(loss)
+        gx, gw = tape.gradient(total, [xd, w_var])
+        return loss, hit, gx, gw
+
+    loss, hit, gx, gw = run(_pack(mesh, x, np.float32), _pack(mesh, ids, np.int32),
+                            _pack(mesh, sampled, np.int32))
+    ref_loss, ref_gx, ref_gw = _sampled_reference(x, ids, w_np, sampled, t)
+    to = parallel.to_numpy
+    assert_close(to(loss), ref_loss, name="loss")
+    assert_close(to(gx), ref_gx, name="grad_x")
+    gw = to(gw)
+    assert_close(gw[:N], ref_gw, name="grad_w")
+    untouched = sorted(set(range(N)) - set(ids.tolist()) - set(sampled.tolist()))
+    assert untouched and not gw[untouched].any() and not gw[N:].any()
+    # hit: own class has the largest cosine within the set
+    members = sorted(set(ids.tolist()) | set(sampled.tolist()))
+    cos = _unit(x) @ _unit(w_np)[members].T
+    expected = [members[int(np.argmax(row))] == i for row, i in zip(cos, ids)]
+    assert to(hit).tolist() == expected
+
+
+def _nce_reference(x, ids, bank, noise, t, log_z, n, proximal):
+    xu, vu = _unit(x), _unit(bank)
+    m = len(noise)
+    c = m / n
+    losses = []
+    for b in range(len(x)):
+        p = np.exp(vu @ xu[b] / t - log_z)
+        h = p / (p + c)
+        loss = -np.log(h[ids[b]]) - sum(np.log(1 - h[j]) for j in noise)
+        loss += proximal * np.sum((xu[b] - vu[ids[b]]) ** 2)
+        losses.append(loss)
+    exps = [np.exp(vu[j] @ xu[b] / t) for b in range(len(x)) for j in noise]
+    return np.array(losses), np.log(np.mean(exps) * n)
+
+
+@pytest.mark.parametrize("devices, layout", [(None, None), (2, "sharded"), (4, "sharded"),
+                                             (4, "replicated")])
+@pytest.mark.parametrize("proximal", [0.0, 30.0])
+def test_nce_loss_matches_numpy(devices, layout, proximal):
+    mesh, bank_var, bank_np, x, ids = _setup(devices, layout, seed=1)
+    noise = np.random.default_rng(5).integers(0, N, 20).astype(np.int32)
+    t, log_z = 0.07, 4.2
+
+    @tf.function
+    def run(xd, idd, nd):
+        with tf.GradientTape() as tape:
+            tape.watch(xd)
+            loss, estimate, _ = npid_nce_loss(xd, idd, bank_var, nd, log_z=log_z,
+                                              temperature=t, valid_classes=N,
+                                              proximal=proximal)
+            total = tf.reduce_sum(loss)
+        gx, gbank = tape.gradient(total, [xd, bank_var])
+        return loss, estimate, gx, gbank is None
+
+    loss, estimate, gx, no_bank_grad = run(_pack(mesh, x, np.float32), _pack(mesh, ids, np.int32),
+                                      _pack(mesh, noise, np.int32))
+    ref_loss, ref_log_z = _nce_reference(x, ids, bank_np, noise, t, log_z, N, proximal)
+    assert_close(parallel.to_numpy(loss), ref_loss, name="loss")
+    assert abs(float(parallel.to_numpy(estimate)) - ref_log_z) < 1e-4
+    assert no_bank_grad  # the bank is not trained by gradient
+    assert np.isfinite(parallel.to_numpy(gx)).all()
+
+
+@pytest.mark.parametrize("devices, layout", [(None, None), (4, "sharded"), (2, "sharded"),
+                                             (4, "replicated")])
+def test_memory_bank_update_is_exact_on_a_sharded_bank(devices, layout):
+    mesh, bank_var, bank_np, _, ids = _setup(devices, layout, seed=2)
+    f = np.random.default_rng(3).normal(size=(B, D))
+    padded_before = parallel.to_numpy(bank_var)[N:] if mesh is not None else None
+
+    @tf.function
+    def run(idd, fd):
+        update_memory_bank(bank_var, idd, fd, momentum=0.5)
+
+    run(_pack(mesh, ids, np.int32), _pack(mesh, f, np.float32))
+    expected = bank_np.copy()
+    for i, row in zip(ids, _unit(f)):
+        expected[i] = _unit(0.5 * bank_np[i] + 0.5 * row)
+    got = parallel.to_numpy(bank_var)
+    np.testing.assert_allclose(got[:N], expected, rtol=1e-5, atol=1e-6)
+    if padded_before is not None:
+        np.testing.assert_array_equal(got[N:], padded_before)
+    if mesh is not None and layout == "sharded":
+        assert bank_var.layout.sharding_specs[0] != "unsharded"
+
+
+@pytest.mark.slow
+def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
+    from tf_instcls.training import loop
+
+    mesh = parallel.build_mesh(2)
+    base = dict(data=loop.DataConfig(image_size=16),
+                optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.03))
+    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, smoothing=0.0,
+                             init_mode="gaussian", knn_k=10)
+    npid = loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False,
+                            method="npid", npid_noise=64)
+    logs = loop.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=train,
+                                mesh=mesh)
+    assert np.isfinite(logs["loss"]) and logs["knn_top1"] > 20
+    state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=train,
+                             mesh=mesh)
+    bank = state.classifier.class_weights
+    assert not state.optimizer.has_slot(bank)  # the bank is not an optimised variable
+    assert bank.layout.sharding_specs[0] != "unsharded"
+    norms = np.linalg.norm(parallel.to_numpy(bank)[:1528], axis=1)
+    visited = np.isclose(norms, 1.0, atol=1e-4).sum()
+    assert visited >= 5 * 256  # 5 steps of 256 instances were written by the memory rule
+    again = loop.TrainConfig(**{**train.__dict__, "epochs": 2})
+    logs = loop.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=again,
+                                mesh=mesh)
+    assert logs["step"] == 10 and np.isfinite(logs["loss"])
+
+    sampled = loop.ModelConfig(backbone_width=4, embedding_dim=16, head_hidden_dim=16,
+                               method="sampled", num_sampled=128)
+    logs = loop.run_pretraining(str(tmp_path / "sampled"), **base, model=sampled,
+                                train=train, mesh=mesh)
+    assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
