@@ -197,6 +197,6 @@ def test_analyze_tool_writes_every_figure(tiny_run, tmp_path):
     for row in result["correlation"]["checkpoints"]:
         assert 0 <= row["instance_acc"] <= 100 and 0 <= row["knn_top1"] <= 100
     assert np.array(result["retrieval"]["neighbours"]).shape == (4, 5)
-    for name in ("curves.png", "correlation.png", "retrieval.png",
+    for name in ("curves.png", "correlation.png", "retrieval.png", "analysis.md",
                  "projector/projector_config.pbtxt", "projector/sprite.png"):
         assert os.path.getsize(tmp_path / name) > 100, name

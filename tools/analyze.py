@@ -175,6 +175,34 @@ def _projector(out, model, evaluation):
     return {"dir": log_dir, "num_images": n}
 
 
+def _markdown(results: dict) -> str:
+    """A short human summary of analysis.json, with the figures linked."""
+    from tf_instcls.eval.common import markdown_table
+
+    lines = [f"# Analysis of {FLAGS.model_dir or FLAGS.export_dir}\n"]
+    if "curves" in results:
+        lines.append(f"Training curves ({results['curves']['epochs']} epochs): "
+                     "![curves](curves.png)\n")
+    if "correlation" in results:
+        corr = results["correlation"]
+        rows = [[r["step"], r["instance_acc"], r["knn_top1"], r.get("linear_top1", "-")]
+                for r in corr["checkpoints"]]
+        pearson = ", ".join(f"{k[8:]}: r = {v:.3f}" for k, v in corr.items()
+                            if k.startswith("pearson_") and v is not None)
+        lines.append(f"## Instance vs semantic accuracy (Fig. 1b)\n\nPearson {pearson}\n\n"
+                     + markdown_table(["step", "instance acc %", "kNN top-1 %",
+                                       "linear top-1 %"], rows)
+                     + "\n![correlation](correlation.png)\n")
+    if "retrieval" in results:
+        lines.append(f"## Retrieval\n\nneighbours sharing the query's class: "
+                     f"{results['retrieval']['precision_at_k']:.1f}%\n\n"
+                     "![retrieval](retrieval.png)\n")
+    if "projector" in results:
+        lines.append(f"## Projector\n\n`tensorboard --logdir={results['projector']['dir']}` "
+                     f"({results['projector']['num_images']} images)\n")
+    return "\n".join(lines)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -206,6 +234,10 @@ def main(argv):
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
     os.replace(path + ".tmp", path)
+    md_path = os.path.join(out, "analysis.md")
+    with open(md_path, "w") as f:
+        f.write(_markdown(results))
+    print(f"wrote {md_path}")
     print(f"wrote {path}")
 
 
