@@ -39,6 +39,9 @@ flags.DEFINE_integer("steps", 5, "Timed steps per configuration.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul used to measure peak.")
 flags.DEFINE_float("budget_gib", 16.0, "Per-device memory budget for the largest-N estimate.")
+flags.DEFINE_list("disable_grappler", [], "Diagnostic: grappler passes to turn off for the "
+                  "step (names of tf.config.optimizer.set_experimental_options, e.g. "
+                  "arithmetic_optimization), or 'all' for the whole optimizer.")
 flags.DEFINE_string("json", None, "Write the list of records to this path.")
 flags.DEFINE_bool("torch_peer", True, "Also time the step in PyTorch on one device if importable.")
 flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print a record.")
@@ -87,6 +90,11 @@ def _run_worker(config: dict) -> dict:
     from tf_instcls.parallel import layouts
     from tf_instcls.training import MomentumSGD
 
+    passes = config.get("disable_grappler") or []
+    if "all" in passes:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    elif passes:
+        tf.config.optimizer.set_experimental_options({name: False for name in passes})
     base_rss = _rss_bytes()
     mesh = parallel.build_mesh(devices or None)
     t = mesh.size
@@ -274,7 +282,8 @@ def main(argv):
     common = dict(kind="step", devices=FLAGS.virtual_devices, matmul_size=FLAGS.matmul_size,
                   num_instances=FLAGS.num_instances, dim=FLAGS.dim,
                   batch_size=FLAGS.batch_size, smoothing=FLAGS.smoothing,
-                  num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup)
+                  num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
+                  disable_grappler=FLAGS.disable_grappler)
     for layout in FLAGS.layouts:
         for chunk in chunks:
             logging.info("running layout=%s chunk=%s ...", layout, chunk)
