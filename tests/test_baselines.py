@@ -198,3 +198,32 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     logs = loop.run_pretraining(str(tmp_path / "sampled"), **base, model=sampled,
                                 train=train, mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
+
+
+@pytest.mark.slow
+def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, subprocess_env
+
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "run_ablation.py"), "--grid=table2",
+           f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
+           "--epochs=1", "--batch_size=128", "--virtual_devices=2", "--only=no_head,no_prior",
+           *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
+                                             "ModelConfig.backbone_width = 4",
+                                             "ModelConfig.head_hidden_dim = 16",
+                                             "TrainConfig.knn_k = 20")]]
+    first = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
+                           timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.load(open(tmp_path / "ablation_table2.json"))
+    assert [r["name"] for r in results] == ["no_head", "no_prior"]
+    assert all(0 < r["knn_top1"] <= 100 and r["paper"] for r in results)
+    md = (tmp_path / "ablation_table2.md").read_text()
+    assert "| no_head | no MLP head" in md and "58.60" in md
+    second = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
+                            timeout=900)
+    assert second.returncode == 0 and second.stdout.count("done before: skipped") == 2

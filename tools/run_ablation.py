@@ -77,6 +77,10 @@ def grid(name: str) -> list[tuple[str, str, list[str], int | None]]:
              NO_SMOOTHING + GAUSSIAN + NPID_RECIPE + ["ModelConfig.npid_noise = 0"], None),
             ("npid_nce", "NPID with NCE: m = 4096 noise samples, Z estimated once",
              NO_SMOOTHING + GAUSSIAN + NPID_RECIPE + ["ModelConfig.npid_noise = 4096"], None),
+            ("full_prior_smoothing_npid_lr", "as full_prior_smoothing, with NPID's optimiser "
+             "(lr 0.03 / 256, wd 5e-4): same optimiser as the npid rows",
+             ["OptimConfig.base_learning_rate = 0.03", "OptimConfig.base_batch_size = 256",
+              "OptimConfig.weight_decay = 5e-4"], None),
         ]
     if name == "table3":
         runs = [(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
