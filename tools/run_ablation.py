@@ -57,7 +57,8 @@ NPID_RECIPE = ["ModelConfig.method = 'npid'", "ModelConfig.use_head = False",
 
 def grid(name: str) -> list[tuple[str, str, list[str], int | None]]:
     """(run name, description, bindings, epochs or None for --epochs)."""
-    full = ("full_prior_smoothing", "full, prior + smoothing (K=100, a=0.2)", [], None)
+    full = ("full_prior_smoothing", "full, prior + smoothing (K=100, a=0.2), the config's lr",
+            [], None)
     table2 = [
         ("no_head", "no MLP head (linear), prior + smoothing",
          ["ModelConfig.use_head = False"], None),
