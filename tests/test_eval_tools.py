@@ -200,3 +200,26 @@ def test_analyze_tool_writes_every_figure(tiny_run, tmp_path):
     for name in ("curves.png", "correlation.png", "retrieval.png", "analysis.md",
                  "projector/projector_config.pbtxt", "projector/sprite.png"):
         assert os.path.getsize(tmp_path / name) > 100, name
+
+
+def test_tools_read_an_export_like_the_model_dir(tiny_run, tmp_path):
+    """--export_dir: the Keras encoder written beside the SavedModel gives the same
+    features on the mesh as the run's checkpoint."""
+    from tf_instcls import export
+
+    model_dir, _ = tiny_run
+    restored = export.restore_encoder(model_dir)
+    export.export_encoder(restored.encoder, str(tmp_path / "export"),
+                          image_size=restored.image_size, step=restored.step,
+                          run_info=restored.run_info)
+    mesh = parallel.build_mesh(2)
+    from_run = ec.load_eval_model(model_dir, mesh)
+    from_export = ec.load_eval_model(str(tmp_path / "export"), mesh)
+    assert from_export.restored.run_info["dataset"] == "digits"
+    _, evaluation = ec.labelled_splits(*ec.default_data_args(from_export, None, None, None,
+                                                             None))
+    subset = evaluation.subset(np.arange(40), "eval40")
+    a = ec.compute_features(from_run, subset, progress=False)
+    b = ec.compute_features(from_export, subset, progress=False)
+    for key in ("features", "embedding"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-5)
