@@ -142,6 +142,19 @@ def test_nce_loss_matches_numpy(devices, layout, proximal):
     assert no_bank_grad  # the bank is not trained by gradient
     assert np.isfinite(parallel.to_numpy(gx)).all()
 
+    @tf.function
+    def first_step(xd, idd, nd, now):  # the step's flag: this batch's own estimate of Z
+        return npid_nce_loss(xd, idd, bank_var, nd, log_z=tf.constant(log_z),
+                             estimate_now=now, temperature=t, valid_classes=N,
+                             proximal=proximal)[0]
+
+    args = (_pack(mesh, x, np.float32), _pack(mesh, ids, np.int32), _pack(mesh, noise, np.int32))
+    own_z, _ = _nce_reference(x, ids, bank_np, noise, t, ref_log_z, N, proximal)
+    assert_close(parallel.to_numpy(first_step(*args, _pack(mesh, True, np.bool_))), own_z,
+                 name="loss with the batch's Z")
+    assert_close(parallel.to_numpy(first_step(*args, _pack(mesh, False, np.bool_))), ref_loss,
+                 name="loss with the given Z")
+
 
 @pytest.mark.parametrize("devices, layout", [(None, None), (4, "sharded"), (2, "sharded"),
                                              (4, "replicated")])

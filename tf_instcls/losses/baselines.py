@@ -116,14 +116,15 @@ def sampled_instance_classification_loss(embeddings, instance_ids, class_weights
 
 
 def npid_nce_loss(embeddings, instance_ids, memory_bank, noise_ids, *, log_z=None,
-                  temperature: float = 0.07, valid_classes: int | None = None,
-                  proximal: float = 0.0):
+                  estimate_now=None, temperature: float = 0.07,
+                  valid_classes: int | None = None, proximal: float = 0.0):
     """NPID's NCE loss per example [B], the batch's estimate of log Z, and hit [B].
 
     P(i|f) = exp(v_i . f / t) / Z; h = P / (P + m / N); loss = -log h(own) -
     sum over the m noise samples of log(1 - h). ``log_z`` is the fixed estimate
     (NPID: from the first batch, Z = N * mean exp(v_j . f / t) over noise samples);
-    ``log_z=None`` uses this batch's own estimate (NPID's first batch). The returned
+    ``log_z=None`` uses this batch's own estimate (NPID's first batch), and so does a
+    true scalar ``estimate_now`` (the training step's "first step" flag). The returned
     estimate lets the caller keep it. ``proximal`` adds
     lambda * ||f - v_own||^2 (NPID's proximal regularisation). The bank gets no gradient.
     """
@@ -143,6 +144,9 @@ def npid_nce_loss(embeddings, instance_ids, memory_bank, noise_ids, *, log_z=Non
                                       + math.log(n))
     if log_z is None:
         log_z = log_z_estimate
+    elif estimate_now is not None:  # select without tf.where (segfaults under DTensor)
+        use = tf.cast(estimate_now, tf.float32)
+        log_z = use * log_z_estimate + (1.0 - use) * log_z
     # a = log P - log(m Pn); log h = -softplus(-a), log(1 - h) = -softplus(a)
     a = logits - log_z - math.log(m / n)
     positive = tf.reduce_sum(own * tf.math.softplus(-a), axis=1)

@@ -318,7 +318,7 @@ def _check_run_info(model_dir: str, run_info: dict) -> None:
 
 def _non_finite(state, train, epoch, batch_index, logs, skips) -> int:
     """The non-finite guard's decision; the step already left every variable as it was."""
-    where = (f"step {state.step} (epoch {epoch}, batch {batch_index}): loss "
+    where = (f"step {state.last_step} (epoch {epoch}, batch {batch_index}): loss "
              f"{logs.get('loss')}")
     if train.nonfinite == "skip" and skips + 1 < train.max_consecutive_skips:
         logging.warning("non-finite loss or gradient at %s; step skipped (W, backbone, "
@@ -373,7 +373,7 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     )
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               smoothing=train.smoothing, hard_table=state.hard_table,
-                              method=state.model_config, seed=train.seed)
+                              model_config=state.model_config, seed=train.seed)
     augment = data_lib.AugmentConfig(
         image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
     )

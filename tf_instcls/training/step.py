@@ -20,15 +20,16 @@ from tf_instcls.training.optimizer import keep_or_replace, masked
 
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
-                    hard_table=None, method=None, seed=0):
+                    hard_table=None, model_config=None, seed=0):
     """Returns ``step(images, ids, global_step) -> metrics``.
 
     images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
     batch-sharded on the mesh. With ``hard_table`` (the miner's [N, K] table, laid out
     like W) and ``smoothing`` > 0 the loss is Eq. 3, else Eq. 1. The two views of an
-    instance are classified against its one shared id.
+    instance are classified against its one shared id. ``model_config`` (a
+    ``ModelConfig``) selects the method: full (default), sampled or npid.
     """
-    name = getattr(method, "method", "full")
+    name = getattr(model_config, "method", "full")
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
     if name != "npid":  # NPID's bank (in W's place) is updated by the memory rule
@@ -47,29 +48,27 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
                               [-1, hard_negatives.shape[-1]])
         out = encoder(views, training=True)
         if name == "sampled":
-            sampled = _draw(method.num_sampled, classifier.num_instances, seed, global_step)
+            sampled = _draw(model_config.num_sampled, classifier.num_instances, seed, global_step)
             loss, hit = sampled_instance_classification_loss(
                 out["embedding"], view_ids, classifier.class_weights, sampled,
                 temperature=classifier.temperature, valid_classes=classifier.num_instances)
-        elif name == "npid" and method.npid_noise > 0:
-            noise = _draw(method.npid_noise, classifier.num_instances, seed, global_step)
-            _, estimate, _ = npid_nce_loss(  # Z from the first step's batch, then fixed
-                tf.stop_gradient(out["embedding"]), view_ids, classifier.class_weights,
-                noise, temperature=method.npid_temperature,
-                valid_classes=classifier.num_instances)
-            first = npid_log_z_set < 0.5
-            log_z = keep_or_replace(first, estimate, tf.convert_to_tensor(npid_log_z))
-            npid_log_z.assign(log_z)
-            npid_log_z_set.assign(1.0)
-            loss, _, hit = npid_nce_loss(
+        elif name == "npid" and model_config.npid_noise > 0:
+            noise = _draw(model_config.npid_noise, classifier.num_instances, seed,
+                          global_step)
+            first = npid_log_z_set < 0.5  # Z: this batch's estimate on the first step
+            stored = tf.convert_to_tensor(npid_log_z)
+            loss, estimate, hit = npid_nce_loss(
                 out["embedding"], view_ids, classifier.class_weights, noise,
-                log_z=log_z, temperature=method.npid_temperature,
-                valid_classes=classifier.num_instances, proximal=method.npid_proximal)
+                log_z=stored, estimate_now=first,
+                temperature=model_config.npid_temperature,
+                valid_classes=classifier.num_instances, proximal=model_config.npid_proximal)
+            npid_log_z.assign(keep_or_replace(first, estimate, stored))
+            npid_log_z_set.assign(1.0)
         else:  # full, or NPID's full non-parametric softmax (m = 0, bank not trained)
             weights = classifier.class_weights
             loss, hit = instance_classification_loss_and_accuracy(
                 out["embedding"], view_ids, weights,
-                temperature=(method.npid_temperature if name == "npid"
+                temperature=(model_config.npid_temperature if name == "npid"
                              else classifier.temperature),
                 hard_negatives=hard, smoothing=smoothing if hard is not None else 0.0,
                 chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances,
@@ -108,7 +107,8 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             d = embedding.shape[-1]
             features = tf.reduce_mean(tf.reshape(embedding, [-1, 2, d]), axis=1)
             features = masked(tf.math.l2_normalize(features, axis=-1), finite)
-            keep = keep_or_replace(finite, tf.constant(method.npid_momentum), tf.constant(1.0))
+            keep = keep_or_replace(finite, tf.constant(model_config.npid_momentum),
+                                   tf.constant(1.0))
             update_memory_bank(classifier.class_weights, ids, features, momentum=keep)
         global_step.assign_add(1)
         return {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
