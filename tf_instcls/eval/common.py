@@ -14,7 +14,7 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls.eval.features import extract_features
-from tf_instcls.export.restore import RestoredEncoder, load_encoder
+from tf_instcls.export.restore import RestoredEncoder, build_run_encoder, load_encoder
 from tf_instcls.parallel import layouts
 
 FEATURE_KINDS = ("features", "embedding")  # backbone pool / head output
@@ -56,16 +56,10 @@ def load_eval_model(path: str, mesh, *, checkpoint: str | None = None,
     if random_init:
         import keras
 
-        from tf_instcls import models
-
-        info = restored.run_info
-        keras.utils.set_random_seed(int(info.get("seed", 0)))
-        hidden = info.get("head_hidden_dim") or _head_hidden(restored.encoder)
-        restored = dataclasses.replace(restored, step=0, encoder=models.build_encoder(
-            info["backbone"], int(info["image_size"]),
-            embedding_dim=int(info["embedding_dim"]), head_hidden_dim=int(hidden),
-            use_head=bool(info["use_head"]), backbone_width=info.get("backbone_width")),
-            checkpoint_path="random_init")
+        keras.utils.set_random_seed(int(restored.run_info.get("seed", 0)))
+        fresh = build_run_encoder(restored.run_info, _head_hidden(restored.encoder))
+        restored = dataclasses.replace(restored, step=0, encoder=fresh,
+                                       checkpoint_path="random_init")
         name += " (random init)"
     layouts.replicate_model_variables(restored.encoder, mesh)
     return EvalModel(restored=restored, mesh=mesh, name=name)

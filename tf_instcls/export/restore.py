@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls import models
+from tf_instcls.training import checkpoints
 
 
 @dataclasses.dataclass
@@ -30,12 +31,6 @@ class RestoredEncoder:
     @property
     def image_size(self) -> int:
         return int(self.run_info["image_size"])
-
-
-def encoder_checkpoint_key(variable_path: str) -> str:
-    """The checkpoint key of an encoder variable (TF's object-graph name escaping)."""
-    escaped = variable_path.replace(".", "..").replace("/", ".S")
-    return f"encoder/{escaped}/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def read_run_info(model_dir: str) -> dict:
@@ -53,9 +48,8 @@ def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
     """``checkpoint`` (a prefix like .../ckpt-310, or a step number) or the latest one."""
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if checkpoint is None:
-        from tf_instcls.training.checkpoints import newest_valid
-
-        latest = newest_valid(ckpt_dir, move_damaged=False)  # skips damaged / missing ones
+        # skips damaged or missing checkpoints (leaving them where they are)
+        latest = checkpoints.newest_valid(ckpt_dir, move_damaged=False)
         if latest is None:
             raise FileNotFoundError(f"no readable checkpoint in {ckpt_dir} (has the run "
                                     "saved one?)")
@@ -69,19 +63,24 @@ def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
     return checkpoint
 
 
+def build_run_encoder(run_info: dict, head_hidden_dim: int) -> keras.Model:
+    """A freshly initialised encoder with the architecture ``run_info`` records."""
+    return models.build_encoder(
+        run_info["backbone"], int(run_info["image_size"]),
+        embedding_dim=int(run_info["embedding_dim"]), head_hidden_dim=head_hidden_dim,
+        use_head=bool(run_info["use_head"]), backbone_width=run_info.get("backbone_width"),
+    )
+
+
 def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEncoder:
     """Builds the run's encoder and loads its weights (BN statistics included)."""
     run_info = read_run_info(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
     shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    head_key = encoder_checkpoint_key("head_fc1/kernel")  # older runs lack head_hidden_dim
+    head_key = checkpoints.encoder_key("head_fc1/kernel")  # older runs lack head_hidden_dim
     hidden = run_info.get("head_hidden_dim") or (shapes[head_key][1] if head_key in shapes
                                                  else 2048)
-    encoder = models.build_encoder(
-        run_info["backbone"], int(run_info["image_size"]),
-        embedding_dim=int(run_info["embedding_dim"]), head_hidden_dim=int(hidden),
-        use_head=bool(run_info["use_head"]), backbone_width=run_info.get("backbone_width"),
-    )
+    encoder = build_run_encoder(run_info, int(hidden))
     for variable, value in read_encoder_weights(path, encoder):
         variable.assign(value)
     return RestoredEncoder(encoder=encoder, run_info=run_info, step=checkpoint_step(path),
@@ -90,7 +89,7 @@ def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEn
 
 def checkpoint_step(path: str) -> int:
     reader = tf.train.load_checkpoint(path)
-    return int(reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE"))
+    return int(reader.get_tensor(checkpoints.STEP_KEY))
 
 
 def read_encoder_weights(path: str, encoder: keras.Model) -> list:
@@ -100,7 +99,7 @@ def read_encoder_weights(path: str, encoder: keras.Model) -> list:
     shapes = reader.get_variable_to_shape_map()
     values, missing = [], []
     for variable in encoder.variables:
-        key = encoder_checkpoint_key(variable.path)
+        key = checkpoints.encoder_key(variable.path)
         if key not in shapes:
             missing.append(variable.path)
             continue
@@ -119,7 +118,7 @@ def read_encoder_weights(path: str, encoder: keras.Model) -> list:
 def read_class_weights(path: str, num_instances: int | None = None) -> np.ndarray:
     """W [N, D] of a checkpoint (padding rows dropped when ``num_instances`` is given)."""
     reader = tf.train.load_checkpoint(path)
-    w = reader.get_tensor("class_weights/.ATTRIBUTES/VARIABLE_VALUE")
+    w = reader.get_tensor(checkpoints.W_KEY)
     return w[:num_instances] if num_instances else w
 
 

@@ -28,19 +28,26 @@ from absl import logging
 from tf_instcls.parallel import layouts
 from tf_instcls.training import watchdog
 
-W_KEY = "class_weights/.ATTRIBUTES/VARIABLE_VALUE"
+
+def checkpoint_key(path: str) -> str:
+    """The key under which ``tf.train.Checkpoint`` stores the variable at object
+    ``path`` (e.g. ``global_step``, ``optimizer/slots/3``)."""
+    return f"{path}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def encoder_key(variable_path: str) -> str:
+    """The key of an encoder variable (a Keras path such as ``head_fc1/kernel``): the
+    run's checkpoint stores ``encoder`` as {path: variable}, with TF's name escaping."""
+    escaped = variable_path.replace(".", "..").replace("/", ".S")
+    return checkpoint_key(f"encoder/{escaped}")
+
+
+W_KEY = checkpoint_key("class_weights")
+STEP_KEY = checkpoint_key("global_step")
 
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; the previous one is untouched."""
-
-
-def _key(path: str) -> str:
-    return f"{path}/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-def _escape(name: str) -> str:
-    return name.replace(".", "..").replace("/", ".S")
 
 
 def verify(path: str) -> None:
@@ -92,7 +99,7 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
     shapes = reader.get_variable_to_shape_map()
     if W_KEY not in shapes:
         raise ValueError(f"{path} is not a pretraining checkpoint (no class_weights)")
-    if (hard_table is not None) != (_key("hard_negatives") in shapes):
+    if (hard_table is not None) != (checkpoint_key("hard_negatives") in shapes):
         raise ValueError(f"{path} {'lacks' if hard_table is not None else 'has'} a "
                          "hard-negative table, unlike this run's configuration")
     stored_rows, dim = shapes[W_KEY]
@@ -119,20 +126,20 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
         classifier.assign_padded(variable, value[:n], variable.dtype.as_numpy_dtype, key)
 
     for name, variable in encoder_variables.items():
-        assign(variable, _key(f"encoder/{_escape(name)}"))
-    assign(global_step, _key("global_step"))
+        assign(variable, encoder_key(name))
+    assign(global_step, STEP_KEY)
     assign_rows(classifier.class_weights, W_KEY)
     w_slot = (optimizer.slot_for(classifier.class_weights)
               if optimizer.has_slot(classifier.class_weights) else None)  # NPID: none
     for index, slot in enumerate(optimizer.slots):
-        key = _key(f"optimizer/slots/{index}")
+        key = checkpoint_key(f"optimizer/slots/{index}")
         if slot is w_slot:
             assign_rows(slot, key)
         else:
             assign(slot, key)
     if hard_table is not None:
-        assign_rows(hard_table, _key("hard_negatives"))
-        assign(hard_table_epoch, _key("hard_negatives_epoch"))
+        assign_rows(hard_table, checkpoint_key("hard_negatives"))
+        assign(hard_table_epoch, checkpoint_key("hard_negatives_epoch"))
     return "resharded"
 
 
