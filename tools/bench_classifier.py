@@ -26,6 +26,8 @@ import time
 
 from absl import app, flags, logging
 
+from tools import common
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("layouts", ["sharded", "replicated"], "Layouts of W to benchmark.")
 flags.DEFINE_integer("virtual_devices", 4, "T virtual CPU devices; 0 = real local devices.")
@@ -212,12 +214,9 @@ def _torch_step(config: dict) -> dict:
 
 
 def _spawn(config: dict) -> dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(config)}"],
-        env=env, capture_output=True, text=True,
+        env=common.subprocess_env(), capture_output=True, text=True,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RECORD "):

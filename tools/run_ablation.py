@@ -103,15 +103,6 @@ def grid(name: str) -> list[tuple[str, str, list[str], int | None]]:
 
 
 
-def _last_metrics(model_dir):
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    return lines[-1] if lines else None
-
-
 def run_one(name, bindings, epochs):
     model_dir = os.path.join(FLAGS.work_dir, name)
     result_path = os.path.join(model_dir, "ablation_result.json")
@@ -133,7 +124,9 @@ def run_one(name, bindings, epochs):
     if proc.returncode != 0:
         raise RuntimeError(f"[{name}] training failed (rc {proc.returncode}); see "
                            f"{model_dir}/ablation.log")
-    last = _last_metrics(model_dir)
+    from tf_instcls.eval.analysis import read_metrics
+
+    last = read_metrics(model_dir)[-1]
     result = {"name": name, "epochs": epochs, "bindings": bindings,
               "knn_top1": last.get("knn_top1"), "knn_top5": last.get("knn_top5"),
               "knn_top1_at_init": last.get("knn_top1_at_init"), "final_loss": last.get("loss"),

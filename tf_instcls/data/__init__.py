@@ -8,6 +8,7 @@ from tf_instcls.data.augment import (
     supervised_config,
 )
 from tf_instcls.data.pipeline import (
+    epoch_batch_ids,
     epoch_permutation,
     eval_preprocess,
     make_eval_dataset,
@@ -21,6 +22,7 @@ __all__ = [
     "ImageSource",
     "augment_view",
     "default_config",
+    "epoch_batch_ids",
     "epoch_permutation",
     "eval_preprocess",
     "eval_view",

@@ -26,6 +26,28 @@ def epoch_permutation(num_images: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_images).astype(np.int32)
 
 
+def epoch_batch_ids(num_images: int, global_batch_size: int, *, epoch: int, seed: int,
+                    start_step: int = 0, process_index: int = 0,
+                    process_count: int = 1) -> np.ndarray:
+    """This process' instance ids for one epoch, global batch after global batch.
+
+    The epoch is the seeded permutation, cut into full global batches (the incomplete
+    last one is dropped); process p takes rows [p b, (p + 1) b) of every global batch
+    (b = global_batch_size / process_count), so processes never overlap or leave gaps.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global batch {global_batch_size} not divisible by {process_count} processes"
+        )
+    steps = steps_per_epoch(num_images, global_batch_size)
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    local = global_batch_size // process_count
+    perm = epoch_permutation(num_images, seed, epoch)[: steps * global_batch_size]
+    perm = perm.reshape(steps, global_batch_size)[start_step:]
+    return perm[:, process_index * local : (process_index + 1) * local].reshape(-1)
+
+
 def make_train_dataset(
     source: ImageSource,
     config: AugmentConfig,
@@ -45,17 +67,10 @@ def make_train_dataset(
     The last incomplete global batch of an epoch is dropped (the permutation changes
     every epoch, so every image is seen).
     """
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global batch {global_batch_size} not divisible by {process_count} processes"
-        )
-    steps = steps_per_epoch(source.num_images, global_batch_size)
-    if not 0 <= start_step <= steps:
-        raise ValueError(f"start_step {start_step} outside [0, {steps}]")
+    ids = epoch_batch_ids(source.num_images, global_batch_size, epoch=epoch, seed=seed,
+                          start_step=start_step, process_index=process_index,
+                          process_count=process_count)
     local = global_batch_size // process_count
-    perm = epoch_permutation(source.num_images, seed, epoch)[: steps * global_batch_size]
-    perm = perm.reshape(steps, global_batch_size)[start_step:]
-    ids = perm[:, process_index * local : (process_index + 1) * local].reshape(-1)
     load = source.load_fn(None)
 
     def two_views(instance_id):

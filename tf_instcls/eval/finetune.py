@@ -63,7 +63,7 @@ def finetune(encoder, train_source, eval_source, mesh, *, image_size: int, num_c
         raise ValueError("fine-tuning needs labelled train and evaluation sources")
     n = train_source.num_images
     batch = mesh_batch_size(min(batch_size, n), mesh)
-    steps_per_epoch = max(1, n // batch)
+    steps_per_epoch = data_lib.steps_per_epoch(n, batch)  # batch <= n: at least one
     total = epochs * steps_per_epoch
     feature_dim = int(encoder.output["features"].shape[-1])
     rng = np.random.default_rng(seed)
@@ -79,17 +79,17 @@ def finetune(encoder, train_source, eval_source, mesh, *, image_size: int, num_c
     load = train_source.load_fn(image_size)
 
     def dataset_for(epoch):
-        order = np.random.default_rng([seed, epoch]).permutation(n)[: steps_per_epoch * batch]
+        order = data_lib.epoch_batch_ids(
+            n, batch, epoch=epoch, seed=seed, process_index=parallel.process_index(),
+            process_count=parallel.process_count())
         local = batch // parallel.process_count()  # this process' rows of each batch
-        first = parallel.process_index() * local
-        order = order.reshape(-1, batch)[:, first : first + local].reshape(-1)
 
         def one(index):
             view = data_lib.augment_view(load(index), data_lib.augment.view_seed(
                 seed, epoch, index, 0), augment)
             return view, tf.gather(labels, index)
 
-        return (tf.data.Dataset.from_tensor_slices(order.astype(np.int32))
+        return (tf.data.Dataset.from_tensor_slices(order)
                 .map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
