@@ -48,8 +48,10 @@ def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
     """``checkpoint`` (a prefix like .../ckpt-310, or a step number) or the latest one."""
     ckpt_dir = os.path.join(model_dir, "checkpoints")
     if checkpoint is None:
-        # skips damaged or missing checkpoints (leaving them where they are)
-        latest = checkpoints.newest_valid(ckpt_dir, move_damaged=False)
+        # skips damaged or missing checkpoints (leaving them where they are); only what
+        # the encoder needs is read back, not W and its momentum
+        latest = checkpoints.newest_valid(ckpt_dir, move_damaged=False,
+                                          prefixes=("encoder/", checkpoints.STEP_KEY))
         if latest is None:
             raise FileNotFoundError(f"no readable checkpoint in {ckpt_dir} (has the run "
                                     "saved one?)")

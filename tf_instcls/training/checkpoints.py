@@ -50,11 +50,13 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; the previous one is untouched."""
 
 
-def verify(path: str) -> None:
-    """Reads every tensor of checkpoint ``path`` (CRC-checked); raises on damage."""
+def verify(path: str, prefixes: tuple[str, ...] = ("",)) -> None:
+    """Reads back every tensor of checkpoint ``path`` whose key starts with one of
+    ``prefixes`` (default: all), CRC-checked; raises on damage."""
     reader = tf.train.load_checkpoint(path)
     for key in reader.get_variable_to_shape_map():
-        reader.get_tensor(key)
+        if key.startswith(prefixes):
+            reader.get_tensor(key)
 
 
 def quarantine(path: str) -> str:
@@ -69,18 +71,20 @@ def quarantine(path: str) -> str:
     return target
 
 
-def newest_valid(directory: str, *, move_damaged: bool = True) -> str | None:
+def newest_valid(directory: str, *, move_damaged: bool = True,
+                 prefixes: tuple[str, ...] = ("",)) -> str | None:
     """The newest checkpoint in ``directory`` that reads back intact; None when there is
     none. Damaged newer ones are skipped with a warning and, with ``move_damaged`` (one
     process only: in a multi-client run every process skips them the same way), moved
-    to ``corrupt/``."""
+    to ``corrupt/``. ``prefixes`` limits the read-back to the keys a caller will use
+    (the export reads only the encoder, not W and its momentum)."""
     state = tf.train.get_checkpoint_state(directory)
     candidates = list(state.all_model_checkpoint_paths) if state else []
     for path in reversed(candidates):
         if not os.path.isabs(path):
             path = os.path.join(directory, path)
         try:
-            verify(path)
+            verify(path, prefixes)
             return path
         except (tf.errors.OpError, ValueError, IndexError, OSError) as err:
             # a truncated data file raises IndexError ("Read less bytes than requested")
