@@ -216,3 +216,17 @@ def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
     report = json.load(open(tmp_path / "soak.json"))
     assert report["equal"] and len(report["kills"]) >= 1
     assert report["steps"] == 2 * (1528 // 64)
+
+
+def test_resume_from_a_relative_model_dir_keeps_its_checkpoints(tmp_path, monkeypatch):
+    """Regression: checkpoint paths from the state file already include the directory;
+    joining it again made every checkpoint of a relative --model_dir look missing, so
+    a resume set them all aside and started over."""
+    monkeypatch.chdir(tmp_path)
+    mesh = parallel.build_mesh(2)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "checkpoint_every_steps": 0})
+    loop.run_pretraining("run", **TINY, train=train, mesh=mesh)
+    assert checkpoints.newest_valid(os.path.join("run", "checkpoints")).endswith("ckpt-5")
+    state = loop.build_state("run", **TINY, train=train, mesh=mesh)
+    assert state.step == 5
+    assert not os.path.exists(os.path.join("run", "checkpoints", "corrupt"))

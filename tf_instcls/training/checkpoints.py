@@ -80,9 +80,7 @@ def newest_valid(directory: str, *, move_damaged: bool = True,
     (the export reads only the encoder, not W and its momentum)."""
     state = tf.train.get_checkpoint_state(directory)
     candidates = list(state.all_model_checkpoint_paths) if state else []
-    for path in reversed(candidates):
-        if not os.path.isabs(path):
-            path = os.path.join(directory, path)
+    for path in reversed(candidates):  # get_checkpoint_state already joined `directory`
         try:
             verify(path, prefixes)
             return path
