@@ -80,6 +80,10 @@ def _correlation(out, model, train, evaluation, data):
         raise app.UsageError(
             f"the rebuilt pretraining split has {pretrain.num_images} images but the run "
             f"has N = {info.get('num_instances')}: pass the run's --holdout_fraction")
+    # the usual case: the kNN bank is the pretraining split itself (features once each)
+    same_split = (pretrain.num_images == train.num_images
+                  and pretrain.fingerprint() == train.fingerprint()
+                  and np.array_equal(pretrain.labels, train.labels))
     rows = []
     num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
     for path in paths:
@@ -88,7 +92,7 @@ def _correlation(out, model, train, evaluation, data):
                                   progress=False)
         w = read_class_weights(path, pretrain.num_images)
         inst = analysis.instance_accuracy(pre["embedding"], w)
-        bank = pre if pretrain is train else ec.compute_features(
+        bank = pre if same_split else ec.compute_features(
             model, train, batch_size=FLAGS.batch_size, progress=False)
         queries = ec.compute_features(model, evaluation, batch_size=FLAGS.batch_size,
                                       progress=False)
