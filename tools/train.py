@@ -81,7 +81,10 @@ def main(argv):
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
-    if "knn_top1" in logs:
+    if not logs:  # resumed at the end: no epoch ran
+        print(f"nothing to do: the run in {model_dir} has already finished its "
+              f"{train.epochs} epochs (results in its metrics.jsonl)", flush=True)
+    elif "knn_top1" in logs:
         init = logs.get("knn_top1_at_init")
         extra = f" (at initialisation: {init:.2f}%)" if init is not None else ""
         print(f"kNN top-1: {logs['knn_top1']:.2f}%{extra}", flush=True)
