@@ -244,9 +244,7 @@ class _CosineSoftmax:
             self.chunk = per_shard
         else:
             self.chunk = max(1, min(per_shard, chunk // batch_shards))
-        self.bounds = [
-            (start, min(start + self.chunk, per_shard)) for start in range(0, per_shard, self.chunk)
-        ]
+        self.num_chunks = -(-per_shard // self.chunk)
         # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
         self.fixed_shift = cfg["inv_temperature"] <= 20.0
         self.num_padding = cfg["num_classes"] - cfg["valid"]
@@ -266,26 +264,6 @@ class _CosineSoftmax:
             layout = layouts.replicated_layout(mesh, 2)
         return layouts.relayout(value, layout)
 
-    def _split(self, value):
-        """[B, ...] -> list of [P * c, ...] chunks, each device keeping its own rows."""
-        p = self.batch_shards
-        tail = value.shape[1:]
-        grid = tf.reshape(value, [p, -1, *tail])
-        if len(self.bounds) == 1:
-            return [value]
-        return [
-            tf.reshape(tf.slice(grid, [0, a] + [0] * len(tail), [p, b - a] + [-1] * len(tail)),
-                       [p * (b - a), *tail])
-            for a, b in self.bounds
-        ]
-
-    def _merge(self, chunks):
-        p = self.batch_shards
-        tail = chunks[0].shape[1:]
-        grids = [tf.reshape(c, [p, -1, *tail]) for c in chunks]
-        merged = grids[0] if len(grids) == 1 else tf.concat(grids, axis=1)
-        return tf.reshape(merged, [self.cfg["batch"], *tail])
-
     # -- the math -------------------------------------------------------------------
     def _column_masks(self, shard_ids):
         """valid [1, S, L] bool (None when no padding)."""
@@ -296,16 +274,38 @@ class _CosineSoftmax:
         )
         return tf.expand_dims(cols < self.cfg["valid"], 0)
 
-    def _forward_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid):
-        """Loss [c] and what the backward pass needs: exp-logits [c, S, L] and more."""
-        s, rows = self.placement.row_shards, self.local_rows
+    def _logits(self, x_chunk, w_unit, row_scale=None):
+        """z [c, S, L]: the chunk's cosine logits against the local rows of W."""
         inv_t = self.cfg["inv_temperature"]
+        scale = inv_t if row_scale is None else tf.expand_dims(row_scale * inv_t, 1)
         # 1/tau is folded into the [c, D] side: one pass fewer over the [c, N] logits.
-        logits = self._pin(tf.matmul(x_chunk * inv_t, w_unit, transpose_b=True))  # [c, N]
-        z = tf.reshape(logits, [-1, s, rows])  # [c, S, L]
+        logits = self._pin(tf.matmul(x_chunk * scale, w_unit, transpose_b=True))  # [c, N]
+        return tf.reshape(logits, [-1, self.placement.row_shards, self.local_rows])
+
+    def _target_positions(self, t_chunk, shard_ids):
+        """own [c, S, K'] (does shard s hold target k?) and local [c, K'] (its row there)."""
+        rows = self.local_rows
         owner = t_chunk // rows
         local = t_chunk - owner * rows  # [c, K']
         own = tf.equal(tf.expand_dims(owner, 1), tf.reshape(shard_ids, [1, -1, 1]))  # [c, S, K']
+        return own, local
+
+    def _exp(self, z, valid, shift):
+        if self.fixed_shift:
+            # Cosine logits lie in [-1/tau, 1/tau]; for tau >= 0.05 exp(z) is within
+            # [e^-20, e^20], so no shift is needed: no max pass and no max all-reduce.
+            # (A scalar shift costs a full broadcast pass over [c, N] on CPU.)
+            # Padded rows were zeroed in W, so each adds exactly exp(0) = 1 to the sum.
+            return tf.exp(z)
+        masked = z if valid is None else tf.where(valid, z, _NEG)
+        expo = tf.exp(masked - shift)  # shift: the all-reduced row max
+        return expo if valid is None else tf.where(valid, expo, 0.0)
+
+    def _forward_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid):
+        """Loss [c], what the backward pass needs (exp-logits [c, S, L] and more) and the
+        row normaliser ``(shift, denom)``, each [c, 1, 1]."""
+        z = self._logits(x_chunk, w_unit)
+        own, local = self._target_positions(t_chunk, shard_ids)
         index = tf.broadcast_to(tf.expand_dims(local, 1), tf.shape(own))
         picked = tf.gather(z, index, batch_dims=2, axis=2)  # [c, S, K'], local
         target_logits = tf.reduce_sum(tf.where(own, picked, 0.0), axis=1)  # [c, K'], all-reduce
@@ -313,18 +313,11 @@ class _CosineSoftmax:
         with tf.control_dependencies([target_logits]):
             z = tf.identity(z)
         if self.fixed_shift:
-            # Cosine logits lie in [-1/tau, 1/tau]; for tau >= 0.05 exp(z) is within
-            # [e^-20, e^20], so no shift is needed: no max pass and no max all-reduce.
-            # (A scalar shift costs a full broadcast pass over [c, N] on CPU.)
-            # Padded rows were zeroed in W, so each adds exactly exp(0) = 1 to the sum.
-            shift = tf.zeros([1, 1, 1], tf.float32)
-            expo = tf.exp(z)
+            shift = tf.zeros_like(target_logits[:, :1, None])
         else:
             masked = z if valid is None else tf.where(valid, z, _NEG)
             shift = tf.stop_gradient(tf.reduce_max(masked, axis=[1, 2], keepdims=True))
-            expo = tf.exp(masked - shift)  # all-reduced max above
-        if valid is not None and not self.fixed_shift:
-            expo = tf.where(valid, expo, 0.0)
+        expo = self._exp(z, valid, shift)
         denom = tf.reduce_sum(expo, axis=[1, 2], keepdims=True)  # [c, 1, 1], all-reduce
         if self.fixed_shift and self.num_padding:
             denom = denom - float(self.num_padding)
@@ -340,7 +333,23 @@ class _CosineSoftmax:
                 best = tf.reshape(shift, [-1])
             # float, not bool: custom_gradient outputs must be differentiable dtypes.
             loss = (loss, tf.cast(target_logits[:, 0] >= best, tf.float32))
-        return loss, (expo, 1.0 / denom, posterior, own, local)
+        return loss, (expo, 1.0 / denom, posterior, own, local), (shift, denom, posterior)
+
+    def _recompute_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid, saved):
+        """The backward pass's parts for one chunk, from what its forward pass saved (row
+        shift, exp-sum and target posterior, all [c]-sized).
+
+        Only the logits are recomputed: no target gather, no exp-sum (one [c, N] pass
+        and one all-reduce fewer), and exp() is the logits' only consumer, so it can
+        reuse their buffer. The logits are scaled by sign(exp-sum), which is 1 (NaN only
+        where that row's loss already is NaN): it makes the chunk's first matmul depend
+        on the forward pass's result, so the backward pass cannot start, and hold a
+        [c, N] buffer, while the forward loop still runs.
+        """
+        shift, denom, posterior = saved
+        z = self._logits(x_chunk, w_unit, row_scale=tf.sign(tf.reshape(denom, [-1])))
+        own, local = self._target_positions(t_chunk, shard_ids)
+        return self._exp(z, valid, shift), 1.0 / denom, posterior, own, local
 
     def _label_matrix(self, posterior, own, local):
         """Q [c, S, L] with Q[b, s, l] = sum_k q_bk [target_bk == s * L + l], no scatter."""
@@ -369,9 +378,10 @@ class _CosineSoftmax:
         residual = self._pin(tf.reshape(expo - label, [-1, self.cfg["num_classes"]]))  # [c, N]
         row = tf.expand_dims(row, 1)
         grad_x = tf.matmul(residual, w_unit) * row  # [c, D], all-reduced over shards
-        # (x^T G)^T, not G^T x: TF's transpose_a matmul of a wide G was 2x slower on CPU.
-        grad_w = tf.transpose(tf.matmul(x_chunk * row, residual, transpose_a=True))  # [N, D]
-        return grad_x, grad_w
+        # x^T G ([D, N]; the caller transposes once), not G^T x: TF's transpose_a matmul
+        # of a wide G was 2x slower on CPU.
+        grad_w_t = tf.matmul(x_chunk * row, residual, transpose_a=True)  # [D, N]
+        return grad_x, grad_w_t
 
     def __call__(self, x_unit, w_unit):
         shard_ids = layouts.shard_index(self.placement)
@@ -380,48 +390,147 @@ class _CosineSoftmax:
         if self.fixed_shift and valid is not None:
             # Zero the padded rows of W (a cheap [N, 1] op) instead of masking [c, N].
             row_mask = tf.cast(tf.reshape(valid, [-1, 1]), tf.float32)  # [N, 1]
-        t_chunks = self._split(self.targets)
-        recompute = len(self.bounds) > 1
+        chunked = self.num_chunks > 1
 
         @tf.custom_gradient
         def cosine_softmax(x_unit, w_input):
             w_unit = w_input if row_mask is None else w_input * row_mask
-            losses, hits, saved, after = [], [], [], []
-            x_chunks = self._split(x_unit)
-            for x_chunk, t_chunk in zip(x_chunks, t_chunks):
-                # Serialise chunks so that only one chunk's logits are alive at a time.
-                with tf.control_dependencies(after):
-                    loss, parts = self._forward_chunk(x_chunk, t_chunk, w_unit, shard_ids, valid)
-                if self.with_accuracy:
-                    loss, hit = loss
-                    hits.append(hit)
-                losses.append(loss)
-                after = [loss]
-                if not recompute:
-                    saved.append(parts)
+            if chunked:
+                outputs, saved = self._chunked_forward(x_unit, w_unit, shard_ids, valid)
+            else:
+                outputs, parts, _ = self._forward_chunk(
+                    x_unit, self.targets, w_unit, shard_ids, valid
+                )
 
             def grad(upstream, *unused_hit_grad):
-                grads_x, grad_w, after = [], None, []
-                for i, (x_chunk, t_chunk, g) in enumerate(
-                    zip(x_chunks, t_chunks, self._split(upstream))
-                ):
-                    with tf.control_dependencies(after):
-                        if recompute:
-                            _, parts = self._forward_chunk(
-                                x_chunk, t_chunk, w_unit, shard_ids, valid
-                            )
-                        else:
-                            parts = saved[i]
-                        g_x, g_w = self._chunk_gradient(parts, g, x_chunk, w_unit)
-                    grads_x.append(g_x)
-                    grad_w = g_w if grad_w is None else grad_w + g_w
-                    after = [grad_w, g_x]  # the next chunk starts when this one is done
+                if chunked:
+                    grad_x, grad_w = self._chunked_backward(
+                        upstream, saved, x_unit, w_unit, shard_ids, valid
+                    )
+                else:
+                    grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
+                    grad_w = tf.transpose(grad_w_t)
                 if row_mask is not None:
                     grad_w = grad_w * row_mask  # padded rows: zero gradient
-                return self._merge(grads_x), grad_w
+                return grad_x, grad_w
 
-            if self.with_accuracy:
-                return (self._merge(losses), self._merge(hits)), grad
-            return self._merge(losses), grad
+            return outputs, grad
 
         return cosine_softmax(x_unit, w_unit)
+
+    # -- chunks: one tf.while_loop for the forward pass, one for the backward ----------
+    # The chunks run in a loop with parallel_iterations=1, so exactly one chunk's
+    # buffers are alive at a time. (An unrolled Python loop serialised with control
+    # dependencies is not enough: DTensor's MLIR passes drop control edges between
+    # stateless ops, and the executor then ran several chunks, and the forward and the
+    # backward pass, at once: 2.0 x less memory than unchunked instead of 4 x.)
+    def _grid(self, value, fill=0):
+        """[B, ...] -> [P, n, c, ...]: each device's rows, padded to n chunks of c."""
+        p, n, c = self.batch_shards, self.num_chunks, self.chunk
+        tail = list(value.shape[1:])
+        # Every intermediate is pinned: DTensor's layout propagation otherwise shards the
+        # padded [P, n * c] axis, which need not divide the mesh.
+        grid = self._pin_grid(tf.reshape(value, [p, -1, *tail]))
+        pad = n * c - grid.shape[1]
+        if pad:
+            grid = self._pin_grid(tf.pad(grid, [[0, 0], [0, pad]] + [[0, 0]] * len(tail),
+                                         constant_values=tf.cast(fill, value.dtype)))
+        return self._pin_grid(tf.reshape(grid, [p, n, c, *tail]))
+
+    def _ungrid(self, grid):
+        """Inverse of :meth:`_grid`: [P, n, c, ...] -> [B, ...] (padding dropped)."""
+        p, tail = self.batch_shards, list(grid.shape[3:])
+        rows = self.cfg["batch"] // p
+        flat = self._pin_grid(tf.reshape(grid, [p, -1, *tail]))
+        if flat.shape[1] != rows:
+            flat = self._pin_grid(
+                tf.slice(flat, [0, 0] + [0] * len(tail), [p, rows] + [-1] * len(tail))
+            )
+        return tf.reshape(flat, [self.cfg["batch"], *tail])
+
+    def _pin_grid(self, grid):
+        """Grids are split over devices by their first axis for DDP, else replicated."""
+        if not self.placement.distributed:
+            return grid
+        mesh, rank = self.placement.mesh, grid.shape.rank
+        if self.batch_shards > 1:
+            return layouts.relayout(grid, layouts.batch_layout(mesh, rank))
+        return layouts.relayout(grid, layouts.replicated_layout(mesh, rank))
+
+    def _pin_columns(self, value):
+        """The [D, N] dW accumulator: N sharded like W's rows (DHP), else replicated."""
+        if not self.placement.distributed:
+            return value
+        mesh = self.placement.mesh
+        if self.placement.sharded:
+            return layouts.relayout(value, layouts.columns_sharded_layout(mesh, 2))
+        return layouts.relayout(value, layouts.replicated_layout(mesh, 2))
+
+    def _take(self, grid, i):
+        """Chunk i of a grid as [P * c, ...]."""
+        part = tf.gather(grid, i, axis=1)  # [P, c, ...]
+        return tf.reshape(part, [-1, *grid.shape[3:]])
+
+    def _put(self, grid, i, value):
+        """The grid with chunk i replaced by ``value`` ([P * c, ...])."""
+        p, n, c = self.batch_shards, self.num_chunks, self.chunk
+        tail = list(grid.shape[3:])
+        value = tf.reshape(value, [p, 1, c, *tail])
+        here = tf.reshape(tf.equal(tf.range(n), i), [1, n, 1] + [1] * len(tail))
+        return self._pin_grid(tf.where(here, value, grid))
+
+    def _loop(self, body, loop_vars):
+        n = self.num_chunks
+        return tf.while_loop(
+            lambda i, *_: i < n, body, [tf.constant(0), *loop_vars],
+            parallel_iterations=1, maximum_iterations=n,
+        )[1:]
+
+    def _chunked_forward(self, x_unit, w_unit, shard_ids, valid):
+        x_grid = self._grid(x_unit)
+        t_grid = self._grid(self.targets)
+        p, n, c, k = self.batch_shards, self.num_chunks, self.chunk, self.targets.shape[1]
+        rows = self._pin_grid(tf.zeros([p, n, c]))
+        outputs = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
+        saved = [rows, rows, self._pin_grid(tf.zeros([p, n, c, k]))]  # shift, denom, posterior
+
+        def body(i, *grids):
+            out, _, (shift, denom, posterior) = self._forward_chunk(
+                self._take(x_grid, i), self._take(t_grid, i), w_unit, shard_ids, valid
+            )
+            values = list(out) if self.with_accuracy else [out]
+            values += [tf.reshape(shift, [-1]), tf.reshape(denom, [-1]), posterior]
+            return [i + 1] + [self._put(g, i, v) for g, v in zip(grids, values)]
+
+        grids = self._loop(body, outputs + saved)
+        outputs = [self._ungrid(g) for g in grids[: len(outputs)]]
+        saved = grids[len(outputs):]  # [P, n, c] / [P, n, c, K'] for every row
+        return (tuple(outputs) if self.with_accuracy else outputs[0]), saved
+
+    def _chunked_backward(self, upstream, saved, x_unit, w_unit, shard_ids, valid):
+        x_grid = self._grid(x_unit)
+        t_grid = self._grid(self.targets)
+        # Padded rows get a zero upstream gradient, so they add nothing to dW.
+        g_grid = self._grid(upstream)
+
+        def body(i, grad_x_grid, grad_w_t):
+            x_chunk = self._take(x_grid, i)
+            shift, denom, posterior = (self._take(g, i) for g in saved)
+            parts = self._recompute_chunk(
+                x_chunk, self._take(t_grid, i), w_unit, shard_ids, valid,
+                (tf.reshape(shift, [-1, 1, 1]), tf.reshape(denom, [-1, 1, 1]), posterior),
+            )
+            g_x, g_w_t = self._chunk_gradient(parts, self._take(g_grid, i), x_chunk, w_unit)
+            # dW is summed as [D, N] (the matmul's own output) and transposed once.
+            return i + 1, self._put(grad_x_grid, i, g_x), self._pin_columns(grad_w_t + g_w_t)
+
+        # The sums start at a zero that depends on the forward pass's result: a plain
+        # tf.zeros([D, N]) is folded by DTensor's MLIR passes into a constant that the
+        # function then keeps alive for good (one more [N, D] buffer per device).
+        zero = tf.math.multiply_no_nan(tf.reduce_sum(saved[1][:1, :1, :1]), 0.0)
+        dim, num = self.cfg["dim"], self.cfg["num_classes"]
+        grad_x_grid, grad_w_t = self._loop(body, [
+            self._pin_grid(tf.broadcast_to(zero, x_grid.shape)),
+            self._pin_columns(tf.broadcast_to(zero, [dim, num])),
+        ])
+        return self._ungrid(grad_x_grid), tf.transpose(grad_w_t)
