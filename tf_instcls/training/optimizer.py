@@ -91,14 +91,31 @@ class MomentumSGD(tf.Module):
                     f"variable {variable.name} was not passed to MomentumSGD.build()"
                 )
             slot = self.slots[index]
-            grad = tf.convert_to_tensor(grad)
-            if self._decay[index]:
-                grad = grad + self._decay[index] * variable
-            # Use the new buffer as a tensor: on a sharded DVariable a re-read of the slot
-            # was not ordered after its assign (observed with 4 devices, TF 2.21).
-            buffer = self.momentum * slot + grad
-            update = tf.cast(learning_rate, variable.dtype) * buffer
+            dtype = variable.dtype
+            grad = tf.convert_to_tensor(grad, dtype)
+            decay = self._decay[index]
+            if decay:
+                # g + decay * v, written so that every [N, D] op consumes the gradient:
+                # as ``decay * v`` the executor computes the product at the start of the
+                # step (it needs only v) and holds it through the loss, one more [N, D]
+                # buffer at the step's memory peak. Here each op can reuse g's buffer.
+                grad = (grad * (1.0 / decay) + variable) * decay
+            keep = tf.constant(1.0, dtype) if apply is None else tf.cast(apply, dtype)
             if apply is not None:
-                buffer, update = keep_or_replace(apply, buffer, slot), masked(update, apply)
-            slot.assign(buffer)
-            variable.assign_sub(update)
+                grad = tf.math.multiply_no_nan(grad, keep)
+            # One fused in-place kernel: buf = momentum * buf + g; v -= lr * buf. No
+            # [N, D] temporaries (momentum * buf computed as a separate op, too, was
+            # scheduled at the step's start). With keep = 0 it is buf = 1 * buf + 0 and
+            # v -= 0 * buf: neither changes, even when the gradient held NaN or Inf.
+            # Both variables are written by one op, so no read-after-assign ordering is
+            # needed (a re-read of a sharded slot after its assign was not ordered by
+            # DTensor with 4 devices, TF 2.21).
+            tf.raw_ops.ResourceApplyMomentum(
+                var=layouts.variable_handle(variable).handle,
+                accum=slot.handle,
+                lr=tf.cast(learning_rate, dtype) * keep,
+                grad=grad,
+                momentum=self.momentum * keep + (1.0 - keep),
+                use_locking=False,
+                use_nesterov=False,
+            )
