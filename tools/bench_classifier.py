@@ -5,8 +5,16 @@ size, a fresh subprocess configures ``--virtual_devices`` CPU devices (or uses t
 GPUs with --virtual_devices=0), builds W [N, D] on a 1-D DTensor mesh and times
 ``--steps`` steps on random embeddings. Reported per record: median step time,
 per-device bytes held for W + its gradient + its momentum slot + one logits buffer
-(from the real per-device shapes), the process' measured peak RSS, achieved GFLOP/s
+(from the real per-device shapes), the allocator's measured peak bytes in use during
+the timed steps (``alloc_peak_bytes``: TF's BFC allocator statistic, on the GPU natively
+and on the CPU with --cpu_allocator=bfc), the process' peak RSS growth, achieved GFLOP/s
 (6 B N D flops per step) and the machine's float32 matmul peak measured in the same run.
+
+Why two memory numbers: TF's default CPU allocator on x86 (oneDNN's pooling allocator)
+never returns freed blocks to the OS, so RSS records the pool's high-water mark including
+its fragmentation and the runtime's own growth, not what the step holds. The allocator
+statistic is what the step holds at its peak (W, momentum, temporaries, logits), the
+number GPU users read from ``tf.config.experimental.get_memory_info``.
 Also: the largest N each layout fits in --budget_gib per device (the analogue of the
 paper's Fig. 3), and the same step in plain PyTorch on one device if torch imports.
 
@@ -41,6 +49,10 @@ flags.DEFINE_integer("steps", 5, "Timed steps per configuration.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps first (tracing, allocation).")
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul used to measure peak.")
 flags.DEFINE_float("budget_gib", 16.0, "Per-device memory budget for the largest-N estimate.")
+flags.DEFINE_enum("cpu_allocator", "bfc", ["bfc", "default"],
+                  "CPU runs: 'bfc' sets TF_CPU_ALLOCATOR_USE_BFC=true in each worker so that "
+                  "the allocator reports its peak bytes in use (alloc_peak_bytes); 'default' "
+                  "keeps TF's own CPU allocator (RSS only).")
 flags.DEFINE_list("disable_grappler", [], "Diagnostic: grappler passes to turn off for the "
                   "step (names of tf.config.optimizer.set_experimental_options, e.g. "
                   "arithmetic_optimization), or 'all' for the whole optimizer.")
@@ -49,7 +61,12 @@ flags.DEFINE_bool("torch_peer", True, "Also time the step in PyTorch on one devi
 flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print a record.")
 
 _FLOAT = 4
-_LOGITS_BUFFERS = 3  # [c, N/T] float32 buffers alive at the peak of a step (logits, exp, residual)
+# Buffers alive at the peak of a step, measured with the allocator statistic
+# (WORKSPACE.md "Chunking"): two [c, N/T] logits-sized buffers (exp(z) and the label
+# matrix, the residual reusing exp's buffer) and five [N/T, D] ones (W, its momentum,
+# the normalised W, the dW sum and one chunk's dW).
+_LOGITS_BUFFERS = 2
+_ROW_BUFFERS = 5
 
 
 def _rss_bytes() -> int:
@@ -135,14 +152,20 @@ def _run_worker(config: dict) -> dict:
 
     for _ in range(config["warmup"]):
         step(x, ids, hard)[0].numpy()
+    # Physical devices of the allocator statistics: CPU:0 holds all virtual CPUs.
+    physical = tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("CPU")
+    before = _allocator_stats(physical)
+    _reset_allocator_peak(physical)
     times = []
     for _ in range(config["steps"]):
         start = time.perf_counter()
         step(x, ids, hard)[0].numpy()
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    after = _allocator_stats(physical)
     worker_peak = _matmul_peak(config.get("matmul_size", 4096))
 
+    rss_after_steps = _rss_bytes()  # before the matmul-peak measurement allocates
     w_local = layouts.local_shapes(w.layout, w.shape)
     slot = opt.slot_for(w)
     assert slot.layout.sharding_specs == w.layout.sharding_specs, "slot layout != W layout"
@@ -167,8 +190,13 @@ def _run_worker(config: dict) -> dict:
         "per_device_bytes_parts": {
             "W": w_bytes, "W_grad": w_bytes, "W_momentum": w_bytes, "logits": logits_bytes,
         },
-        "peak_rss_bytes": _rss_bytes(),
-        "peak_rss_delta_bytes": _rss_bytes() - base_rss,
+        "peak_rss_bytes": rss_after_steps,
+        "peak_rss_delta_bytes": rss_after_steps - base_rss,
+        # Summed over the devices (all T virtual CPUs share one allocator); None when the
+        # allocator keeps no statistics (--cpu_allocator=default on CPU).
+        "alloc_resident_bytes": before and before["current"],
+        "alloc_peak_bytes": after and after["peak"],
+        "cpu_allocator": config.get("cpu_allocator", "default"),
         "gflops": 6 * b * n * d / median / 1e9,
         "worker_matmul_peak_gflops": worker_peak,
         "loss": float(step(x, ids, hard)[0].numpy()),
@@ -213,10 +241,39 @@ def _torch_step(config: dict) -> dict:
 # -- driver side -----------------------------------------------------------------------
 
 
+def _allocator_stats(devices) -> dict | None:
+    """Summed ``current`` / ``peak`` bytes of the local devices' allocators, or None
+    where the allocator keeps no statistics (TF's default CPU allocator)."""
+    import tensorflow as tf
+
+    names = sorted({d.name.split("physical_device:")[-1] for d in devices})
+    total = {"current": 0, "peak": 0}
+    for name in names:
+        try:
+            info = tf.config.experimental.get_memory_info(name)
+        except (ValueError, tf.errors.OpError):
+            return None
+        total = {k: total[k] + info[k] for k in total}
+    return total
+
+
+def _reset_allocator_peak(devices) -> None:
+    import tensorflow as tf
+
+    for name in sorted({d.name.split("physical_device:")[-1] for d in devices}):
+        try:
+            tf.config.experimental.reset_memory_stats(name)
+        except (ValueError, tf.errors.OpError):
+            return
+
+
 def _spawn(config: dict) -> dict:
+    env = common.subprocess_env()
+    if config.get("cpu_allocator") == "bfc":
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read once, when TensorFlow starts
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(config)}"],
-        env=common.subprocess_env(), capture_output=True, text=True,
+        env=env, capture_output=True, text=True,
     )
     for line in proc.stdout.splitlines():
         if line.startswith("RECORD "):
@@ -228,26 +285,27 @@ def _spawn(config: dict) -> dict:
 def largest_n(layout: str, devices: int, dim: int, batch: int, chunk: int, budget: float) -> int:
     """Largest N whose per-device bytes (same model as the records) fit ``budget`` bytes.
 
-    sharded:    3 (N/T) D 4 + rows (N/T) 4 * buffers,  rows = chunk or B
-    replicated: 4 N D 4 (incl. the all-reduce buffer of W's gradient)
-                + (rows / T) N 4 * buffers
+    sharded:    5 (N/T) D 4 + rows (N/T) 4 * 2,  rows = chunk or B
+    replicated: 6 N D 4 (incl. the all-reduce buffer of W's gradient)
+                + (rows / T) N 4 * 2
     """
     rows = chunk or batch
     if layout == "sharded":
-        per_row = (3 * dim + rows * _LOGITS_BUFFERS) * _FLOAT / devices
+        per_row = (_ROW_BUFFERS * dim + rows * _LOGITS_BUFFERS) * _FLOAT / devices
     else:
-        per_row = (4 * dim + max(1, rows // devices) * _LOGITS_BUFFERS) * _FLOAT
+        per_row = ((_ROW_BUFFERS + 1) * dim + max(1, rows // devices) * _LOGITS_BUFFERS) * _FLOAT
     return int(budget // per_row)
 
 
 def _markdown(records) -> str:
     head = ("| layout | T | N | D | B | chunk | step ms (median) | per-device MiB "
-            "(W+grad+slot+logits) | peak RSS MiB | GFLOP/s | % of matmul peak |")
-    lines = [head, "|" + "---|" * 11]
+            "(W+grad+slot+logits) | alloc peak MiB | peak RSS growth MiB | GFLOP/s | "
+            "% of matmul peak |")
+    lines = [head, "|" + "---|" * 12]
     for r in records:
         if "error" in r:
             lines.append(f"| {r.get('layout')} | {r.get('devices')} | {r.get('num_instances')} "
-                         f"| | | {r.get('chunk_size')} | **{r['error']}** | | | | |")
+                         f"| | | {r.get('chunk_size')} | **{r['error']}** | | | | | |")
             continue
         per_dev = r.get("per_device_bytes")
         lines.append(
@@ -257,7 +315,10 @@ def _markdown(records) -> str:
             f"| {r['layout']} | {r['devices']} | {r['num_instances']} | {r['dim']} | "
             f"{r['batch_size']} | - | {r['step_ms_median']:.0f} | n/a | "
         )
-        lines[-1] += (f"{r['peak_rss_bytes'] / 2**20:.0f} | {r['gflops']:.1f} | "
+        alloc = r.get("alloc_peak_bytes")
+        rss = r.get("peak_rss_delta_bytes", r["peak_rss_bytes"])
+        lines[-1] += (f"{alloc / 2**20:.0f} | " if alloc else "n/a | ")
+        lines[-1] += (f"{rss / 2**20:.0f} | {r['gflops']:.1f} | "
                       f"{100 * r['gflops'] / r['matmul_peak_gflops']:.0f}% |")
     return "\n".join(lines)
 
@@ -282,7 +343,7 @@ def main(argv):
                   num_instances=FLAGS.num_instances, dim=FLAGS.dim,
                   batch_size=FLAGS.batch_size, smoothing=FLAGS.smoothing,
                   num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                  disable_grappler=FLAGS.disable_grappler)
+                  disable_grappler=FLAGS.disable_grappler, cpu_allocator=FLAGS.cpu_allocator)
     for layout in FLAGS.layouts:
         for chunk in chunks:
             logging.info("running layout=%s chunk=%s ...", layout, chunk)

@@ -1,0 +1,51 @@
+"""tools/bench_classifier.py end to end, and the memory bound of chunking it measures.
+
+The chunked loss must hold about chunk x N / T logits, not B x N / T: here the
+allocator's measured peak during a full step (loss, backward, momentum update) must be
+at least 4 x lower with chunk 64 than unchunked at B = 1024, on both layouts (the same
+ratio the issue asks of the big benchmark; with D = 16 the logits dominate).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tools.common import subprocess_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ("layout", "devices", "num_instances", "dim", "batch_size", "chunk_size",
+          "step_ms_median", "per_device_bytes", "gflops", "matmul_peak_gflops")
+
+
+@pytest.mark.slow
+def test_bench_records_and_chunked_memory_bound(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "bench_classifier.py"),
+         "--virtual_devices=2", "--num_instances=8192", "--dim=16", "--batch_size=1024",
+         "--layouts=sharded,replicated", "--chunk_size=0,64", "--steps=1", "--warmup=1",
+         "--matmul_size=128", "--torch_peer=false", f"--json={out}"],
+        env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| layout | T | N |" in proc.stdout  # the Markdown table
+    records = json.loads(out.read_text())
+    assert [(r["layout"], r["chunk_size"]) for r in records] == [
+        ("sharded", 0), ("sharded", 64), ("replicated", 0), ("replicated", 64)
+    ]
+    for r in records:
+        assert "error" not in r, r
+        for field in FIELDS:
+            assert field in r, field
+        assert r["devices"] == 2 and r["alloc_peak_bytes"] > r["alloc_resident_bytes"] > 0
+        assert r["largest_n_in_budget"] > 0
+    by = {(r["layout"], r["chunk_size"]): r for r in records}
+    for layout in ("sharded", "replicated"):
+        full = by[(layout, 0)]["alloc_peak_bytes"]
+        chunked = by[(layout, 64)]["alloc_peak_bytes"]
+        assert full >= 4 * chunked, (layout, full / 2**20, chunked / 2**20)
+    # Sharding W halves each device's rows: its bytes model is below replicated's.
+    assert by[("sharded", 0)]["per_device_bytes"] < by[("replicated", 0)]["per_device_bytes"]
