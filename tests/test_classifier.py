@@ -124,3 +124,35 @@ def test_optimizer_rejects_unknown_variables_and_bad_hyperparameters():
     v = tf.Variable([1.0])
     with pytest.raises(ValueError, match="was not passed to MomentumSGD.build"):
         opt.apply_gradients([(tf.constant([1.0]), v)], 0.1)
+
+
+@pytest.mark.parametrize("momentum,decay", [(0.0, 0.0), (0.0, 1e-2), (0.9, 0.0), (0.9, 1e-2)])
+def test_optimizer_update_and_skip_match_numpy(momentum, decay):
+    """apply_gradients = numpy momentum SGD; a skipped step with a NaN gradient leaves
+    the variable and its momentum bit-identical."""
+    rng = np.random.default_rng(3)
+    w0 = rng.normal(size=(5, 3)).astype(np.float32)
+    v = tf.Variable(w0)
+    opt = MomentumSGD(momentum=momentum, weight_decay=decay)
+    opt.build([v])
+    grads = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(3)]
+
+    @tf.function
+    def update(g, apply):
+        opt.apply_gradients([(g, v)], 0.3, apply=apply)
+
+    w, buf = w0.astype(np.float64), np.zeros((5, 3))
+    for i, g in enumerate(grads):
+        update(tf.constant(g), tf.constant(True))
+        g = g + decay * w
+        buf = momentum * buf + g
+        w = w - 0.3 * buf
+        assert_close(v.numpy(), w, name=f"W after step {i}")
+        assert_close(opt.slot_for(v).numpy(), buf, name=f"momentum after step {i}")
+        before = (v.numpy().copy(), opt.slot_for(v).numpy().copy())
+        bad = np.full((5, 3), np.nan, np.float32)
+        bad[0, 0] = np.inf
+        update(tf.constant(bad), tf.constant(False))
+        assert np.array_equal(v.numpy(), before[0]) and np.array_equal(
+            opt.slot_for(v).numpy(), before[1]
+        ), "a skipped step changed W or its momentum"

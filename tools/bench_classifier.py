@@ -53,6 +53,11 @@ flags.DEFINE_enum("cpu_allocator", "bfc", ["bfc", "default"],
                   "CPU runs: 'bfc' sets TF_CPU_ALLOCATOR_USE_BFC=true in each worker so that "
                   "the allocator reports its peak bytes in use (alloc_peak_bytes); 'default' "
                   "keeps TF's own CPU allocator (RSS only).")
+flags.DEFINE_float("trace_memory_mib", 0.0,
+                   "Diagnostic: if > 0, profile one more step and record (live_at_peak) the "
+                   "buffers of at least this many MiB alive at the step's allocation peak, "
+                   "with the op that made each (needs a BFC allocator: GPU, or "
+                   "--cpu_allocator=bfc).")
 flags.DEFINE_list("disable_grappler", [], "Diagnostic: grappler passes to turn off for the "
                   "step (names of tf.config.optimizer.set_experimental_options, e.g. "
                   "arithmetic_optimization), or 'all' for the whole optimizer.")
@@ -163,9 +168,12 @@ def _run_worker(config: dict) -> dict:
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     after = _allocator_stats(physical)
-    worker_peak = _matmul_peak(config.get("matmul_size", 4096))
-
     rss_after_steps = _rss_bytes()  # before the matmul-peak measurement allocates
+    live_at_peak = None
+    if config.get("trace_memory_mib"):
+        live_at_peak = _trace_step_memory(lambda: step(x, ids, hard)[0].numpy(),
+                                          config["trace_memory_mib"])
+    worker_peak = _matmul_peak(config.get("matmul_size", 4096))
     w_local = layouts.local_shapes(w.layout, w.shape)
     slot = opt.slot_for(w)
     assert slot.layout.sharding_specs == w.layout.sharding_specs, "slot layout != W layout"
@@ -197,6 +205,7 @@ def _run_worker(config: dict) -> dict:
         "alloc_resident_bytes": before and before["current"],
         "alloc_peak_bytes": after and after["peak"],
         "cpu_allocator": config.get("cpu_allocator", "default"),
+        "live_at_peak": live_at_peak,
         "gflops": 6 * b * n * d / median / 1e9,
         "worker_matmul_peak_gflops": worker_peak,
         "loss": float(step(x, ids, hard)[0].numpy()),
@@ -207,6 +216,7 @@ def _torch_step(config: dict) -> dict:
     import numpy as np
     import torch
 
+    base_rss = _rss_bytes()
     n, d, b = config["num_instances"], config["dim"], config["batch_size"]
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter(torch.randn(n, d, generator=g) * 0.01)
@@ -234,6 +244,7 @@ def _torch_step(config: dict) -> dict:
         "layout": "torch-single-device", "devices": 1, "num_instances": n, "dim": d,
         "batch_size": b, "chunk_size": 0, "step_ms_median": 1000 * median,
         "gflops": 6 * b * n * d / median / 1e9, "peak_rss_bytes": _rss_bytes(),
+        "peak_rss_delta_bytes": _rss_bytes() - base_rss,
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
     }
 
@@ -265,6 +276,61 @@ def _reset_allocator_peak(devices) -> None:
             tf.config.experimental.reset_memory_stats(name)
         except (ValueError, tf.errors.OpError):
             return
+
+
+def _trace_step_memory(run_step, min_mib: float) -> dict:
+    """Runs one step under TF's profiler and returns the buffers of at least ``min_mib``
+    MiB that were alive when the bytes this step allocated peaked, from the allocator's
+    MemoryAllocation / MemoryDeallocation events (BFC allocators record them: the GPU's,
+    and the CPU's with --cpu_allocator=bfc). Buffers that existed before the step (W,
+    its momentum) are not in the list; ``peak_step_bytes`` counts only the step's own."""
+    import glob
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    logdir = tempfile.mkdtemp(prefix="bench_trace_")
+    tf.profiler.experimental.start(logdir)
+    run_step()
+    tf.profiler.experimental.stop()
+    paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    space = xplane_pb2.XSpace()
+    with open(paths[0], "rb") as f:
+        space.ParseFromString(f.read())
+    events = []
+    for plane in space.planes:
+        for line in plane.lines:
+            for event in line.events:
+                kind = plane.event_metadata[event.metadata_id].name
+                if kind not in ("MemoryAllocation", "MemoryDeallocation"):
+                    continue
+                stats = {}
+                for stat in event.stats:
+                    key = plane.stat_metadata[stat.metadata_id].name
+                    stats[key] = stat.str_value or stat.int64_value or stat.uint64_value
+                    if stat.ref_value:
+                        stats[key] = plane.stat_metadata[stat.ref_value].name
+                events.append((line.timestamp_ns * 1000 + event.offset_ps, kind, stats))
+    events.sort(key=lambda e: e[0])
+    live, current, peak, at_peak = {}, 0, 0, {}
+    for _, kind, stats in events:
+        address = stats.get("addr")
+        if kind == "MemoryAllocation":
+            size = int(stats.get("requested_bytes") or 0)
+            live[address] = (size, stats.get("tf_op"), stats.get("shape"))
+            current += size
+        elif address in live:
+            current -= live.pop(address)[0]
+        if current > peak:
+            peak, at_peak = current, dict(live)
+    buffers = sorted((v for v in at_peak.values() if v[0] >= min_mib * 2**20), reverse=True)
+    return {
+        "allocation_events": len(events),
+        "peak_step_bytes": peak,
+        "buffers": [{"mib": round(size / 2**20, 1), "op": str(op).split("/")[-1],
+                     "shape": shape} for size, op, shape in buffers],
+    }
 
 
 def _spawn(config: dict) -> dict:
@@ -343,7 +409,8 @@ def main(argv):
                   num_instances=FLAGS.num_instances, dim=FLAGS.dim,
                   batch_size=FLAGS.batch_size, smoothing=FLAGS.smoothing,
                   num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
-                  disable_grappler=FLAGS.disable_grappler, cpu_allocator=FLAGS.cpu_allocator)
+                  disable_grappler=FLAGS.disable_grappler, cpu_allocator=FLAGS.cpu_allocator,
+                  trace_memory_mib=FLAGS.trace_memory_mib)
     for layout in FLAGS.layouts:
         for chunk in chunks:
             logging.info("running layout=%s chunk=%s ...", layout, chunk)
@@ -370,6 +437,13 @@ def main(argv):
         except ImportError:
             logging.info("PyTorch not importable: no side-by-side peer")
     print(_markdown(records))
+    for r in records:
+        trace = r.get("live_at_peak")
+        if trace:
+            print(f"\nlayout={r['layout']} chunk={r['chunk_size'] or '-'}: the step's own "
+                  f"allocations peak at {trace['peak_step_bytes'] / 2**20:.0f} MiB; alive then:")
+            for buf in trace["buffers"]:
+                print(f"  {buf['mib']:8.1f} MiB  {buf['shape']}  {buf['op']}")
     fit = [r for r in records if "largest_n_in_budget" in r]
     if fit:
         print(f"\nLargest N in {FLAGS.budget_gib} GiB per device (model above, Fig. 3 analogue):")

@@ -93,29 +93,26 @@ class MomentumSGD(tf.Module):
             slot = self.slots[index]
             dtype = variable.dtype
             grad = tf.convert_to_tensor(grad, dtype)
+            # Every [N, D] op below consumes the gradient, so none can run before the
+            # loss is done. ``decay * v`` or ``momentum * buf`` need only state read at
+            # the step's start, and the executor computed them there and held them
+            # through the loss's memory peak (one [N, D] buffer each, seen in the
+            # allocation trace). The same holds for ResourceApplyMomentum under
+            # DTensor, whose MLIR passes decompose it into reads, ``buf * momentum``
+            # and assigns. Written this way each op can reuse the gradient's buffer.
             decay = self._decay[index]
             if decay:
-                # g + decay * v, written so that every [N, D] op consumes the gradient:
-                # as ``decay * v`` the executor computes the product at the start of the
-                # step (it needs only v) and holds it through the loss, one more [N, D]
-                # buffer at the step's memory peak. Here each op can reuse g's buffer.
-                grad = (grad * (1.0 / decay) + variable) * decay
+                grad = (grad * (1.0 / decay) + variable) * decay  # g + decay * v
             keep = tf.constant(1.0, dtype) if apply is None else tf.cast(apply, dtype)
             if apply is not None:
-                grad = tf.math.multiply_no_nan(grad, keep)
-            # One fused in-place kernel: buf = momentum * buf + g; v -= lr * buf. No
-            # [N, D] temporaries (momentum * buf computed as a separate op, too, was
-            # scheduled at the step's start). With keep = 0 it is buf = 1 * buf + 0 and
-            # v -= 0 * buf: neither changes, even when the gradient held NaN or Inf.
-            # Both variables are written by one op, so no read-after-assign ordering is
-            # needed (a re-read of a sharded slot after its assign was not ordered by
-            # DTensor with 4 devices, TF 2.21).
-            tf.raw_ops.ResourceApplyMomentum(
-                var=layouts.variable_handle(variable).handle,
-                accum=slot.handle,
-                lr=tf.cast(learning_rate, dtype) * keep,
-                grad=grad,
-                momentum=self.momentum * keep + (1.0 - keep),
-                use_locking=False,
-                use_nesterov=False,
-            )
+                grad = masked(grad, apply)  # exactly 0 where skipped, even for NaN / Inf
+            if self.momentum > 0:
+                # buf' = momentum * buf + g. Where skipped: momentum' = 1, g = 0, buf' = buf.
+                momentum = self.momentum * keep + (1.0 - keep)
+                buffer = (grad * (1.0 / momentum) + slot) * momentum
+            else:
+                buffer = grad if apply is None else grad + masked(slot, tf.logical_not(apply))
+            # The new buffer is used as a tensor, not re-read: on a sharded DVariable a
+            # re-read of the slot was not ordered after its assign (4 devices, TF 2.21).
+            slot.assign(buffer)
+            variable.assign_sub(buffer * (tf.cast(learning_rate, dtype) * keep))
