@@ -23,6 +23,14 @@ at each boundary, so this module computes the target logits with a batched gathe
 sharded DTensors crash TF 2.21, and the gather gradient materialises replicated [B, N].
 The label matrix Q[b, n] = sum_k q_bk [h_bk == n] is instead a batched matmul of two
 one-hot factors over n = n1 * L2 + n2 (cost about 2 B (K+1) N / S flops).
+
+Chunking (``chunk_size``): the forward pass is a ``tf.while_loop`` over chunks of c rows
+(``parallel_iterations=1``) that keeps only [c]-sized results per row: loss, row shift,
+exp-sum and the posterior over the K' targets. The backward pass is a second loop that
+recomputes each chunk's logits from those and sums dW in place, so at its peak a device
+holds two [c, N/S] buffers (exp(z), reused for the residual, and Q) and a few [N/S, D]
+ones (normalised W, the dW sum, one chunk's dW), whatever B is. Control dependencies
+cannot give this order: DTensor's MLIR passes drop them between stateless ops.
 """
 
 from __future__ import annotations
@@ -302,14 +310,17 @@ class _CosineSoftmax:
         return expo if valid is None else tf.where(valid, expo, 0.0)
 
     def _forward_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid):
-        """Loss [c], what the backward pass needs (exp-logits [c, S, L] and more) and the
-        row normaliser ``(shift, denom)``, each [c, 1, 1]."""
+        """Loss [c] (with the hit flags when ``with_accuracy``), what the backward pass
+        needs (exp-logits [c, S, L] and more) and what a recomputing backward pass
+        keeps per row: ``(shift, denom, posterior)``, [c, 1, 1], [c, 1, 1], [c, K']."""
         z = self._logits(x_chunk, w_unit)
         own, local = self._target_positions(t_chunk, shard_ids)
         index = tf.broadcast_to(tf.expand_dims(local, 1), tf.shape(own))
         picked = tf.gather(z, index, batch_dims=2, axis=2)  # [c, S, K'], local
         target_logits = tf.reduce_sum(tf.where(own, picked, 0.0), axis=1)  # [c, K'], all-reduce
         # Pick the targets first: exp() can then reuse the logits' buffer (one [c, N] less).
+        # This holds on plain tensors; under DTensor the control edge is dropped (see the
+        # module docstring), which costs the forward pass of a chunk that buffer.
         with tf.control_dependencies([target_logits]):
             z = tf.identity(z)
         if self.fixed_shift:
