@@ -13,9 +13,8 @@ import sys
 
 import pytest
 
-from tools.common import subprocess_env
+from helpers import ROOT, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ("layout", "devices", "num_instances", "dim", "batch_size", "chunk_size",
           "step_ms_median", "per_device_bytes", "gflops", "matmul_peak_gflops")
 

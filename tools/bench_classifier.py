@@ -6,8 +6,8 @@ GPUs with --virtual_devices=0), builds W [N, D] on a 1-D DTensor mesh and times
 ``--steps`` steps on random embeddings. Reported per record: median step time,
 per-device bytes held for W + its gradient + its momentum slot + one logits buffer
 (from the real per-device shapes), the allocator's measured peak bytes in use during
-the timed steps (``alloc_peak_bytes``: TF's BFC allocator statistic, on the GPU natively
-and on the CPU with --cpu_allocator=bfc), the process' peak RSS growth, achieved GFLOP/s
+the timed steps (``alloc_peak_bytes``, from ``tf.config.experimental.get_memory_info``),
+the process' peak RSS growth, achieved GFLOP/s
 (6 B N D flops per step) and the machine's float32 matmul peak measured in the same run.
 
 Why two memory numbers: TF's default CPU allocator on x86 (oneDNN's pooling allocator)
@@ -53,9 +53,10 @@ flags.DEFINE_integer("repeats", 1, "Fresh worker processes per configuration; th
 flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul used to measure peak.")
 flags.DEFINE_float("budget_gib", 16.0, "Per-device memory budget for the largest-N estimate.")
 flags.DEFINE_enum("cpu_allocator", "bfc", ["bfc", "default"],
-                  "CPU runs: 'bfc' sets TF_CPU_ALLOCATOR_USE_BFC=true in each worker so that "
-                  "the allocator reports its peak bytes in use (alloc_peak_bytes); 'default' "
-                  "keeps TF's own CPU allocator (RSS only).")
+                  "CPU runs: 'bfc' sets TF_CPU_ALLOCATOR_USE_BFC=true in each worker (TF's "
+                  "BFC allocator, whose allocation events --trace_memory_mib reads); "
+                  "'default' keeps TF's own CPU allocator (oneDNN's on x86). Both report "
+                  "alloc_peak_bytes.")
 flags.DEFINE_float("trace_memory_mib", 0.0,
                    "Diagnostic: if > 0, profile one more step and record (live_at_peak) the "
                    "buffers of at least this many MiB alive at the step's allocation peak, "
@@ -204,7 +205,7 @@ def _run_worker(config: dict) -> dict:
         "peak_rss_bytes": rss_after_steps,
         "peak_rss_delta_bytes": rss_after_steps - base_rss,
         # Summed over the devices (all T virtual CPUs share one allocator); None when the
-        # allocator keeps no statistics (--cpu_allocator=default on CPU).
+        # allocator keeps no statistics.
         "alloc_resident_bytes": before and before["current"],
         "alloc_peak_bytes": after and after["peak"],
         "cpu_allocator": config.get("cpu_allocator", "default"),
@@ -255,14 +256,18 @@ def _torch_step(config: dict) -> dict:
 # -- driver side -----------------------------------------------------------------------
 
 
+def _allocator_names(devices) -> list:
+    """'CPU:0' / 'GPU:1' ... of physical devices, as the memory-info API names them."""
+    return sorted({d.name.split("physical_device:")[-1] for d in devices})
+
+
 def _allocator_stats(devices) -> dict | None:
     """Summed ``current`` / ``peak`` bytes of the local devices' allocators, or None
-    where the allocator keeps no statistics (TF's default CPU allocator)."""
+    where an allocator keeps no statistics."""
     import tensorflow as tf
 
-    names = sorted({d.name.split("physical_device:")[-1] for d in devices})
     total = {"current": 0, "peak": 0}
-    for name in names:
+    for name in _allocator_names(devices):
         try:
             info = tf.config.experimental.get_memory_info(name)
         except (ValueError, tf.errors.OpError):
@@ -274,7 +279,7 @@ def _allocator_stats(devices) -> dict | None:
 def _reset_allocator_peak(devices) -> None:
     import tensorflow as tf
 
-    for name in sorted({d.name.split("physical_device:")[-1] for d in devices}):
+    for name in _allocator_names(devices):
         try:
             tf.config.experimental.reset_memory_stats(name)
         except (ValueError, tf.errors.OpError):
@@ -424,7 +429,7 @@ def main(argv):
         raise RuntimeError(f"matmul peak measurement failed: {peak}")
     logging.info("float32 matmul peak: %.1f GFLOP/s", peak["matmul_peak_gflops"])
     records = []
-    common = dict(kind="step", devices=FLAGS.virtual_devices, matmul_size=FLAGS.matmul_size,
+    base_config = dict(kind="step", devices=FLAGS.virtual_devices, matmul_size=FLAGS.matmul_size,
                   num_instances=FLAGS.num_instances, dim=FLAGS.dim,
                   batch_size=FLAGS.batch_size, smoothing=FLAGS.smoothing,
                   num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
@@ -436,7 +441,10 @@ def main(argv):
         for layout, chunk in configs:
             logging.info("running layout=%s chunk=%s (run %d of %d) ...", layout, chunk,
                          repeat + 1, FLAGS.repeats)
-            runs[(layout, chunk)].append(_spawn(dict(common, layout=layout, chunk_size=chunk)))
+            config = dict(base_config, layout=layout, chunk_size=chunk)
+            if repeat:  # the record keeps the first run's trace: trace only once
+                config["trace_memory_mib"] = 0.0
+            runs[(layout, chunk)].append(_spawn(config))
     for layout, chunk in configs:
         record = _combine_runs(runs[(layout, chunk)])
         # The peak is the best of the driver's and the worker's own measurement.
@@ -455,7 +463,7 @@ def main(argv):
         try:
             import torch  # noqa: F401
 
-            record = _spawn(dict(common, kind="torch", layout="torch", chunk_size=0))
+            record = _spawn(dict(base_config, kind="torch", layout="torch", chunk_size=0))
             record["matmul_peak_gflops"] = peak["matmul_peak_gflops"]
             records.append(record)
         except ImportError:

@@ -407,7 +407,8 @@ class _CosineSoftmax:
         def cosine_softmax(x_unit, w_input):
             w_unit = w_input if row_mask is None else w_input * row_mask
             if chunked:
-                outputs, saved = self._chunked_forward(x_unit, w_unit, shard_ids, valid)
+                grids = (self._grid(x_unit), self._grid(self.targets))  # both passes use them
+                outputs, saved = self._chunked_forward(grids, w_unit, shard_ids, valid)
             else:
                 outputs, parts, _ = self._forward_chunk(
                     x_unit, self.targets, w_unit, shard_ids, valid
@@ -416,7 +417,7 @@ class _CosineSoftmax:
             def grad(upstream, *unused_hit_grad):
                 if chunked:
                     grad_x, grad_w = self._chunked_backward(
-                        upstream, saved, x_unit, w_unit, shard_ids, valid
+                        upstream, saved, grids, w_unit, shard_ids, valid
                     )
                 else:
                     grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
@@ -497,9 +498,8 @@ class _CosineSoftmax:
             parallel_iterations=1, maximum_iterations=n,
         )[1:]
 
-    def _chunked_forward(self, x_unit, w_unit, shard_ids, valid):
-        x_grid = self._grid(x_unit)
-        t_grid = self._grid(self.targets)
+    def _chunked_forward(self, grids, w_unit, shard_ids, valid):
+        x_grid, t_grid = grids  # [P, n, c, D], [P, n, c, K']
         p, n, c, k = self.batch_shards, self.num_chunks, self.chunk, self.targets.shape[1]
         rows = self._pin_grid(tf.zeros([p, n, c]))
         outputs = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
@@ -518,9 +518,8 @@ class _CosineSoftmax:
         saved = grids[len(outputs):]  # [P, n, c] / [P, n, c, K'] for every row
         return (tuple(outputs) if self.with_accuracy else outputs[0]), saved
 
-    def _chunked_backward(self, upstream, saved, x_unit, w_unit, shard_ids, valid):
-        x_grid = self._grid(x_unit)
-        t_grid = self._grid(self.targets)
+    def _chunked_backward(self, upstream, saved, grids, w_unit, shard_ids, valid):
+        x_grid, t_grid = grids
         # Padded rows get a zero upstream gradient, so they add nothing to dW.
         g_grid = self._grid(upstream)
 

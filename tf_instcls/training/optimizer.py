@@ -111,7 +111,7 @@ class MomentumSGD(tf.Module):
                 momentum = self.momentum * keep + (1.0 - keep)
                 buffer = (grad * (1.0 / momentum) + slot) * momentum
             else:
-                buffer = grad if apply is None else grad + masked(slot, tf.logical_not(apply))
+                buffer = grad if apply is None else keep_or_replace(apply, grad, slot)
             # The new buffer is used as a tensor, not re-read: on a sharded DVariable a
             # re-read of the slot was not ordered after its assign (4 devices, TF 2.21).
             slot.assign(buffer)
