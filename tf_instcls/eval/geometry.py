@@ -1,0 +1,56 @@
+"""Geometry of W and of the features: the measurements behind "why does it learn slowly".
+
+All cheap (O(N D) plus a fixed 1,024-row sample for percentiles), so the kNN monitor can
+log them every epoch. The mean pairwise cosine of a set of unit vectors is
+(|sum u|^2 - n) / (n (n - 1)): no [N, N] matrix is formed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SAMPLE = 1024
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def mean_pairwise_cosine(x) -> float:
+    """Mean cosine over all ordered pairs i != j of the rows of ``x`` [n, d]."""
+    u = _unit(x)
+    n = len(u)
+    if n < 2:
+        return float("nan")
+    total = np.sum(u, axis=0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def pairwise_cosine_sample(x, seed: int = 0) -> np.ndarray:
+    """Cosines of the off-diagonal pairs of (at most) 1,024 seeded rows of ``x``."""
+    u = _unit(x)
+    if len(u) > _SAMPLE:
+        u = u[np.random.default_rng(seed).choice(len(u), _SAMPLE, replace=False)]
+    sims = u @ u.T
+    return sims[~np.eye(len(u), dtype=bool)]
+
+
+def geometry_stats(prefix: str, x) -> dict:
+    """Norms and cone statistics of the rows of ``x``, keys prefixed by ``prefix``."""
+    x = np.asarray(x, np.float64)
+    norms = np.linalg.norm(x, axis=1)
+    sims = pairwise_cosine_sample(x)
+    return {
+        f"{prefix}_norm_mean": float(norms.mean()),
+        f"{prefix}_norm_p5": float(np.percentile(norms, 5)),
+        f"{prefix}_norm_p95": float(np.percentile(norms, 95)),
+        f"{prefix}_mean_cos": mean_pairwise_cosine(x),
+        f"{prefix}_cos_p5": float(np.percentile(sims, 5)),
+        f"{prefix}_cos_p95": float(np.percentile(sims, 95)),
+    }
+
+
+def alignment(w, embeddings) -> float:
+    """Mean cos(w_i, x_i): how close each row of W is to its own image's embedding."""
+    return float(np.mean(np.sum(_unit(w) * _unit(embeddings), axis=1)))
