@@ -156,3 +156,48 @@ def test_optimizer_update_and_skip_match_numpy(momentum, decay):
         assert np.array_equal(v.numpy(), before[0]) and np.array_equal(
             opt.slot_for(v).numpy(), before[1]
         ), "a skipped step changed W or its momentum"
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_optimizer_groups_scale_decay_and_project_a_sharded_w(devices):
+    """W's own group (lr scale, decay, unit-norm projection) against numpy on a
+    row-sharded W; the backbone group keeps the optimizer's lr and decay."""
+    mesh = parallel.build_mesh(devices)
+    n, d = 10, 4
+    clf = parallel.InstanceClassifier(n, d, mesh=mesh, seed=1, unit_norm_rows=True)
+    w_var = clf.class_weights
+    w = parallel.to_numpy(w_var).astype(np.float64)
+    assert np.allclose(np.linalg.norm(w[:n], axis=1), 1.0, atol=1e-6)  # initial rows too
+    assert np.all(w[n:] == 0)
+    b_var = layouts_replicated(mesh, np.ones((3,), np.float32))
+    opt = MomentumSGD(momentum=0.9, weight_decay=0.1)
+    opt.build([b_var])
+    opt.build([w_var], learning_rate_scale=5.0, weight_decay=0.0, project=clf.project_rows)
+    rng = np.random.default_rng(0)
+    buf_w, buf_b, b = np.zeros_like(w), np.zeros(3), np.ones(3)
+    for step in range(3):
+        gw = rng.normal(size=w.shape)
+        gw[n:] = 0
+        gb = rng.normal(size=3)
+
+        @tf.function
+        def update(gw_d, gb_d):
+            opt.apply_gradients([(gb_d, b_var), (gw_d, w_var)], 0.2)
+
+        update(parallel.pack_sharded(gw.astype(np.float32), w_var.layout),
+               parallel.pack_sharded(gb.astype(np.float32), b_var.layout))
+        buf_w = 0.9 * buf_w + gw
+        w = w - 0.2 * 5.0 * buf_w
+        w[:n] /= np.linalg.norm(w[:n], axis=1, keepdims=True)
+        buf_b = 0.9 * buf_b + gb + 0.1 * b
+        b = b - 0.2 * buf_b
+        assert_close(parallel.to_numpy(w_var), w, rtol=1e-5, name=f"W after step {step}")
+        assert_close(parallel.to_numpy(b_var), b, rtol=1e-5, name=f"b after step {step}")
+    with pytest.raises(ValueError, match="learning_rate_scale"):
+        opt.build([w_var], learning_rate_scale=0.0)
+
+
+def layouts_replicated(mesh, value):
+    from tf_instcls.parallel import layouts
+
+    return layouts.replicated_variable(value, mesh, "b")

@@ -10,13 +10,14 @@ from tf_instcls.parallel import layouts
 
 
 class _State:
-    def __init__(self, mesh, source, step=0):
+    def __init__(self, mesh, source, step=0, unit_norm_rows=False):
         self.mesh, self.train_source, self.image_size = mesh, source, 16
         self.encoder = models.build_encoder("convnet_small", 16, embedding_dim=8,
                                             head_hidden_dim=8, backbone_width=4)
         layouts.replicate_model_variables(self.encoder, mesh)
         self.classifier = parallel.InstanceClassifier(source.num_images, 8, mesh=mesh,
-                                                      layout="sharded", seed=1)
+                                                      layout="sharded", seed=1,
+                                                      unit_norm_rows=unit_norm_rows)
         self.step = step
 
 
@@ -72,6 +73,20 @@ def test_running_bn_rows_are_batch_statistics_embeddings():
         parallel.pack_sharded(images, parallel.batch_layout(mesh, 4)), training=True
     )["embedding"])
     np.testing.assert_allclose(w, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_unit_norm_classifier_gets_the_normalised_prior():
+    """With unit-norm rows W holds the embeddings' directions (fixed BN: exactly the
+    normalised network embeddings); the padding rows stay zero."""
+    mesh = parallel.build_mesh(4)
+    source = data_lib.load_source("digits").subset(np.arange(30), "thirty")
+    state = _State(mesh, source, unit_norm_rows=True)
+    ContrastivePrior(state, mode="prior_fixed_bn", batch_size=8).on_train_begin()
+    w = parallel.to_numpy(state.classifier.class_weights)
+    expected = _reference_embeddings(state, training=False)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(w[:30], expected, rtol=1e-4, atol=1e-5)
+    assert np.all(w[30:] == 0)
 
 
 def test_resumed_run_does_not_reinitialise_w():

@@ -50,6 +50,13 @@ class InstanceClassifier(keras.layers.Layer):
         only shrinks the effective learning rate of W: with stddev 1 and D = 128 the rows
         hardly turned.) The contrastive prior, when used, overwrites W before training.
       seed: RNG seed of the initial W; values do not depend on the device count.
+      unit_norm_rows: keep every row of W at unit norm: rows given to
+        :meth:`assign_rows` are normalised, and the optimizer applies
+        :meth:`project_rows` after each update. The loss sees only directions, so this
+        changes no logit; it fixes the scale of W's steps. A row's direction turns by
+        about lr * |g| / |w|, and its gradient is a 1/(2B) share of the batch loss, so a
+        row whose norm grows (the prior's rows start at ~10 here; orthogonal steps add
+        norm) stops following the features. Off by default (the paper's W).
 
     W is padded to a multiple of the shard count with zero rows that every softmax
     ignores; ``num_instances`` is the number of real rows.
@@ -66,6 +73,7 @@ class InstanceClassifier(keras.layers.Layer):
         chunk_size: int | None = None,
         init_stddev: float | None = None,
         seed: int = 0,
+        unit_norm_rows: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,6 +91,7 @@ class InstanceClassifier(keras.layers.Layer):
         self.chunk_size = chunk_size
         self.init_stddev = float(init_stddev) if init_stddev else 1.0 / math.sqrt(dim)
         self.seed = int(seed)
+        self.unit_norm_rows = bool(unit_norm_rows)
         shards = mesh.size if (mesh is not None and layout == "sharded") else 1
         self.num_shards = shards
         self.num_padded = padded_num_classes(self.num_instances, shards)
@@ -114,6 +123,8 @@ class InstanceClassifier(keras.layers.Layer):
             rows[: real - start] = gaussian_rows(
                 start, real, self.dim, seed=self.seed, stddev=self.init_stddev
             )
+            if self.unit_norm_rows:
+                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         return rows
 
     def variable_layout(self) -> dtensor.Layout | None:
@@ -136,7 +147,16 @@ class InstanceClassifier(keras.layers.Layer):
         Each device receives only its own rows (``dtensor.pack`` of local shards): a
         sharded W is never materialised whole on a device.
         """
+        rows = np.asarray(rows, np.float32)
+        if self.unit_norm_rows:
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         self.assign_padded(self.class_weights, rows, np.float32, "assign_rows")
+
+    def project_rows(self, w):
+        """W's value with every row put back on the unit sphere (the optimizer's
+        projection when ``unit_norm_rows``). Rows are local to their shard, so no
+        communication; the zero padding rows stay zero."""
+        return tf.math.l2_normalize(w, axis=-1)
 
     def build_table(self, columns: int) -> tf.Variable:
         """An int32 [num_padded, columns] DVariable laid out like W (the hard negatives)."""
@@ -204,5 +224,6 @@ class InstanceClassifier(keras.layers.Layer):
             chunk_size=self.chunk_size,
             init_stddev=self.init_stddev,
             seed=self.seed,
+            unit_norm_rows=self.unit_norm_rows,
         )
         return config

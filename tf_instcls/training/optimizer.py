@@ -56,9 +56,23 @@ class MomentumSGD(tf.Module):
         self.slots: list[tf.Variable] = []
         self._slot_index: dict[int, int] = {}
         self._decay: list[float] = []
+        self._lr_scale: list[float] = []
+        self._project: list = []
 
-    def build(self, variables) -> None:
-        """Creates one momentum slot per variable, eagerly, with the variable's layout."""
+    def build(self, variables, *, learning_rate_scale: float = 1.0,
+              weight_decay: float | None = None, project=None) -> None:
+        """Creates one momentum slot per variable, eagerly, with the variable's layout.
+
+        ``learning_rate_scale`` multiplies the step's learning rate for these variables
+        and ``weight_decay`` (None: the optimizer's) replaces their decay: call ``build``
+        once per group (W gets its own in the pretraining loop). ``project`` (optional,
+        a function of the updated value) is applied after each step, e.g. W's rows put
+        back on the unit sphere.
+        """
+        if learning_rate_scale <= 0:
+            raise ValueError(f"learning_rate_scale must be > 0; got {learning_rate_scale}")
+        if weight_decay is not None and weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {weight_decay}")
         for variable in variables:
             key = id(variable)
             if key in self._slot_index:
@@ -67,7 +81,10 @@ class MomentumSGD(tf.Module):
             slot_name = variable.name.split(":")[0].replace("/", "_") + "_momentum"
             self.slots.append(layouts.zeros_like_variable(variable, slot_name))
             excluded = any(part in variable.name for part in self.exclude_from_decay)
-            self._decay.append(0.0 if excluded else self.weight_decay)
+            decay = self.weight_decay if weight_decay is None else float(weight_decay)
+            self._decay.append(0.0 if excluded else decay)
+            self._lr_scale.append(float(learning_rate_scale))
+            self._project.append(project)
 
     def has_slot(self, variable) -> bool:
         return id(variable) in self._slot_index
@@ -115,4 +132,10 @@ class MomentumSGD(tf.Module):
             # The new buffer is used as a tensor, not re-read: on a sharded DVariable a
             # re-read of the slot was not ordered after its assign (4 devices, TF 2.21).
             slot.assign(buffer)
-            variable.assign_sub(buffer * (tf.cast(learning_rate, dtype) * keep))
+            scale = self._lr_scale[index]
+            step_size = tf.cast(learning_rate, dtype) * (keep if scale == 1.0 else keep * scale)
+            project = self._project[index]
+            if project is None:
+                variable.assign_sub(buffer * step_size)
+            else:  # from the value read above: a re-read may not follow the assign
+                variable.assign(project(tf.convert_to_tensor(variable) - buffer * step_size))
