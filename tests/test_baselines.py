@@ -197,6 +197,9 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
                              mesh=mesh)
     bank = state.classifier.class_weights
     assert not state.optimizer.has_slot(bank)  # the bank is not an optimised variable
+    # NCE's Z is part of the checkpoint: estimated (finite, > log N) at epoch 0
+    log_z, z_epoch = (float(parallel.to_numpy(v)) for v in state.npid_z)
+    assert z_epoch == 0 and np.isfinite(log_z) and log_z > np.log(1528)
     assert bank.layout.sharding_specs[0] != "unsharded"
     norms = np.linalg.norm(parallel.to_numpy(bank)[:1528], axis=1)
     visited = np.isclose(norms, 1.0, atol=1e-4).sum()
@@ -205,6 +208,10 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     logs = loop.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=again,
                                 mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
+    state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=again,
+                             mesh=mesh)
+    new_log_z, z_epoch = (float(parallel.to_numpy(v)) for v in state.npid_z)
+    assert z_epoch == 1 and new_log_z != log_z  # "epoch": re-estimated in epoch 1
 
     sampled = loop.ModelConfig(backbone_width=4, embedding_dim=16, head_hidden_dim=16,
                                method="sampled", num_sampled=128)

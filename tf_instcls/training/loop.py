@@ -23,7 +23,7 @@ from tf_instcls.parallel import layouts
 from tf_instcls.training import checkpoints, watchdog
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
-from tf_instcls.training.step import make_train_step
+from tf_instcls.training.step import TRAINS_W, make_train_step
 
 
 @dataclasses.dataclass
@@ -49,6 +49,9 @@ class ModelConfig:
     temperature: float = 0.15
     classifier_layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
     chunk_size: int | None = None
+    # Keep W's rows at unit norm (after the prior and after every step); see
+    # InstanceClassifier(unit_norm_rows). False: the paper's unconstrained W.
+    unit_norm_classifier: bool = False
     # full: the paper's full instance classification; sampled: softmax over the batch's
     # classes + num_sampled uniform ones (Table 3); npid: memory bank + NCE (NPID)
     method: str = "full"
@@ -57,6 +60,11 @@ class ModelConfig:
     npid_temperature: float = 0.07
     npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
     npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
+    # NCE's normalising constant Z: "first" estimates it once, on the first step, as
+    # NPID's code (against a random bank at a fresh start); "epoch" re-estimates it on
+    # the first step of every epoch, so it follows the bank as the bank fills up.
+    npid_z_estimate: str = "epoch"
+    simclr_temperature: float = 0.5  # NT-Xent's tau (SimCLR CIFAR: 0.5; lightly: 0.5)
 
 
 @dataclasses.dataclass
@@ -68,6 +76,10 @@ class OptimConfig:
     warmup_epochs: float = 10.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # W's own step: lr * classifier_lr_scale, decay classifier_weight_decay (None: the
+    # same as the backbone's). Defaults: the paper's single optimizer.
+    classifier_lr_scale: float = 1.0
+    classifier_weight_decay: float | None = None
 
 
 @dataclasses.dataclass
@@ -124,13 +136,14 @@ class TrainState:
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
     model_config: ModelConfig | None = None
+    npid_z: tuple | None = None  # NPID-NCE: (log Z, the epoch it was estimated at)
 
     @property
     def step(self) -> int:
         return int(parallel.to_numpy(self.global_step))
 
 
-METHODS = ("full", "sampled", "npid")
+METHODS = ("full", "sampled", "npid", "simclr")
 CONFIG_CLASSES = ("DataConfig", "ModelConfig", "OptimConfig", "TrainConfig")
 
 
@@ -193,6 +206,9 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.num_sampled >= 1, "ModelConfig.num_sampled must be >= 1")
     need(model.npid_noise >= 0, "ModelConfig.npid_noise must be >= 0")
     need(model.npid_temperature > 0, "ModelConfig.npid_temperature must be > 0")
+    need(model.npid_z_estimate in ("first", "epoch"), "ModelConfig.npid_z_estimate must be "
+         f"'first' or 'epoch'; got {model.npid_z_estimate!r}")
+    need(model.simclr_temperature > 0, "ModelConfig.simclr_temperature must be > 0")
     need(0 <= model.npid_momentum < 1, "ModelConfig.npid_momentum must be in [0, 1)")
     need(model.method == "full" or train.smoothing == 0 or train.num_hard_negatives == 0,
          f"ModelConfig.method = {model.method!r} has no label smoothing: set "
@@ -205,6 +221,11 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
          f"{optim.momentum}")
     need(optim.weight_decay >= 0, "OptimConfig.weight_decay must be >= 0")
     need(optim.warmup_epochs >= 0, "OptimConfig.warmup_epochs must be >= 0")
+    need(optim.classifier_lr_scale > 0, "OptimConfig.classifier_lr_scale must be > 0; got "
+         f"{optim.classifier_lr_scale}")
+    need(optim.classifier_weight_decay is None or optim.classifier_weight_decay >= 0,
+         "OptimConfig.classifier_weight_decay must be None or >= 0; got "
+         f"{optim.classifier_weight_decay}")
     need(data.image_size >= 8, f"DataConfig.image_size must be >= 8; got {data.image_size}")
     need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
     need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
@@ -255,11 +276,15 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         train_source.num_images, model.embedding_dim, mesh=mesh,
         layout=model.classifier_layout, temperature=model.temperature,
         chunk_size=model.chunk_size, seed=train.seed,
+        unit_norm_rows=model.unit_norm_classifier and model.method in TRAINS_W,
     )
     optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
-    trained_w = classifier.distributed_variables if model.method != "npid" else []
-    optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables]
-                    + trained_w)  # NPID's memory bank (W's place) is not trained
+    optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables])
+    if model.method in TRAINS_W:  # NPID's bank (W's place) is not trained; SimCLR has no W
+        optimizer.build(classifier.distributed_variables,
+                        learning_rate_scale=optim.classifier_lr_scale,
+                        weight_decay=optim.classifier_weight_decay,
+                        project=classifier.project_rows if classifier.unit_norm_rows else None)
     global_step = layouts.replicated_variable(0, mesh, "global_step", tf.int64)
     hard_table = hard_table_epoch = None
     extra = {}
@@ -270,6 +295,11 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         hard_table = classifier.build_table(train.num_hard_negatives)
         hard_table_epoch = layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64)
         extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
+    npid_z = None
+    if model.method == "npid" and model.npid_noise > 0:
+        npid_z = (layouts.replicated_variable(0.0, mesh, "npid_log_z", tf.float32),
+                  layouts.replicated_variable(-1, mesh, "npid_z_epoch", tf.int64))
+        extra.update(npid_log_z=npid_z[0], npid_z_epoch=npid_z[1])
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
@@ -292,6 +322,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
         hard_table=hard_table, hard_table_epoch=hard_table_epoch, model_config=model,
+        npid_z=npid_z,
     )
 
 
@@ -373,7 +404,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     )
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               smoothing=train.smoothing, hard_table=state.hard_table,
-                              model_config=state.model_config, seed=train.seed)
+                              model_config=state.model_config, seed=train.seed,
+                              npid_z=state.npid_z, steps_per_epoch=state.steps_per_epoch)
     augment = data_lib.AugmentConfig(
         image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
     )

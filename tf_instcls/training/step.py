@@ -15,24 +15,30 @@ from tf_instcls.losses.baselines import (
     sampled_instance_classification_loss,
     update_memory_bank,
 )
+from tf_instcls.losses.contrastive import nt_xent_loss
 from tf_instcls.parallel import layouts
 from tf_instcls.training.optimizer import keep_or_replace, masked
 
+TRAINS_W = ("full", "sampled")  # methods whose W is trained by the optimizer
+
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
-                    hard_table=None, model_config=None, seed=0):
+                    hard_table=None, model_config=None, seed=0, npid_z=None,
+                    steps_per_epoch=None):
     """Returns ``step(images, ids, global_step) -> metrics``.
 
     images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
     batch-sharded on the mesh. With ``hard_table`` (the miner's [N, K] table, laid out
     like W) and ``smoothing`` > 0 the loss is Eq. 3, else Eq. 1. The two views of an
     instance are classified against its one shared id. ``model_config`` (a
-    ``ModelConfig``) selects the method: full (default), sampled or npid.
+    ``ModelConfig``) selects the method: full (default), sampled, npid or simclr.
+    ``npid_z`` (NPID with NCE): the variables (log Z, epoch of its estimate) that the
+    step estimates Z into, once or on each epoch's first step (``steps_per_epoch``).
     """
     name = getattr(model_config, "method", "full")
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
-    if name != "npid":  # NPID's bank (in W's place) is updated by the memory rule
+    if name in TRAINS_W:  # NPID's bank (in W's place) is updated by the memory rule
         handles += classifier.distributed_variables
     # BatchNorm's moving statistics change in the forward pass: kept aside so a
     # non-finite step can put them back.
@@ -47,7 +53,10 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             hard = tf.reshape(tf.stack([hard_negatives] * 2, axis=1),
                               [-1, hard_negatives.shape[-1]])
         out = encoder(views, training=True)
-        if name == "sampled":
+        if name == "simclr":
+            loss, hit = nt_xent_loss(out["embedding"], mesh=classifier.mesh,
+                                     temperature=model_config.simclr_temperature)
+        elif name == "sampled":
             sampled = _draw(model_config.num_sampled, classifier.num_instances, seed, global_step)
             loss, hit = sampled_instance_classification_loss(
                 out["embedding"], view_ids, classifier.class_weights, sampled,
@@ -55,15 +64,20 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         elif name == "npid" and model_config.npid_noise > 0:
             noise = _draw(model_config.npid_noise, classifier.num_instances, seed,
                           global_step)
-            first = npid_log_z_set < 0.5  # Z: this batch's estimate on the first step
-            stored = tf.convert_to_tensor(npid_log_z)
+            log_z, z_epoch = npid_z
+            epoch = tf.math.floordiv(tf.cast(global_step, tf.int64), steps_per_epoch)
+            stale = z_epoch < 0  # never estimated: this batch's estimate
+            if model_config.npid_z_estimate == "epoch":
+                stale = tf.logical_or(stale, z_epoch < epoch)
+            stored = tf.convert_to_tensor(log_z)
             loss, estimate, hit = npid_nce_loss(
                 out["embedding"], view_ids, classifier.class_weights, noise,
-                log_z=stored, estimate_now=first,
+                log_z=stored, estimate_now=stale,
                 temperature=model_config.npid_temperature,
                 valid_classes=classifier.num_instances, proximal=model_config.npid_proximal)
-            npid_log_z.assign(keep_or_replace(first, estimate, stored))
-            npid_log_z_set.assign(1.0)
+            log_z.assign(keep_or_replace(stale, estimate, stored))
+            z_epoch.assign(tf.cast(keep_or_replace(stale, tf.cast(epoch, tf.float32),
+                                                   tf.cast(z_epoch, tf.float32)), tf.int64))
         else:  # full, or NPID's full non-parametric softmax (m = 0, bank not trained)
             weights = classifier.class_weights
             loss, hit = instance_classification_loss_and_accuracy(
@@ -75,12 +89,10 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             )
         return tf.reduce_mean(loss), tf.reduce_mean(tf.cast(hit, tf.float32)), out["embedding"]
 
-    if name == "npid":
-        # Z of NCE (log), its per-step estimate, and whether it was set (resets on a
-        # restart: re-estimated from the first step after it, as NPID from its first batch)
-        mesh = classifier.mesh
-        npid_log_z = layouts.replicated_variable(0.0, mesh, "npid_log_z", tf.float32)
-        npid_log_z_set = layouts.replicated_variable(0.0, mesh, "npid_log_z_set", tf.float32)
+    if name == "npid" and model_config.npid_noise > 0:
+        if npid_z is None or steps_per_epoch is None:
+            raise ValueError("NPID with NCE needs npid_z (log Z and its epoch variables) "
+                             "and steps_per_epoch")
 
     @tf.function
     def step(images, ids, global_step):
