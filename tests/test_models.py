@@ -40,3 +40,26 @@ def test_resnet18_cifar_stem_keeps_resolution():
 def test_unknown_backbone():
     with pytest.raises(ValueError, match="unknown backbone"):
         models.create_backbone("vgg", 32)
+
+
+def test_mixed_bfloat16_encoder_keeps_float32_variables_and_outputs():
+    """16-bit compute inside, float32 variables, inputs and outputs; the global Keras
+    policy is left as it was; close to the float32 encoder with the same weights."""
+    import keras
+
+    mixed = models.build_encoder("convnet_small", 16, embedding_dim=8, head_hidden_dim=16,
+                                 backbone_width=4, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"
+    plain = models.build_encoder("convnet_small", 16, embedding_dim=8, head_hidden_dim=16,
+                                 backbone_width=4)
+    assert all(v.dtype == "float32" for v in mixed.variables)
+    for target, source in zip(plain.variables, mixed.variables):
+        target.assign(source)
+    images = tf.random.normal([4, 16, 16, 3], seed=1)
+    out = mixed(images, training=False)
+    assert out["features"].dtype == tf.float32 and out["embedding"].dtype == tf.float32
+    reference = plain(images, training=False)["embedding"].numpy()
+    err = np.abs(out["embedding"].numpy() - reference).max() / np.abs(reference).max()
+    assert 0 < err < 0.05  # bfloat16 rounding, not another network
+    with pytest.raises(ValueError, match="precision must be one of"):
+        models.build_encoder("convnet_small", 16, precision="float16")

@@ -18,6 +18,9 @@ def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> keras.M
     return keras.Model(inputs, x, name="projection_head")
 
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
 def build_encoder(
     backbone: str,
     image_size: int,
@@ -26,20 +29,35 @@ def build_encoder(
     head_hidden_dim: int = 2048,
     use_head: bool = True,
     backbone_width: int | None = None,
+    precision: str = "float32",
 ) -> keras.Model:
     """Keras model ``images -> {"features": [B, F], "embedding": [B, D]}``.
 
     Without a head (``use_head=False``) a single linear layer maps features to D, as
     the paper's "no MLP" row (the classifier needs D-dim embeddings).
+
+    ``precision``: the Keras dtype policy of the backbone and head ("mixed_bfloat16",
+    "mixed_float16": float32 variables, 16-bit compute). Inputs and both outputs stay
+    float32 (the classifier, W and the softmax are always float32).
     """
-    net = create_backbone(backbone, image_size, backbone_width)
-    features = net.output
-    in_dim = features.shape[-1]
-    if use_head:
-        head = build_projection_head(in_dim, head_hidden_dim, embedding_dim)
-    else:
-        inputs = keras.Input([in_dim])
-        head = keras.Model(inputs, layers.Dense(embedding_dim, name="head_linear")(inputs),
-                           name="linear_head")
-    embedding = head(features)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)  # read by every layer built below
+    try:
+        net = create_backbone(backbone, image_size, backbone_width)
+        features = net.output
+        in_dim = features.shape[-1]
+        if use_head:
+            head = build_projection_head(in_dim, head_hidden_dim, embedding_dim)
+        else:
+            inputs = keras.Input([in_dim])
+            head = keras.Model(inputs, layers.Dense(embedding_dim, name="head_linear")(inputs),
+                               name="linear_head")
+        embedding = head(features)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if precision != "float32":
+        features = layers.Activation("linear", dtype="float32", name="features_f32")(features)
+        embedding = layers.Activation("linear", dtype="float32", name="embedding_f32")(embedding)
     return keras.Model(net.input, {"features": features, "embedding": embedding}, name="encoder")
