@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras-cv>=0.9",
+        "keras>=3.10",  # tf.keras is Keras 3; declared, not left to TensorFlow's pins
         "tensorflow-datasets>=4.9",
         "absl-py>=2.0",
         "gin-config>=0.5",
