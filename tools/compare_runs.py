@@ -6,11 +6,15 @@ The diagnosis plots of WORKSPACE.md ("Why learning was slow") come from this:
       --run=paper:runs/paper --run=unit_w:runs/unit_w \
       --metrics=knn_top1,loss,w_alignment,w_mean_cos,emb_mean_cos,w_norm_mean
 
-Each --run is LABEL:MODEL_DIR (its metrics.jsonl, written by tools/train.py). Metrics
+Each --run is LABEL:PATH, PATH a model_dir (its metrics.jsonl, written by
+tools/train.py) or a copy of a metrics.jsonl (as kept in results/). Metrics
 that the kNN monitor logs at initialisation (``init_*``) are drawn at epoch 0.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 from absl import app, flags
 
@@ -47,6 +51,11 @@ def series_of(runs: dict, metrics) -> dict:
     return out
 
 
+def _read(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def main(argv):
     del argv
     if not FLAGS.run or not FLAGS.out:
@@ -56,7 +65,7 @@ def main(argv):
         label, sep, model_dir = spec.partition(":")
         if not sep or not model_dir:
             raise app.UsageError(f"--run must be LABEL:MODEL_DIR; got {spec!r}")
-        runs[label] = read_metrics(model_dir)
+        runs[label] = read_metrics(model_dir) if os.path.isdir(model_dir) else _read(model_dir)
     series = series_of(runs, FLAGS.metrics)
     if not series:
         raise app.UsageError(f"none of {FLAGS.metrics} is in the runs' metrics.jsonl")
