@@ -54,6 +54,20 @@ def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
         assert model.method == "sampled" and model.num_sampled == 1024
     if name == "no_head.gin":
         assert not model.use_head
+    if name == "simclr.gin":
+        assert model.method == "simclr" and model.simclr_temperature == 0.5
+        assert train.smoothing == 0 and optim.base_learning_rate == 0.06
+
+
+def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
+    """The CIFAR-subset recipe moves W (unit-norm rows, own lr and decay); the paper's
+    ImageNet config keeps the single optimizer and free W."""
+    _, model, optim, _ = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")])
+    assert model.unit_norm_classifier and optim.classifier_lr_scale == 128.0
+    assert optim.classifier_weight_decay == 0.0
+    _, model, optim, _ = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    assert not model.unit_norm_classifier and optim.classifier_lr_scale == 1.0
+    assert optim.classifier_weight_decay is None and model.temperature == 0.15
 
 
 def test_sampled_with_smoothing_is_refused():

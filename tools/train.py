@@ -4,8 +4,7 @@ With no flags it runs the embedded demo (gin/digits.gin: scikit-learn's digits, 
 ConvNet, a few minutes on 2 CPU cores) and ends by printing the kNN top-1 accuracy:
 
   python tools/train.py
-  python tools/train.py --gin_file=gin/cifar10_subset_npz.gin --virtual_devices=4 \
-      --model_dir=runs/cifar_subset
+  python tools/train.py --gin_file=gin/cifar10_subset_npz.gin --model_dir=runs/cifar_subset
 
 Rerunning with the same --model_dir resumes from its latest checkpoint.
 """

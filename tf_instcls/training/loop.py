@@ -62,7 +62,8 @@ class ModelConfig:
     npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
     # NCE's normalising constant Z: "first" estimates it once, on the first step, as
     # NPID's code (against a random bank at a fresh start); "epoch" re-estimates it on
-    # the first step of every epoch, so it follows the bank as the bank fills up.
+    # the first step of every epoch, so it follows the bank as the bank fills up;
+    # "step" uses every step's own estimate (self-normalised NCE).
     npid_z_estimate: str = "epoch"
     simclr_temperature: float = 0.5  # NT-Xent's tau (SimCLR CIFAR: 0.5; lightly: 0.5)
 
@@ -206,8 +207,8 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.num_sampled >= 1, "ModelConfig.num_sampled must be >= 1")
     need(model.npid_noise >= 0, "ModelConfig.npid_noise must be >= 0")
     need(model.npid_temperature > 0, "ModelConfig.npid_temperature must be > 0")
-    need(model.npid_z_estimate in ("first", "epoch"), "ModelConfig.npid_z_estimate must be "
-         f"'first' or 'epoch'; got {model.npid_z_estimate!r}")
+    need(model.npid_z_estimate in ("first", "epoch", "step"), "ModelConfig.npid_z_estimate "
+         f"must be 'first', 'epoch' or 'step'; got {model.npid_z_estimate!r}")
     need(model.simclr_temperature > 0, "ModelConfig.simclr_temperature must be > 0")
     need(0 <= model.npid_momentum < 1, "ModelConfig.npid_momentum must be in [0, 1)")
     need(model.method == "full" or train.smoothing == 0 or train.num_hard_negatives == 0,

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The diagnosis and recipe probes of issue 14 (WORKSPACE.md, "A recipe that learns"),
+# each a tools/train.py run on the CIFAR subset's 80% split (labels only for the kNN
+# monitor on the 20% holdout), 1 CPU device, seed 0. Every probe spells out the values
+# it differs in from gin/cifar10_subset_npz.gin, so the commands stay valid as the
+# recipe changes. Usage: bash tools/issue14_probes.sh OUT_DIR [PROBE ...]
+# (no PROBE: all of them, one after another; about 1 h 15 min on 2 cores).
+# VIRTUAL_DEVICES=T (default 1) sets --virtual_devices; the NPID probes used 2, as the
+# issue-6 grid did (NPID on a 1-device mesh fails in DTensor: see WORKSPACE.md).
+set -euo pipefail
+out=${1:?usage: issue14_probes.sh OUT_DIR [PROBE ...]}
+shift
+root=$(cd "$(dirname "$0")/.." && pwd)
+# the recipe before issue 14: tau 0.15, the paper's single optimizer, lr 1.0 / 256
+paper=("ModelConfig.temperature = 0.15" "ModelConfig.unit_norm_classifier = False"
+       "OptimConfig.classifier_lr_scale = 1.0" "OptimConfig.classifier_weight_decay = None"
+       "OptimConfig.base_learning_rate = 1.0" "OptimConfig.weight_decay = 1e-4"
+       "TrainConfig.knn_every_epochs = 1")
+unit=("${paper[@]}" "ModelConfig.unit_norm_classifier = True")
+# unit-norm W, lr 0.03 at batch 128, weight decay 5e-4, W lr x 133, W not decayed
+tracked=("${unit[@]}" "OptimConfig.base_learning_rate = 0.06"
+         "OptimConfig.weight_decay = 5e-4" "OptimConfig.classifier_lr_scale = 133.0"
+         "OptimConfig.classifier_weight_decay = 0.0")
+declare -A probes=(
+  [paper_recipe_10ep]="10|paper"
+  [unit_w_10ep]="10|unit"
+  [unit_w_lrx8_10ep]="10|unit|OptimConfig.classifier_lr_scale = 8.0"
+  [unit_w_lr003_wx133_10ep]="10|tracked"
+  [simclr_lr05_10ep]="10|simclr_paper"
+  [unit_w_lr003_wx133_50ep]="50|tracked|TrainConfig.knn_every_epochs = 5"
+  [simclr_lightly_50ep]="50|simclr|TrainConfig.knn_every_epochs = 5"
+  [q25_base]="25|tracked|TrainConfig.knn_every_epochs = 25"
+  [q25_a04]="25|tracked|TrainConfig.knn_every_epochs = 25|TrainConfig.smoothing = 0.4"
+  [q25_t01]="25|tracked|TrainConfig.knn_every_epochs = 25|ModelConfig.temperature = 0.1"
+  [q25_s33]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.classifier_lr_scale = 33.0"
+  [q25_lr2]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.base_learning_rate = 0.12"
+  [npid_nce_first_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'"
+  [npid_nce_epoch_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'"
+  [npid_nce_step_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'"
+  [npid_full_8ep]="8|npid|ModelConfig.npid_noise = 0"
+)
+names=("$@")
+[ ${#names[@]} -eq 0 ] && names=("${!probes[@]}")
+for name in "${names[@]}"; do
+  spec=${probes[$name]:?unknown probe $name}
+  IFS='|' read -r -a parts <<< "$spec"
+  epochs=${parts[0]}
+  base=${parts[1]}
+  files=(--gin_file="$root/gin/cifar10_subset_npz.gin")
+  case $base in
+    paper) bindings=("${paper[@]}") ;;
+    unit) bindings=("${unit[@]}") ;;
+    tracked) bindings=("${tracked[@]}") ;;
+    simclr_paper) bindings=("${paper[@]}"); files+=(--gin_file="$root/gin/ablations/simclr.gin")
+                  bindings+=("OptimConfig.base_learning_rate = 1.0" "OptimConfig.base_batch_size = 256"
+                             "OptimConfig.weight_decay = 1e-4") ;;
+    simclr) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/simclr.gin") ;;
+    npid) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/npid.gin") ;;
+  esac
+  bindings+=("${parts[@]:2}")
+  args=()
+  for b in "${bindings[@]}"; do args+=(--gin_bindings="$b"); done
+  echo "== $name"
+  python "$root/tools/train.py" "${files[@]}" "${args[@]}" --virtual_devices="${VIRTUAL_DEVICES:-1}" \
+    --epochs="$epochs" --model_dir="$out/$name" > "$out/$name.log" 2>&1
+  cp "$out/$name/metrics.jsonl" "$out/${name}_metrics.jsonl"
+  tail -n 1 "$out/$name.log"
+done
