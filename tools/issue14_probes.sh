@@ -38,6 +38,7 @@ declare -A probes=(
   [npid_nce_epoch_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'"
   [npid_nce_step_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'"
   [npid_full_8ep]="8|npid|ModelConfig.npid_noise = 0"
+  [npid_nce_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 400"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!probes[@]}")
