@@ -13,9 +13,6 @@ that the kNN monitor logs at initialisation (``init_*``) are drawn at epoch 0.
 
 from __future__ import annotations
 
-import json
-import os
-
 from absl import app, flags
 
 from tf_instcls.eval import plots
@@ -51,11 +48,6 @@ def series_of(runs: dict, metrics) -> dict:
     return out
 
 
-def _read(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def main(argv):
     del argv
     if not FLAGS.run or not FLAGS.out:
@@ -65,7 +57,7 @@ def main(argv):
         label, sep, model_dir = spec.partition(":")
         if not sep or not model_dir:
             raise app.UsageError(f"--run must be LABEL:MODEL_DIR; got {spec!r}")
-        runs[label] = read_metrics(model_dir) if os.path.isdir(model_dir) else _read(model_dir)
+        runs[label] = read_metrics(model_dir)
     series = series_of(runs, FLAGS.metrics)
     if not series:
         raise app.UsageError(f"none of {FLAGS.metrics} is in the runs' metrics.jsonl")

@@ -74,6 +74,9 @@ def _run(cmd: list[str], log_path: str) -> float:
 
 
 def run_seed(paths: dict, seed: int) -> dict:
+    from tf_instcls.eval.analysis import read_metrics
+    from tf_instcls.export.restore import read_run_info
+
     model_dir = os.path.join(FLAGS.work_dir, f"seed{seed}")
     result_path = os.path.join(model_dir, "recipe_result.json")
     if os.path.exists(result_path):
@@ -101,10 +104,9 @@ def run_seed(paths: dict, seed: int) -> dict:
          os.path.join(model_dir, "knn.log"))
     with open(os.path.join(knn_dir, "knn.json")) as f:
         knn = json.load(f)
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_metrics(model_dir)
     train_seconds = sum(r.get("train_seconds", 0.0) for r in records)
-    images = sum(r.get("step", 0) for r in records[-1:]) * _batch_size(model_dir)
+    images = records[-1]["step"] * int(read_run_info(model_dir)["batch_size"])
     result = {"seed": seed, "train_wall_s": train_s, "export_wall_s": export_s,
               "epochs": len(records), "epoch_loop_s": train_seconds,
               "instances_per_s": images / max(train_seconds, 1e-9),
@@ -112,11 +114,6 @@ def run_seed(paths: dict, seed: int) -> dict:
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
-
-
-def _batch_size(model_dir: str) -> int:
-    with open(os.path.join(model_dir, "run_info.json")) as f:
-        return int(json.load(f)["batch_size"])
 
 
 def _find(knn: dict, kind: str, representation: str) -> float | None:

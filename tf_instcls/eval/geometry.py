@@ -19,7 +19,10 @@ def _unit(x):
 
 def mean_pairwise_cosine(x) -> float:
     """Mean cosine over all ordered pairs i != j of the rows of ``x`` [n, d]."""
-    u = _unit(x)
+    return _mean_pairwise(_unit(x))
+
+
+def _mean_pairwise(u) -> float:
     n = len(u)
     if n < 2:
         return float("nan")
@@ -29,7 +32,10 @@ def mean_pairwise_cosine(x) -> float:
 
 def pairwise_cosine_sample(x, seed: int = 0) -> np.ndarray:
     """Cosines of the off-diagonal pairs of (at most) 1,024 seeded rows of ``x``."""
-    u = _unit(x)
+    return _sample(_unit(x), seed)
+
+
+def _sample(u, seed: int) -> np.ndarray:
     if len(u) > _SAMPLE:
         u = u[np.random.default_rng(seed).choice(len(u), _SAMPLE, replace=False)]
     sims = u @ u.T
@@ -40,12 +46,13 @@ def geometry_stats(prefix: str, x) -> dict:
     """Norms and cone statistics of the rows of ``x``, keys prefixed by ``prefix``."""
     x = np.asarray(x, np.float64)
     norms = np.linalg.norm(x, axis=1)
-    sims = pairwise_cosine_sample(x)
+    u = x / np.maximum(norms, 1e-12)[:, None]  # normalised once for both statistics
+    sims = _sample(u, 0)
     return {
         f"{prefix}_norm_mean": float(norms.mean()),
         f"{prefix}_norm_p5": float(np.percentile(norms, 5)),
         f"{prefix}_norm_p95": float(np.percentile(norms, 95)),
-        f"{prefix}_mean_cos": mean_pairwise_cosine(x),
+        f"{prefix}_mean_cos": _mean_pairwise(u),
         f"{prefix}_cos_p5": float(np.percentile(sims, 5)),
         f"{prefix}_cos_p95": float(np.percentile(sims, 95)),
     }

@@ -34,6 +34,11 @@ def gaussian_rows(start: int, stop: int, dim: int, *, seed: int, stddev: float) 
     return out
 
 
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero)."""
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 class InstanceClassifier(keras.layers.Layer):
     """Cosine-softmax classifier over all N instances, W held as a DTensor DVariable.
 
@@ -124,7 +129,7 @@ class InstanceClassifier(keras.layers.Layer):
                 start, real, self.dim, seed=self.seed, stddev=self.init_stddev
             )
             if self.unit_norm_rows:
-                rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+                rows = _unit_rows(rows)
         return rows
 
     def variable_layout(self) -> dtensor.Layout | None:
@@ -147,9 +152,8 @@ class InstanceClassifier(keras.layers.Layer):
         Each device receives only its own rows (``dtensor.pack`` of local shards): a
         sharded W is never materialised whole on a device.
         """
-        rows = np.asarray(rows, np.float32)
         if self.unit_norm_rows:
-            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+            rows = _unit_rows(np.asarray(rows, np.float32))
         self.assign_padded(self.class_weights, rows, np.float32, "assign_rows")
 
     def project_rows(self, w):

@@ -69,8 +69,8 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             stale = z_epoch < 0  # never estimated: this batch's estimate
             if model_config.npid_z_estimate == "epoch":
                 stale = tf.logical_or(stale, z_epoch < epoch)
-            elif model_config.npid_z_estimate == "step":
-                stale = tf.logical_or(stale, z_epoch > -2)  # always: every step's own
+            elif model_config.npid_z_estimate == "step":  # every step's own estimate
+                stale = tf.ones_like(stale)
             stored = tf.convert_to_tensor(log_z)
             loss, estimate, hit = npid_nce_loss(
                 out["embedding"], view_ids, classifier.class_weights, noise,
