@@ -115,8 +115,8 @@ def _nce_reference(x, ids, bank, noise, t, log_z, n, proximal):
     return np.array(losses), np.log(np.mean(exps) * n)
 
 
-@pytest.mark.parametrize("devices, layout", [(None, None), (2, "sharded"), (4, "sharded"),
-                                             (4, "replicated")])
+@pytest.mark.parametrize("devices, layout", [(None, None), (1, "sharded"), (2, "sharded"),
+                                             (4, "sharded"), (4, "replicated")])
 @pytest.mark.parametrize("proximal", [0.0, 30.0])
 def test_nce_loss_matches_numpy(devices, layout, proximal):
     mesh, bank_var, bank_np, x, ids = _setup(devices, layout, seed=1)
@@ -156,8 +156,8 @@ def test_nce_loss_matches_numpy(devices, layout, proximal):
                  name="loss with the given Z")
 
 
-@pytest.mark.parametrize("devices, layout", [(None, None), (4, "sharded"), (2, "sharded"),
-                                             (4, "replicated")])
+@pytest.mark.parametrize("devices, layout", [(None, None), (1, "sharded"), (4, "sharded"),
+                                             (2, "sharded"), (4, "replicated")])
 def test_memory_bank_update_is_exact_on_a_sharded_bank(devices, layout):
     mesh, bank_var, bank_np, _, ids = _setup(devices, layout, seed=2)
     f = np.random.default_rng(3).normal(size=(B, D))

@@ -171,7 +171,9 @@ def update_memory_bank(memory_bank, instance_ids, features, *, momentum: float =
     bank = tf.convert_to_tensor(memory_bank)
     old = tf.matmul(own, bank)  # [B, D]: each row found on its owner, summed over shards
     new = _unit(momentum * old + (1.0 - momentum) * f)
-    delta = tf.matmul(tf.transpose(own), new - old)  # [N, D], rows sharded like the bank
+    # [N, D], rows sharded like the bank. transpose_a, not tf.transpose: DTensor cannot
+    # expand a Transpose whose output layout differs (the 1-device mesh case).
+    delta = tf.matmul(own, new - old, transpose_a=True)
     if rows.placement.sharded:
         delta = layouts.relayout(delta, memory_bank.layout)
     memory_bank.assign_add(delta)
