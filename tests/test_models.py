@@ -63,3 +63,27 @@ def test_mixed_bfloat16_encoder_keeps_float32_variables_and_outputs():
     assert 0 < err < 0.05  # bfloat16 rounding, not another network
     with pytest.raises(ValueError, match="precision must be one of"):
         models.build_encoder("convnet_small", 16, precision="float16")
+
+
+def test_feature_extraction_cache_reuses_its_function_and_lets_the_encoder_go():
+    import gc
+    import weakref
+
+    from tf_instcls import parallel
+    from tf_instcls.eval import features as features_lib
+
+    mesh = parallel.build_mesh(1)
+    encoder = models.build_encoder("convnet_small", 16, embedding_dim=8, head_hidden_dim=16,
+                                   backbone_width=4)
+    images = np.random.default_rng(0).uniform(size=(2, 4, 16, 16, 3)).astype(np.float32)
+    first = features_lib.run_encoder(encoder, images, mesh)
+    function = features_lib._inference_fn(encoder)
+    again = features_lib.run_encoder(encoder, images, mesh)
+    assert features_lib._inference_fn(encoder) is function  # cached: not re-traced
+    assert function.experimental_get_tracing_count() == 1
+    np.testing.assert_array_equal(first["embedding"], again["embedding"])
+    assert first["embedding"].shape == (8, 8)
+    alive = weakref.ref(encoder)
+    del encoder, function
+    gc.collect()
+    assert alive() is None  # the cache kept no encoder (and no variables) alive

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
@@ -10,7 +12,9 @@ from tf_instcls import parallel
 from tf_instcls.parallel import layouts
 from tf_instcls.training import watchdog
 
-_INFER_FNS: dict = {}
+# encoder -> {training: tf.function}. Weak keys, and each function reaches its encoder
+# through a weak reference: the cache never keeps an encoder (and its variables) alive.
+_INFER_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _inference_fn(encoder, training=False):
@@ -19,16 +23,17 @@ def _inference_fn(encoder, training=False):
     ``training=True`` makes BN use batch statistics and update its running statistics
     (the contrastive prior's pass); no other weight changes.
     """
-    key = (id(encoder), training)
-    if key not in _INFER_FNS:
+    functions = _INFER_FNS.setdefault(encoder, {})
+    if training not in functions:
+        model = weakref.ref(encoder)
 
         @tf.function
         def infer(images):
-            out = encoder(images, training=training)
+            out = model()(images, training=training)
             return out["features"], out["embedding"]
 
-        _INFER_FNS[key] = (encoder, infer)  # keeps the encoder alive with its id
-    return _INFER_FNS[key][1]
+        functions[training] = infer
+    return functions[training]
 
 
 def mesh_batch_size(batch_size: int, mesh) -> int:
