@@ -156,6 +156,36 @@ def test_nce_loss_matches_numpy(devices, layout, proximal):
                  name="loss with the given Z")
 
 
+def test_nce_with_the_batch_z_has_a_bounded_gradient_where_a_stale_z_explodes():
+    """Why npid_z_estimate = 'step' (self-normalised NCE) cannot blow up: with Z the
+    batch's own estimate, sum_b sum_j sigma(a_bj) <= sum_b sum_j exp(a_bj) = B, so the
+    mean loss's gradient summed over the batch is at most 2 / t. A Z estimated once
+    against a random bank (NPID's code; our 'first') is far too small once the bank
+    holds features close to the batch's: then every noise sample pushes at 1 / t."""
+    rng = np.random.default_rng(5)
+    n, d, b, m, t = 400, 16, 32, 256, 0.07
+    centre = _unit(rng.normal(size=d))
+    # a filled bank and a batch of features all near one direction (cosine ~ 0.9)
+    bank = _unit(centre + 0.45 * rng.normal(size=(n, d)) / np.sqrt(d))
+    x = tf.constant(_unit(centre + 0.45 * rng.normal(size=(b, d)) / np.sqrt(d)), tf.float32)
+    ids = tf.constant(rng.permutation(n)[:b], tf.int32)
+    noise = tf.constant(rng.integers(0, n, m), tf.int32)
+    random_bank = tf.constant(_unit(rng.normal(size=(n, d))), tf.float32)
+    _, stale_log_z, _ = npid_nce_loss(x, ids, random_bank, noise, temperature=t)
+
+    def grad_sum(log_z):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss, _, _ = npid_nce_loss(x, ids, tf.constant(bank, tf.float32), noise,
+                                       log_z=log_z, temperature=t)
+            mean = tf.reduce_mean(loss)
+        return float(tf.reduce_sum(tf.norm(tape.gradient(mean, x), axis=1)))
+
+    own, stale = grad_sum(None), grad_sum(stale_log_z)
+    assert own <= 2 / t
+    assert stale > 10 * (2 / t)  # every one of the m noise samples pushes at ~1 / t
+
+
 @pytest.mark.parametrize("devices, layout", [(None, None), (1, "sharded"), (4, "sharded"),
                                              (2, "sharded"), (4, "replicated")])
 def test_memory_bank_update_is_exact_on_a_sharded_bank(devices, layout):
@@ -232,6 +262,7 @@ def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "run_ablation.py"), "--grid=table2",
            f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
            "--epochs=1", "--batch_size=128", "--virtual_devices=2", "--only=no_head,no_prior",
+           "--seeds=0,1",
            *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
                                              "ModelConfig.backbone_width = 4",
                                              "ModelConfig.head_hidden_dim = 16",
@@ -242,8 +273,41 @@ def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
     results = json.load(open(tmp_path / "ablation_table2.json"))
     assert [r["name"] for r in results] == ["no_head", "no_prior"]
     assert all(0 < r["knn_top1"] <= 100 and r["paper"] for r in results)
+    for r in results:  # one training per seed, each in its own model_dir, seed bound
+        assert [s["seed"] for s in r["per_seed"]] == [0, 1]
+        assert (tmp_path / r["name"] / "seed1" / "config.gin").exists()
+        assert "TrainConfig.seed = 1" in (tmp_path / r["name"] / "seed1" / "config.gin").read_text()
+        tops = [s["knn_top1"] for s in r["per_seed"]]
+        assert abs(r["knn_top1"] - np.mean(tops)) < 1e-9
+        assert abs(r["knn_top1_std"] - np.std(tops, ddof=1)) < 1e-9
+        assert r["vs_reference"] == "-"  # the reference (full_prior_smoothing) was not run
+    losses = [s["final_loss"] for s in results[0]["per_seed"]]
+    assert losses[0] != losses[1]  # the seeds really differ
     md = (tmp_path / "ablation_table2.md").read_text()
-    assert "| no_head | no MLP head" in md and "58.60" in md
+    assert "| no_head | no MLP head" in md and "58.60" in md and " +- " in md
     second = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
                             timeout=900)
-    assert second.returncode == 0 and second.stdout.count("done before: skipped") == 2
+    assert second.returncode == 0 and second.stdout.count("done before: skipped") == 4
+
+
+def test_run_ablation_calls_an_effect_only_beyond_the_seed_spread():
+    import importlib
+    import os
+
+    ablation = importlib.import_module("tools.run_ablation")
+    ref = {"knn_top1": 50.0, "knn_top1_std": 1.0}
+    assert ablation.effect(ref, ref) == "reference"
+    assert ablation.effect({"knn_top1": 52.5, "knn_top1_std": 2.0}, ref) == "+2.50 (effect)"
+    assert ablation.effect({"knn_top1": 48.5, "knn_top1_std": 2.0}, ref) == "-1.50 (within spread)"
+    assert "no call" in ablation.effect({"knn_top1": 60.0, "knn_top1_std": None}, ref)
+    assert ablation.spread([1.0, 2.0, None, 3.0]) == (2.0, 1.0)
+    assert ablation.spread([4.0]) == (4.0, None)
+    names = [r.name for r in ablation.grid("baselines")]
+    assert names[0] == "full_prior_smoothing" and {"npid", "npid_nce", "simclr"} <= set(names)
+    runs = {r.name: r for r in ablation.grid("baselines")}
+    for name in ("npid", "npid_nce", "simclr"):  # each method's own gin recipe, layered
+        assert len(runs[name].gin_files) == 1 and os.path.exists(runs[name].gin_files[0])
+    assert runs["npid_nce"].bindings == ["ModelConfig.npid_noise = 400"]  # < N of 4k images
+    table4 = ablation.grid("table4", ["2", "5"])
+    assert [(r.name, r.reference, r.epochs) for r in table4][:2] == [
+        ("gaussian_2ep", "gaussian_2ep", 2), ("prior_running_bn_2ep", "gaussian_2ep", 2)]

@@ -5,8 +5,9 @@
 # it differs in from gin/cifar10_subset_npz.gin, so the commands stay valid as the
 # recipe changes. Usage: bash tools/issue14_probes.sh OUT_DIR [PROBE ...]
 # (no PROBE: all of them, one after another; about 1 h 15 min on 2 cores).
-# VIRTUAL_DEVICES=T (default 1) sets --virtual_devices; the NPID probes used 2, as the
-# issue-6 grid did (NPID on a 1-device mesh fails in DTensor: see WORKSPACE.md).
+# VIRTUAL_DEVICES=T (default 1) sets --virtual_devices; the first NPID probes used 2, as
+# the issue-6 grid did (NPID on a 1-device mesh failed in DTensor until the memory update
+# stopped using tf.transpose; the *_30ep NPID probes ran on 1 device).
 set -euo pipefail
 out=${1:?usage: issue14_probes.sh OUT_DIR [PROBE ...]}
 shift
@@ -34,11 +35,17 @@ declare -A probes=(
   [q25_t01]="25|tracked|TrainConfig.knn_every_epochs = 25|ModelConfig.temperature = 0.1"
   [q25_s33]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.classifier_lr_scale = 33.0"
   [q25_lr2]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.base_learning_rate = 0.12"
-  [npid_nce_first_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'"
-  [npid_nce_epoch_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'"
-  [npid_nce_step_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'"
+  # m ~ N: these ran with npid.gin's m = 4096 before m < N (4,068) was enforced
+  [npid_nce_first_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'|ModelConfig.npid_noise = 4067"
+  [npid_nce_epoch_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 4067"
+  [npid_nce_step_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 4067"
+  # m = 400: NPID's m / N (4096 / 50,000 on CIFAR-10) is about 8%; 400 / 4,068 is 10%
+  [npid_nce_step_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 400"
+  [npid_nce_first_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'|ModelConfig.npid_noise = 400"
   [npid_full_8ep]="8|npid|ModelConfig.npid_noise = 0"
   [npid_nce_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 400"
+  [npid_nce_step_30ep]="30|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 400|TrainConfig.knn_every_epochs = 5"
+  [npid_full_30ep]="30|npid|ModelConfig.npid_noise = 0|TrainConfig.knn_every_epochs = 5"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!probes[@]}")

@@ -7,11 +7,18 @@ writes paper-layout Markdown + JSON.
   python tools/run_ablation.py --grid=table5 --work_dir=runs/t5 --epochs=50 --linear
 
 Grids: baselines (full + prior + smoothing; no smoothing; no prior; no MLP head;
-sampled 2^10; NPID), table2, table3 (full vs sampled 2^10..2^16), table4 (gaussian vs
-prior at --table4_epochs), table5 (K, alpha). Every run is ``tools/train.py`` in
-<work_dir>/<run>/: a finished run is not re-run, an interrupted one resumes from its
+sampled 2^10; NPID full softmax; NPID NCE; SimCLR), table2, table3 (full vs sampled
+2^10..2^16), table4 (gaussian vs prior at --table4_epochs), table5 (K, alpha). Every run
+is ``tools/train.py`` in <work_dir>/<run>/seed<s>/: a finished run is not re-run, an interrupted one resumes from its
 checkpoint. kNN top-1 is the run's last kNN-monitor value (k = 200, T = 0.07 on the
 held-out split; the same numbers tools/eval_knn.py gives).
+
+With ``--seeds=0,1,2`` every run is trained once per seed (``TrainConfig.seed``, in
+<work_dir>/<run>/seed<s>/) and a row reports mean +- sample std (ddof 1) over the
+seeds. Each row is compared with its reference row (the grid's first row; in table4 the
+Gaussian run of the same budget): the difference of means is called an **effect** only
+when it exceeds the seed-to-seed spread, i.e. the larger of the two rows' stds; with one
+seed no effect is called.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import os
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
+import numpy as np
 from absl import app, flags
 
 from tools import common
@@ -40,6 +49,10 @@ flags.DEFINE_integer("virtual_devices", 0, "Virtual CPU devices per run (0 = rea
 flags.DEFINE_list("table4_epochs", ["2", "5", "10"], "table4: the epoch budgets.")
 flags.DEFINE_bool("linear", False, "Also run tools/eval_linear.py on every run.")
 flags.DEFINE_list("only", [], "Run only these run names of the grid.")
+flags.DEFINE_list("seeds", ["0"], "Training seeds: every run once per seed (mean +- std).")
+flags.DEFINE_integer("npid_noise", 400, "m of the npid_nce row (< N; NPID used 4096 with "
+                     "N = 50k-1.28M; 400 keeps m / N near NPID's on a 4k-image set).",
+                     lower_bound=1)
 
 PAPER = {  # ImageNet, ResNet-50, 200 epochs, linear top-1 (DESIGN.md)
     "full_prior_smoothing": 68.2, "no_smoothing": 67.6, "no_prior": 67.3, "no_head": 58.6,
@@ -50,61 +63,99 @@ PAPER = {  # ImageNet, ResNet-50, 200 epochs, linear top-1 (DESIGN.md)
 }
 NO_SMOOTHING = ["TrainConfig.smoothing = 0.0"]
 GAUSSIAN = ["TrainConfig.init_mode = 'gaussian'"]
-NPID_RECIPE = ["ModelConfig.method = 'npid'", "ModelConfig.use_head = False",
-               "OptimConfig.base_learning_rate = 0.03", "OptimConfig.base_batch_size = 256",
-               "OptimConfig.weight_decay = 5e-4"]
+NPID_GIN = (os.path.join(ROOT, "gin", "ablations", "npid.gin"),)  # NPID's own recipe
 
 
-def grid(name: str) -> list[tuple[str, str, list[str], int | None]]:
-    """(run name, description, bindings, epochs or None for --epochs)."""
-    full = ("full_prior_smoothing", "full, prior + smoothing (K=100, a=0.2), the config's lr",
-            [], None)
+def _flag(name: str):
+    """A flag's value (its default when flags are not parsed: grids read in tests)."""
+    return FLAGS[name].value if FLAGS.is_parsed() else FLAGS[name].default
+
+
+class Run(NamedTuple):
+    name: str
+    description: str
+    bindings: list
+    epochs: int | None = None  # None: --epochs
+    gin_files: tuple = ()  # layered after --gin_file (a method's own recipe)
+    reference: str | None = None  # the row it is compared with (None: the first row)
+
+
+def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
+    """The runs of a grid, each a :class:`Run` (table4's budgets: --table4_epochs)."""
+    full = Run("full_prior_smoothing",
+               "full, prior + smoothing (K=100, a=0.2): the config's recipe", [])
     table2 = [
-        ("no_head", "no MLP head (linear), prior + smoothing",
-         ["ModelConfig.use_head = False"], None),
-        ("no_prior", "MLP head, smoothing, Gaussian W", GAUSSIAN, None),
-        ("no_smoothing", "MLP head + prior, no smoothing", NO_SMOOTHING, None),
         full,
+        Run("no_head", "no MLP head (linear), prior + smoothing",
+            ["ModelConfig.use_head = False"]),
+        Run("no_prior", "MLP head, smoothing, Gaussian W", GAUSSIAN),
+        Run("no_smoothing", "MLP head + prior, no smoothing", NO_SMOOTHING),
     ]
     if name == "table2":
         return table2
     if name == "baselines":
         return table2 + [
-            ("sampled_1024", "sampled softmax, S = 2^10",
-             NO_SMOOTHING + ["ModelConfig.method = 'sampled'", "ModelConfig.num_sampled = 1024"],
-             None),
-            ("npid", "NPID: memory bank, full non-parametric softmax (m = 0), t = 0.07, "
-             "linear head, NPID's lr 0.03 / 256 and wd 5e-4",
-             NO_SMOOTHING + GAUSSIAN + NPID_RECIPE + ["ModelConfig.npid_noise = 0"], None),
-            ("npid_nce", "NPID with NCE: m = 4096 noise samples, Z estimated once",
-             NO_SMOOTHING + GAUSSIAN + NPID_RECIPE + ["ModelConfig.npid_noise = 4096"], None),
-            ("full_prior_smoothing_npid_lr", "as full_prior_smoothing, with NPID's optimiser "
-             "(lr 0.03 / 256, wd 5e-4): same optimiser as the npid rows",
-             ["OptimConfig.base_learning_rate = 0.03", "OptimConfig.base_batch_size = 256",
-              "OptimConfig.weight_decay = 5e-4"], None),
+            Run("sampled_1024", "sampled softmax, S = 2^10",
+                NO_SMOOTHING + ["ModelConfig.method = 'sampled'",
+                                "ModelConfig.num_sampled = 1024"]),
+            Run("npid", "NPID: memory bank, full non-parametric softmax (m = 0), t = 0.07, "
+                "linear head, NPID's lr 0.03 / 256 and wd 5e-4 (gin/ablations/npid.gin)",
+                ["ModelConfig.npid_noise = 0"], gin_files=NPID_GIN),
+            Run("npid_nce", f"NPID with NCE: m = {_flag('npid_noise')} noise samples, "
+                "npid.gin's Z estimate", [f"ModelConfig.npid_noise = {_flag('npid_noise')}"],
+                gin_files=NPID_GIN),
+            Run("simclr", "SimCLR: NT-Xent over the 2B views, no W (gin/ablations/simclr.gin)",
+                [], gin_files=(os.path.join(ROOT, "gin", "ablations", "simclr.gin"),)),
         ]
     if name == "table3":
-        runs = [(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
-                 NO_SMOOTHING + GAUSSIAN + ["ModelConfig.method = 'sampled'",
-                                            f"ModelConfig.num_sampled = {2 ** p}"], None)
+        runs = [Run(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
+                    NO_SMOOTHING + GAUSSIAN + ["ModelConfig.method = 'sampled'",
+                                               f"ModelConfig.num_sampled = {2 ** p}"],
+                    reference="full")
                 for p in (10, 12, 14, 16)]
-        return runs + [("full", "full softmax (no prior, no smoothing)", NO_SMOOTHING + GAUSSIAN,
-                        None)]
+        return [Run("full", "full softmax (no prior, no smoothing)", NO_SMOOTHING + GAUSSIAN),
+                *runs]
     if name == "table4":
-        return [(f"{mode}_{e}ep", f"{mode} W, {e} epochs",
-                 NO_SMOOTHING + [f"TrainConfig.init_mode = '{mode}'"], int(e))
-                for e in FLAGS.table4_epochs for mode in ("gaussian", "prior_running_bn")]
+        return [Run(f"{mode}_{e}ep", f"{mode} W, {e} epochs",
+                    NO_SMOOTHING + [f"TrainConfig.init_mode = '{mode}'"], int(e),
+                    reference=f"gaussian_{e}ep")
+                for e in (table4_epochs or _flag("table4_epochs"))
+                for mode in ("gaussian", "prior_running_bn")]
     if name == "table5":
-        return [(f"k{k}_a{a:g}", f"K = {k}, alpha = {a:g}",
-                 [f"TrainConfig.num_hard_negatives = {k}", f"TrainConfig.smoothing = {a}"], None)
+        return [Run(f"k{k}_a{a:g}", f"K = {k}, alpha = {a:g}",
+                    [f"TrainConfig.num_hard_negatives = {k}", f"TrainConfig.smoothing = {a}"])
                 for k, a in ((0, 0.0), (100, 0.1), (100, 0.2), (100, 0.3), (50, 0.2),
                              (200, 0.2))]
     raise app.UsageError(f"unknown --grid {name!r}")
 
 
+def spread(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1; None for one value) of the non-missing values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
-def run_one(name, bindings, epochs):
-    model_dir = os.path.join(FLAGS.work_dir, name)
+
+def effect(row: dict, reference: dict) -> str:
+    """'+d (effect)' or '+d (within spread)': the difference of mean kNN top-1 from the
+    reference row, an effect only if it exceeds the larger of the two seed stds."""
+    if row is reference:
+        return "reference"
+    if row["knn_top1"] is None or reference["knn_top1"] is None:
+        return "-"
+    diff = row["knn_top1"] - reference["knn_top1"]
+    stds = [row["knn_top1_std"], reference["knn_top1_std"]]
+    if None in stds:
+        return f"{diff:+.2f} (1 seed: no call)"
+    verdict = "effect" if abs(diff) > max(stds) else "within spread"
+    return f"{diff:+.2f} ({verdict})"
+
+
+
+def run_one(name, bindings, epochs, gin_files=(), seed=0):
+    model_dir = os.path.join(FLAGS.work_dir, name, f"seed{seed}")
+    name = f"{name}/seed{seed}"
     result_path = os.path.join(model_dir, "ablation_result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -112,10 +163,11 @@ def run_one(name, bindings, epochs):
             return json.load(f)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--model_dir={model_dir}",
            f"--virtual_devices={FLAGS.virtual_devices}", f"--epochs={epochs}"]
-    cmd += [f"--gin_file={p}" for p in FLAGS.gin_file]
+    cmd += [f"--gin_file={p}" for p in list(FLAGS.gin_file) + list(gin_files)]
     if FLAGS.batch_size:
         cmd.append(f"--batch_size={FLAGS.batch_size}")
-    cmd += [f"--gin_bindings={b}" for b in list(FLAGS.gin_bindings) + bindings]
+    cmd += [f"--gin_bindings={b}" for b in list(FLAGS.gin_bindings) + bindings
+            + [f"TrainConfig.seed = {seed}"]]
     os.makedirs(model_dir, exist_ok=True)
     start = time.time()
     print(f"[{name}] training ({epochs} epochs) ...", flush=True)
@@ -127,7 +179,8 @@ def run_one(name, bindings, epochs):
     from tf_instcls.eval.analysis import read_metrics
 
     last = read_metrics(model_dir)[-1]
-    result = {"name": name, "epochs": epochs, "bindings": bindings,
+    result = {"name": name, "seed": seed, "epochs": epochs, "bindings": bindings,
+              "gin_files": list(gin_files),
               "knn_top1": last.get("knn_top1"), "knn_top5": last.get("knn_top5"),
               "knn_top1_at_init": last.get("knn_top1_at_init"), "final_loss": last.get("loss"),
               "train_wall_s": round(time.time() - start, 1)}
@@ -154,34 +207,60 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.work_dir:
         raise app.UsageError("--work_dir is required")
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError:
+        raise app.UsageError(f"--seeds must be integers, e.g. 0,1,2; got {FLAGS.seeds}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise app.UsageError(f"--seeds must be distinct and at least one; got {FLAGS.seeds}")
     runs = grid(FLAGS.grid)
-    names = [r[0] for r in runs]
+    names = [r.name for r in runs]
     unknown = set(FLAGS.only) - set(names)
     if unknown:
         raise app.UsageError(f"--only: {sorted(unknown)} not in grid {FLAGS.grid}: {names}")
     results = []
-    for name, description, bindings, epochs in runs:
-        if FLAGS.only and name not in FLAGS.only:
+    for run in runs:
+        if FLAGS.only and run.name not in FLAGS.only:
             continue
-        result = run_one(name, bindings, epochs or FLAGS.epochs)
-        result["description"] = description
-        result["paper"] = PAPER.get(name)
+        per_seed = [run_one(run.name, run.bindings, run.epochs or FLAGS.epochs, run.gin_files,
+                            seed) for seed in seeds]
+        result = {"name": run.name, "description": run.description,
+                  "epochs": run.epochs or FLAGS.epochs, "seeds": seeds,
+                  "reference": run.reference or names[0], "paper": PAPER.get(run.name),
+                  "per_seed": per_seed}
+        for key in ("knn_top1", "knn_top5", "linear_top1", "train_wall_s"):
+            result[key], result[key + "_std"] = spread([r.get(key) for r in per_seed])
         results.append(result)
+    by_name = {r["name"]: r for r in results}
+    for r in results:
+        reference = by_name.get(r["reference"])
+        r["vs_reference"] = effect(r, reference) if reference else "-"
+
+    def with_std(r, key):
+        mean, std = r[key], r[key + "_std"]
+        if mean is None:
+            return "-"
+        return f"{mean:.2f}" + ("" if std is None else f" +- {std:.2f}")
+
     headers = ["run", "setting", "epochs", "kNN top-1", "kNN top-5"]
     if FLAGS.linear:
         headers += ["linear top-1"]
-    headers += ["paper (ImageNet, 200 ep, linear)"]
+    headers += ["vs reference (top-1)", "train s", "paper (ImageNet, 200 ep, linear)"]
     rows = []
     for r in results:
-        row = [r["name"], r["description"], r["epochs"], r["knn_top1"], r["knn_top5"]]
+        row = [r["name"], r["description"], r["epochs"], with_std(r, "knn_top1"),
+               with_std(r, "knn_top5")]
         if FLAGS.linear:
-            row.append(r.get("linear_top1"))
-        row.append("-" if r["paper"] is None else r["paper"])
+            row.append(with_std(r, "linear_top1"))
+        row += [r["vs_reference"], f"{r['train_wall_s']:.0f}",
+                "-" if r["paper"] is None else r["paper"]]
         rows.append(row)
     from tf_instcls.eval.common import markdown_table
 
     md = (f"# Ablation grid `{FLAGS.grid}`\n\nconfig: {', '.join(FLAGS.gin_file)} "
-          f"{' '.join(FLAGS.gin_bindings)}; {FLAGS.virtual_devices or 'real'} device(s)\n\n"
+          f"{' '.join(FLAGS.gin_bindings)}; {FLAGS.virtual_devices or 'real'} device(s); "
+          f"seeds {','.join(map(str, seeds))} (mean +- sample std). A difference from the "
+          "reference row is an effect only when it exceeds the larger of the two stds.\n\n"
           + markdown_table(headers, rows))
     os.makedirs(FLAGS.work_dir, exist_ok=True)
     base = os.path.join(FLAGS.work_dir, f"ablation_{FLAGS.grid}")
