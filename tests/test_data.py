@@ -135,6 +135,23 @@ def test_epoch_covers_every_id_once_and_resume_replays_exactly(tmp_path):
     assert not np.array_equal(ids, np.concatenate([b["ids"].numpy() for b in other]))
 
 
+def test_several_epochs_in_one_dataset_are_the_per_epoch_datasets_back_to_back(tmp_path):
+    # n = 44 with batch 8: 5 steps per epoch and 4 images dropped, differently each epoch
+    path, _ = _npz(tmp_path, n=44)
+    src = data_lib.load_source(f"npz:{path}")
+    args = dict(global_batch_size=8, seed=5, process_index=1, process_count=2)
+    joined = list(data_lib.make_train_dataset(src, CONFIG, epoch=1, start_step=2,
+                                              last_epoch=4, **args))
+    apart = [b for e in (1, 2, 3) for b in data_lib.make_train_dataset(
+        src, CONFIG, epoch=e, start_step=2 if e == 1 else 0, **args)]
+    assert len(joined) == len(apart) == 3 + 5 + 5
+    for a, b in zip(joined, apart):
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        np.testing.assert_array_equal(a["images"], b["images"])
+    with pytest.raises(ValueError, match="last_epoch"):
+        data_lib.make_train_dataset(src, CONFIG, epoch=3, last_epoch=3, **args)
+
+
 def test_processes_split_each_global_batch_without_overlap_or_gaps(tmp_path):
     path, _ = _npz(tmp_path, n=40)
     src = data_lib.load_source(f"npz:{path}")

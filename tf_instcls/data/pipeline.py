@@ -59,29 +59,51 @@ def make_train_dataset(
     process_index: int = 0,
     process_count: int = 1,
     num_parallel_calls: int | None = None,
+    last_epoch: int | None = None,
 ) -> tf.data.Dataset:
-    """Batches ``{"images": uint8->float [b, 2, S, S, 3], "ids": int32 [b]}`` for one epoch.
+    """Batches ``{"images": uint8->float [b, 2, S, S, 3], "ids": int32 [b]}`` for the
+    epochs ``epoch .. last_epoch - 1`` (default: ``epoch`` alone), one after another.
 
     ``b`` is this process' share of the global batch: process p takes rows
     [p b, (p + 1) b) of every global batch, so processes never overlap or leave gaps.
     The last incomplete global batch of an epoch is dropped (the permutation changes
-    every epoch, so every image is seen).
+    every epoch, so every image is seen); ``start_step`` skips the first epoch's first
+    steps (a resume). Several epochs in one dataset are the same batches as one dataset
+    per epoch, but the pipeline is built and traced once and its prefetch runs across
+    the epoch boundary, so no epoch starts by waiting for a new pipeline.
     """
-    ids = epoch_batch_ids(source.num_images, global_batch_size, epoch=epoch, seed=seed,
-                          start_step=start_step, process_index=process_index,
-                          process_count=process_count)
+    last_epoch = epoch + 1 if last_epoch is None else last_epoch
+    if last_epoch <= epoch:
+        raise ValueError(f"last_epoch {last_epoch} must be > epoch {epoch}")
+    # the ids of one epoch, checked (and the first epoch's cut) here, eagerly
+    first_ids = epoch_batch_ids(source.num_images, global_batch_size, epoch=epoch, seed=seed,
+                                start_step=start_step, process_index=process_index,
+                                process_count=process_count)
     local = global_batch_size // process_count
     load = source.load_fn(None)
 
-    def two_views(instance_id):
+    def epoch_ids(e):
+        e = int(e)
+        if e == epoch:
+            return first_ids
+        return epoch_batch_ids(source.num_images, global_batch_size, epoch=e, seed=seed,
+                               process_index=process_index, process_count=process_count)
+
+    def pairs(e):
+        ids = tf.numpy_function(epoch_ids, [e], tf.int32, stateful=False)
+        ids.set_shape([None])
+        return tf.data.Dataset.from_tensor_slices(ids).map(lambda i: (e, i))
+
+    def two_views(e, instance_id):
         image = load(instance_id)
-        views = [augment_view(image, view_seed(seed, epoch, instance_id, v), config)
+        views = [augment_view(image, view_seed(seed, e, instance_id, v), config)
                  for v in range(2)]
         return {"images": tf.stack(views), "ids": instance_id}
 
-    dataset = tf.data.Dataset.from_tensor_slices(ids)
+    dataset = tf.data.Dataset.range(epoch, last_epoch).flat_map(pairs)
     dataset = dataset.map(two_views, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
                           deterministic=True)
+    # every epoch holds whole local batches, so no batch straddles two epochs
     return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 

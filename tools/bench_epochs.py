@@ -1,0 +1,106 @@
+r"""Per-epoch wall time of ``tools/train.py`` for several checkouts of this repository,
+interleaved (A B A B ...) so that both see the same machine: the before / after
+measurement of a change to the epoch loop (issue 14, item 2).
+
+  git worktree add /tmp/before <commit>
+  python tools/bench_epochs.py --code_dirs=/tmp/before,. --rounds=2 --epochs=6 \
+      --dataset=npz:runs/recipe/train_unlabelled.npz --gin_file=gin/cifar10_subset_npz.gin \
+      --json=results/issue14/throughput/bench_epochs.json
+
+Each run is a fresh model_dir. Reported per checkout: the median over rounds of the
+median epoch time (metrics.jsonl ``train_seconds``, epoch 0 left out: it traces), of
+the whole process' wall time, and the images per second of the epoch loop. Run nothing
+else heavy beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("code_dirs", None, "Checkouts to compare (each has tools/train.py).")
+flags.DEFINE_integer("rounds", 2, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_integer("epochs", 6, "Epochs per run (>= 2: epoch 0 is left out).", lower_bound=2)
+flags.DEFINE_string("dataset", None, "--dataset of every run.")
+flags.DEFINE_multi_string("gin_file", [], "--gin_file of every run (relative to each "
+                          "checkout unless absolute).")
+flags.DEFINE_multi_string("gin_bindings", [], "--gin_bindings of every run.")
+flags.DEFINE_string("json", None, "Write the records and the summary here.")
+
+
+def one_run(code_dir: str) -> dict:
+    model_dir = tempfile.mkdtemp(prefix="bench_epochs_")
+    cmd = [sys.executable, os.path.join(code_dir, "tools", "train.py"),
+           f"--model_dir={model_dir}", f"--epochs={FLAGS.epochs}",
+           *[f"--gin_file={g if os.path.isabs(g) else os.path.join(code_dir, g)}"
+             for g in FLAGS.gin_file],
+           *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings],
+           *([f"--dataset={FLAGS.dataset}"] if FLAGS.dataset else [])]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.path.abspath(code_dir))
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code_dir)
+    wall = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    with open(os.path.join(model_dir, "run_info.json")) as f:
+        batch = int(json.load(f)["batch_size"])
+    epochs = [r["train_seconds"] for r in records if r.get("epoch", 0) > 0]
+    steps = records[-1]["step"] - records[0]["step"]
+    return {"code_dir": code_dir, "wall_s": wall, "epoch_s": epochs,
+            "median_epoch_s": statistics.median(epochs),
+            "images_per_s": steps * batch / sum(epochs), "model_dir": model_dir}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS.code_dirs or len(FLAGS.code_dirs) < 1:
+        raise app.UsageError("--code_dirs: one or more checkouts")
+    for code_dir in FLAGS.code_dirs:
+        if not os.path.exists(os.path.join(code_dir, "tools", "train.py")):
+            raise app.UsageError(f"--code_dirs: {code_dir} has no tools/train.py")
+    records = []
+    for round_index in range(FLAGS.rounds):
+        for code_dir in FLAGS.code_dirs:
+            record = one_run(code_dir)
+            record["round"] = round_index
+            records.append(record)
+            print(f"round {round_index} {code_dir}: median epoch {record['median_epoch_s']:.2f} s, "
+                  f"{record['images_per_s']:.0f} images/s, wall {record['wall_s']:.0f} s",
+                  flush=True)
+    summary = {}
+    for code_dir in FLAGS.code_dirs:
+        mine = [r for r in records if r["code_dir"] == code_dir]
+        summary[code_dir] = {
+            key: {"median": statistics.median(r[key] for r in mine),
+                  "min": min(r[key] for r in mine), "max": max(r[key] for r in mine)}
+            for key in ("median_epoch_s", "images_per_s", "wall_s")}
+    first = FLAGS.code_dirs[0]
+    print("| checkout | median epoch s (min-max) | images/s | wall s | epoch time vs first |")
+    print("|---|---|---|---|---|")
+    for code_dir, s in summary.items():
+        e, i, w = s["median_epoch_s"], s["images_per_s"], s["wall_s"]
+        ratio = e["median"] / summary[first]["median_epoch_s"]["median"]
+        print(f"| {code_dir} | {e['median']:.2f} ({e['min']:.2f}-{e['max']:.2f}) | "
+              f"{i['median']:.0f} | {w['median']:.0f} | {ratio:.3f} |")
+    if FLAGS.json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, "w") as f:
+            json.dump({"flags": {"epochs": FLAGS.epochs, "rounds": FLAGS.rounds,
+                                 "dataset": FLAGS.dataset, "gin_file": FLAGS.gin_file,
+                                 "gin_bindings": FLAGS.gin_bindings},
+                       "records": records, "summary": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
