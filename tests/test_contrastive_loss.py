@@ -71,7 +71,8 @@ def test_simclr_trains_without_w_and_resumes(tmp_path):
     mesh = parallel.build_mesh(2)
     configs = dict(data=loop.DataConfig(image_size=16),
                    model=loop.ModelConfig(backbone_width=4, embedding_dim=16,
-                                          head_hidden_dim=16, method="simclr"),
+                                          head_hidden_dim=16, method="simclr",
+                                          temperature=0.5),
                    optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.06,
                                           base_batch_size=128))
     train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, smoothing=0.0,

@@ -121,6 +121,44 @@ def test_nonfinite_skip_mode_skips_the_step_and_goes_on(tmp_path):
     assert np.isfinite(w).all()
 
 
+class PoisonEpoch(InjectNaN):
+    """NaN in a backbone weight for every batch of epoch ``epoch``, healed after it."""
+
+    def __init__(self, epoch):
+        super().__init__(at=None)
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            handle = self._handle()
+            self.saved = parallel.to_numpy(handle)
+            handle.assign(layouts.pack_sharded(np.full_like(self.saved, np.nan), handle.layout))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            handle = self._handle()
+            handle.assign(layouts.pack_sharded(self.saved, handle.layout))
+
+
+def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_path, caplog):
+    from tf_instcls.eval.analysis import read_metrics
+
+    mesh = parallel.build_mesh(2)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip", "epochs": 3,
+                                "max_consecutive_skips": 20})
+    logs = loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
+                                callbacks=[PoisonEpoch(1)])
+    records = {r["epoch"]: r for r in read_metrics(str(tmp_path))}
+    assert np.isfinite(records[0]["loss"]) and "skipped_steps" not in records[0]
+    assert "loss" not in records[1] and "instance_acc" not in records[1]  # not 0.0
+    assert records[1]["skipped_steps"] == 5
+    assert np.isfinite(records[2]["loss"]) and logs["step"] == 15
+    assert any("epoch 2: every step was skipped" in r.getMessage() for r in caplog.records)
+
+
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     mesh = parallel.build_mesh(2)
     loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)

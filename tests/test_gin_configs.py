@@ -52,13 +52,13 @@ def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
     name = os.path.basename(path)
     if name == "npid.gin":
         assert model.method == "npid" and model.npid_noise == 4096 and not model.use_head
-        assert model.npid_temperature == 0.07 and train.init_mode == "gaussian"
+        assert model.temperature == 0.07 and train.init_mode == "gaussian"
     if name == "sampled.gin":
         assert model.method == "sampled" and model.num_sampled == 1024
     if name == "no_head.gin":
         assert not model.use_head
     if name == "simclr.gin":
-        assert model.method == "simclr" and model.simclr_temperature == 0.5
+        assert model.method == "simclr" and model.temperature == 0.5
         assert train.smoothing == 0 and optim.base_learning_rate == 0.06
 
 
@@ -78,3 +78,49 @@ def test_sampled_with_smoothing_is_refused():
                                        ["ModelConfig.method = 'sampled'"])
     with pytest.raises(ValueError, match="has no label smoothing"):
         loop.validate_configs(data, model, optim, train)
+
+
+def test_every_augmentation_value_is_settable_from_gin_and_defaults_follow_the_size():
+    import numpy as np
+
+    from tf_instcls import data as data_lib
+    from tf_instcls.data import augment as augment_lib
+
+    data, *_ = _parse([os.path.join(GIN_DIR, "digits.gin")],
+                      ["DataConfig.jitter_prob = 0.0", "DataConfig.grayscale_prob = 1.0",
+                       "DataConfig.jitter_strength = (0.1, 0.2, 0.3, 0.05)"])
+    augment = data.augment_config()
+    assert augment.grayscale_prob == 1.0 and augment.jitter_prob == 0.0
+    assert augment.jitter_strength == (0.1, 0.2, 0.3, 0.05)
+    assert augment.crop_scale == (0.4, 1.0)  # digits.gin's own value is kept
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    view = augment_lib.augment_view(image, augment_lib.view_seed(0, 0, 1, 0), augment).numpy()
+    rgb = view * np.array(augment_lib.STD) + np.array(augment_lib.MEAN)
+    np.testing.assert_allclose(rgb[..., 0], rgb[..., 1], atol=1e-5)  # always grayscale
+    # unset values: the paper's defaults for the image size (data.default_config)
+    assert loop.DataConfig(image_size=32).augment_config() == data_lib.default_config(32)
+    big = loop.DataConfig(image_size=128).augment_config()
+    assert big.crop_scale == (0.08, 1.0) and big.blur_prob == 0.5
+
+
+def test_bad_augmentation_values_fail_in_validation_with_the_field_named():
+    bad = loop.DataConfig(jitter_strength=(0.4, 0.4, 0.4, 0.9))  # hue beyond 0.5
+    with pytest.raises(ValueError, match=r"DataConfig augmentation: jitter_strength must be"):
+        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+    bad = loop.DataConfig(jitter_strength=(0.4, 0.4, 0.4))  # three values: the wrong type
+    with pytest.raises(ValueError, match=r"wrong type.*DataConfig.jitter_strength must be "
+                                         r"tuple\[float, float, float, float\] \| None"):
+        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+    bad = loop.DataConfig(grayscale_prob=1.5)
+    with pytest.raises(ValueError, match=r"grayscale_prob must be in \[0, 1\]"):
+        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+
+
+def test_an_include_found_on_the_search_path_logs_no_error(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")])  # include "base.gin"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    assert not logging.getLogger().filters  # the parse-time filter is gone afterwards

@@ -48,8 +48,7 @@ def main(argv):
     # checkpoint of this one (silently restored).
     state = loop.build_state(tempfile.mkdtemp(prefix="bench_pipeline_"), data, model, optim,
                              train, mesh)
-    augment = data_lib.AugmentConfig(image_size=data.image_size,
-                                     crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob)
+    augment = data.augment_config()
     dataset = data_lib.make_train_dataset(state.train_source, augment,
                                           global_batch_size=train.batch_size, epoch=0,
                                           seed=train.seed).repeat()

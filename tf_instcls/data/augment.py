@@ -42,6 +42,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]; got {value}")
+        strength = tuple(self.jitter_strength)
+        if len(strength) != 4 or min(strength) < 0 or strength[3] > 0.5:
+            raise ValueError("jitter_strength must be (brightness, contrast, saturation, hue), "
+                             f"each >= 0 and hue <= 0.5; got {self.jitter_strength}")
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8; got {self.image_size}")
 

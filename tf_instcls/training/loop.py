@@ -34,9 +34,22 @@ class DataConfig:
     eval_dataset: str | None = None  # labelled kNN queries; None: hold out a part
     holdout_fraction: float = 0.15  # used when eval_dataset is None and labels exist
     image_size: int = 32
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    blur_prob: float = 0.0
+    # Augmentation. None: the paper's default for the image size (data.default_config:
+    # crops of 20-100% and no blur below 96 px; 8-100% and blur p = 0.5 from 96 px).
+    crop_scale: tuple[float, float] | None = None
+    blur_prob: float | None = None
+    jitter_strength: tuple[float, float, float, float] | None = None  # (0.4, 0.4, 0.4, 0.1)
+    jitter_prob: float | None = None  # 0.8
+    grayscale_prob: float | None = None  # 0.2
     skip_corrupt_images: bool = False
+
+    def augment_config(self) -> data_lib.AugmentConfig:
+        """The training views' augmentation: the size's defaults, then the values set."""
+        overrides = {name: tuple(value) if isinstance(value, list) else value
+                     for name in ("crop_scale", "blur_prob", "jitter_strength", "jitter_prob",
+                                  "grayscale_prob")
+                     if (value := getattr(self, name)) is not None}
+        return dataclasses.replace(data_lib.default_config(self.image_size), **overrides)
 
 
 @dataclasses.dataclass
@@ -46,6 +59,8 @@ class ModelConfig:
     use_head: bool = True
     head_hidden_dim: int = 2048
     embedding_dim: int = 128
+    # Every method's temperature: the cosine softmax's, NPID's (0.07: npid.gin) and
+    # SimCLR's NT-Xent (0.5: simclr.gin). One knob, so none is silently ignored.
     temperature: float = 0.15
     classifier_layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
     chunk_size: int | None = None
@@ -57,7 +72,6 @@ class ModelConfig:
     method: str = "full"
     num_sampled: int = 1024  # S of "sampled"
     npid_noise: int = 4096  # m of NCE; 0: the full non-parametric softmax
-    npid_temperature: float = 0.07
     npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
     npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
     # NCE's normalising constant Z: "first" estimates it once, on the first step, as
@@ -65,7 +79,6 @@ class ModelConfig:
     # the first step of every epoch, so it follows the bank as the bank fills up;
     # "step" uses every step's own estimate (self-normalised NCE).
     npid_z_estimate: str = "epoch"
-    simclr_temperature: float = 0.5  # NT-Xent's tau (SimCLR CIFAR: 0.5; lightly: 0.5)
 
 
 @dataclasses.dataclass
@@ -96,7 +109,7 @@ class TrainConfig:
     deterministic: bool = False
     log_steps: bool = False  # write steps.jsonl (one line per step)
     init_mode: str = "prior_running_bn"  # gaussian | prior_fixed_bn | prior_running_bn
-    num_hard_negatives: int = 100  # K of Eq. 2; 0 disables smoothing
+    num_hard_negatives: int = 100  # K of Eq. 2; 0: no mining (needs smoothing = 0)
     smoothing: float = 0.2  # alpha of Eq. 2-3; 0 disables smoothing
     mining_period: int = 1  # epochs between hard-negative mining (the paper: 1)
     nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop | skip (the step)
@@ -166,18 +179,79 @@ def gin_config_classes(gin):
 def configs_from_gin(gin, files, bindings=(), *, search_path: str | None = None) -> tuple:
     """Parses and finalizes gin ``files`` + ``bindings``; returns
     (DataConfig, ModelConfig, OptimConfig, TrainConfig) built from them."""
+    import logging as std_logging
+
     if search_path:
         gin.add_config_file_search_path(search_path)
     configurables = gin_config_classes(gin)
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+    # gin looks for an include (``include "base.gin"``) on every search path in turn and
+    # logs an ERROR line for each place it is not; the include is then found on the
+    # next path. Those lines are noise in a healthy run: dropped while parsing. A file
+    # found nowhere still fails, with gin's own exception.
+    root_logger = std_logging.getLogger()  # gin's resource_reader logs on the root logger
+    probe = _GinProbeFilter()
+    root_logger.addFilter(probe)
+    try:
+        gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+    finally:
+        root_logger.removeFilter(probe)
     return tuple(make() for make in configurables)
+
+
+class _GinProbeFilter:
+    """Drops gin's "Path not found" probe errors (see configs_from_gin)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not (record.pathname.endswith("resource_reader.py")
+                    and record.getMessage().startswith("Path not found"))
+
+
+def _type_problems(config) -> list[str]:
+    """Fields whose value does not have the annotated type (a gin binding can set any
+    value: ``TrainConfig.epochs = '10'`` must fail here, not deep inside training)."""
+    import types
+    import typing
+
+    def accepts(kind, value) -> bool:
+        if kind is typing.Any:
+            return True
+        origin = typing.get_origin(kind)
+        if origin in (typing.Union, types.UnionType):
+            return any(accepts(k, value) for k in typing.get_args(kind))
+        if kind is type(None):
+            return value is None
+        if kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if origin is tuple:  # gin writes tuples; a list is accepted too
+            args = typing.get_args(kind)
+            return (isinstance(value, (tuple, list)) and len(value) == len(args)
+                    and all(accepts(k, v) for k, v in zip(args, value)))
+        if origin is not None:
+            return isinstance(value, origin)
+        return isinstance(value, kind)
+
+    hints = typing.get_type_hints(type(config))
+    problems = []
+    for field in dataclasses.fields(config):
+        kind, value = hints[field.name], getattr(config, field.name)
+        if not accepts(kind, value):
+            problems.append(f"{type(config).__name__}.{field.name} must be "
+                            f"{getattr(kind, '__name__', kind)}; got {value!r}")
+    return problems
 
 
 def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
                      train: TrainConfig) -> None:
     """Fails before any work on values that would only break later (a gin binding or
-    flag can set any of them)."""
+    flag can set any of them): first the types, then the values."""
     from tf_instcls.callbacks.contrastive_prior import INIT_MODES
+
+    wrong = [p for config in (data, model, optim, train) for p in _type_problems(config)]
+    if wrong:
+        raise ValueError("bad configuration (wrong type): " + "; ".join(wrong))
 
     problems = []
 
@@ -186,6 +260,10 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
             problems.append(message)
 
     need(train.epochs >= 1, f"TrainConfig.epochs must be >= 1; got {train.epochs}")
+    try:
+        data.augment_config()
+    except (ValueError, TypeError) as err:
+        need(False, f"DataConfig augmentation: {err}")
     need(train.batch_size >= 1, f"TrainConfig.batch_size must be >= 1; got {train.batch_size}")
     need(0 <= train.smoothing < 1, f"TrainConfig.smoothing must be in [0, 1); got "
          f"{train.smoothing}")
@@ -206,14 +284,15 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
          f"{model.method!r}")
     need(model.num_sampled >= 1, "ModelConfig.num_sampled must be >= 1")
     need(model.npid_noise >= 0, "ModelConfig.npid_noise must be >= 0")
-    need(model.npid_temperature > 0, "ModelConfig.npid_temperature must be > 0")
     need(model.npid_z_estimate in ("first", "epoch", "step"), "ModelConfig.npid_z_estimate "
          f"must be 'first', 'epoch' or 'step'; got {model.npid_z_estimate!r}")
-    need(model.simclr_temperature > 0, "ModelConfig.simclr_temperature must be > 0")
     need(0 <= model.npid_momentum < 1, "ModelConfig.npid_momentum must be in [0, 1)")
-    need(model.method == "full" or train.smoothing == 0 or train.num_hard_negatives == 0,
+    need(train.smoothing == 0 or train.num_hard_negatives >= 1, "TrainConfig.smoothing = "
+         f"{train.smoothing} needs hard negatives: set TrainConfig.num_hard_negatives >= 1 "
+         "(the paper: 100) or smoothing = 0")
+    need(model.method == "full" or train.smoothing == 0,
          f"ModelConfig.method = {model.method!r} has no label smoothing: set "
-         "TrainConfig.smoothing = 0 (or num_hard_negatives = 0)")
+         "TrainConfig.smoothing = 0")
     need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
     need(model.chunk_size is None or model.chunk_size >= 1, "ModelConfig.chunk_size must be "
          "None or >= 1")
@@ -235,6 +314,23 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
         raise ValueError("bad configuration: " + "; ".join(problems))
 
 
+def validate_against_data(model: ModelConfig, train: TrainConfig, n: int, dataset: str):
+    """The values that must be smaller than the number of training images N."""
+    problems = []
+    if train.smoothing > 0 and train.num_hard_negatives >= n:
+        problems.append(f"TrainConfig.num_hard_negatives = {train.num_hard_negatives} must be "
+                        f"< N (each image has N - 1 others)")
+    if model.method == "sampled" and model.num_sampled >= n:
+        problems.append(f"ModelConfig.num_sampled = {model.num_sampled} must be < N: a "
+                        "sample that size covers every class, which is method 'full'")
+    if model.method == "npid" and model.npid_noise >= n:
+        problems.append(f"ModelConfig.npid_noise = {model.npid_noise} must be < N (NPID "
+                        "draws m << N noise samples; m = 0 is the full non-parametric softmax)")
+    if problems:
+        raise ValueError(f"bad configuration for {dataset} (N = {n} training images): "
+                         + "; ".join(problems))
+
+
 def _sources(cfg: DataConfig, seed: int):
     source = data_lib.load_source(cfg.dataset, skip_corrupt=cfg.skip_corrupt_images)
     if cfg.eval_dataset:
@@ -248,11 +344,18 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
                 train: TrainConfig, mesh) -> TrainState:
     """Everything of a run, restored from ``model_dir`` when a checkpoint exists."""
     validate_configs(data, model, optim, train)
-    os.makedirs(model_dir, exist_ok=True)
     if train.batch_size % mesh.size:
-        raise ValueError(f"batch_size {train.batch_size} not divisible by {mesh.size} devices")
+        raise ValueError(f"TrainConfig.batch_size {train.batch_size} is not divisible by the "
+                         f"{mesh.size} devices of the mesh: use a multiple of {mesh.size}"
+                         + (" (or fewer devices)" if mesh.size > train.batch_size else ""))
     train_source, eval_source = _sources(data, train.seed)
-    steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
+    try:
+        steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
+    except ValueError as err:
+        raise ValueError(f"{data.dataset}: {err}; use TrainConfig.batch_size <= "
+                         f"{train_source.num_images}") from None
+    validate_against_data(model, train, train_source.num_images, data.dataset)
+    os.makedirs(model_dir, exist_ok=True)
     run_info = {
         "num_instances": train_source.num_images, "embedding_dim": model.embedding_dim,
         "backbone": model.backbone, "backbone_width": model.backbone_width,
@@ -407,9 +510,7 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
                               smoothing=train.smoothing, hard_table=state.hard_table,
                               model_config=state.model_config, seed=train.seed,
                               npid_z=state.npid_z, steps_per_epoch=state.steps_per_epoch)
-    augment = data_lib.AugmentConfig(
-        image_size=data.image_size, crop_scale=tuple(data.crop_scale), blur_prob=data.blur_prob
-    )
+    augment = data.augment_config()
     # The prior runs first: the kNN monitor's "at initialisation" then sees the network
     # the training really starts from (BN statistics included).
     own = [cb.ContrastivePrior(state, mode=train.init_mode),
@@ -432,21 +533,25 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     start = state.last_step = state.step
     logs: dict = {}
     callback_list.on_train_begin({"step": start})
-    for epoch in range(start // state.steps_per_epoch, train.epochs):
+    start_epoch = start // state.steps_per_epoch
+    # One pipeline for every remaining epoch: built once, prefetching across epochs.
+    batches = iter(data_lib.make_train_dataset(
+        state.train_source, augment, global_batch_size=train.batch_size, epoch=start_epoch,
+        start_step=start - start_epoch * state.steps_per_epoch, seed=train.seed,
+        process_index=process_index, process_count=process_count,
+        last_epoch=max(train.epochs, start_epoch + 1),
+    )) if start_epoch < train.epochs else iter(())
+    for epoch in range(start_epoch, train.epochs):
         state.epoch = epoch
         state.epoch_results = {}  # callbacks add results for this epoch here
         epoch_start = time.perf_counter()
         first = state.step - epoch * state.steps_per_epoch
         callback_list.on_epoch_begin(epoch)
-        dataset = data_lib.make_train_dataset(
-            state.train_source, augment, global_batch_size=train.batch_size, epoch=epoch,
-            start_step=first, seed=train.seed, process_index=process_index,
-            process_count=process_count,
-        )
         sums = {"loss": 0.0, "instance_acc": 0.0}
         count = skips = 0
         tick = time.perf_counter()
-        for batch_index, batch in enumerate(dataset, start=first):
+        for batch_index in range(first, state.steps_per_epoch):
+            batch = next(batches)
             callback_list.on_train_batch_begin(batch_index)
             metrics = step_fn(
                 layouts.pack_local_batch(batch["images"], image_layout),
@@ -470,7 +575,15 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
                 sums[key] += logs[key]
             count += 1
             callback_list.on_train_batch_end(batch_index, logs)
-        epoch_logs = {k: v / max(count, 1) for k, v in sums.items()}
+        # The epoch's means over its finite steps; an epoch whose every step was
+        # skipped has none (not 0.0) and says so.
+        epoch_logs = {k: v / count for k, v in sums.items()} if count else {}
+        if count < state.steps_per_epoch - first:
+            epoch_logs["skipped_steps"] = state.steps_per_epoch - first - count
+            if not count:
+                logging.warning("epoch %d: every step was skipped (non-finite loss or "
+                                "gradient); no loss or instance accuracy is recorded for it",
+                                epoch + 1)
         epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step,
                           train_seconds=time.perf_counter() - epoch_start,
                           **state.epoch_results)  # e.g. mining_seconds

@@ -55,7 +55,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         out = encoder(views, training=True)
         if name == "simclr":
             loss, hit = nt_xent_loss(out["embedding"], mesh=classifier.mesh,
-                                     temperature=model_config.simclr_temperature)
+                                     temperature=model_config.temperature)
         elif name == "sampled":
             sampled = _draw(model_config.num_sampled, classifier.num_instances, seed, global_step)
             loss, hit = sampled_instance_classification_loss(
@@ -75,7 +75,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             loss, estimate, hit = npid_nce_loss(
                 out["embedding"], view_ids, classifier.class_weights, noise,
                 log_z=stored, estimate_now=stale,
-                temperature=model_config.npid_temperature,
+                temperature=classifier.temperature,
                 valid_classes=classifier.num_instances, proximal=model_config.npid_proximal)
             log_z.assign(keep_or_replace(stale, estimate, stored))
             z_epoch.assign(tf.cast(keep_or_replace(stale, tf.cast(epoch, tf.float32),
@@ -84,8 +84,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
             weights = classifier.class_weights
             loss, hit = instance_classification_loss_and_accuracy(
                 out["embedding"], view_ids, weights,
-                temperature=(model_config.npid_temperature if name == "npid"
-                             else classifier.temperature),
+                temperature=classifier.temperature,
                 hard_negatives=hard, smoothing=smoothing if hard is not None else 0.0,
                 chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances,
             )
