@@ -110,6 +110,12 @@ def test_train_binary_on_two_processes_matches_one_process_on_four_devices(tmp_p
     outs = _finish(_start_train_clients(multi, ["--epochs=2"]))
     for stdout, stderr in outs:
         assert "kNN top-1" in stdout, stderr[-3000:]
+    # one writer per file: one run_info.json, one TensorBoard event file, no temp files
+    files = [os.path.relpath(os.path.join(d, f), multi) for d, _, fs in os.walk(multi)
+             for f in fs]
+    assert files.count("run_info.json") == 1
+    assert len([f for f in files if f.startswith("tb" + os.sep)]) == 1, files
+    assert not [f for f in files if f.endswith(".tmp") or ".tmp" + os.sep in f], files
     single = tmp_path / "single"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])

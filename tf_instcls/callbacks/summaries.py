@@ -5,13 +5,18 @@ import os
 import keras
 import tensorflow as tf
 
+from tf_instcls import parallel
+
 
 class ScalarSummaries(keras.callbacks.Callback):
+    """Written by process 0 only (every process sees the same global values)."""
+
     def __init__(self, state, every_steps: int = 10):
         super().__init__()
         self.state = state
         self.every_steps = every_steps
-        self.writer = tf.summary.create_file_writer(os.path.join(state.model_dir, "tb"))
+        self.writer = (tf.summary.create_file_writer(os.path.join(state.model_dir, "tb"))
+                       if parallel.process_index() == 0 else tf.summary.create_noop_writer())
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.state.step

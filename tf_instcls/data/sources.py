@@ -228,6 +228,21 @@ def load_folder(root: str, *, skip_corrupt: bool = False, verify: bool = True) -
     )
 
 
+def _tfds_labels(name, split, data_dir, image_key, label_key, count) -> np.ndarray:
+    """Every label of a TFDS split, read without decoding a single image: a second
+    data source whose image feature is skipped (its bytes are not even decoded)."""
+    import tensorflow_datasets as tfds
+
+    skip = tfds.data_source(name, split=split, data_dir=data_dir,
+                            decoders={image_key: tfds.decode.SkipDecoding()})
+    labels = np.empty(count, np.int64)
+    for i in range(count):
+        labels[i] = skip[i][label_key]
+        if (i + 1) % 100_000 == 0:
+            logging.info("read %d / %d labels of tfds:%s:%s", i + 1, count, name, split)
+    return labels
+
+
 def load_tfds(name: str, split: str = "train", data_dir: str | None = None) -> ImageSource:
     """A TFDS image dataset with random access (``tfds.data_source``), ids in split order."""
     import tensorflow_datasets as tfds
@@ -244,7 +259,7 @@ def load_tfds(name: str, split: str = "train", data_dir: str | None = None) -> I
     label_key = "label" if "label" in info.features else None
     labels = None
     if label_key is not None:
-        labels = np.array([source[i][label_key] for i in range(len(source))], np.int64)
+        labels = _tfds_labels(name, split, data_dir, image_key, label_key, len(source))
 
     def loader(index):
         return source[index][image_key]

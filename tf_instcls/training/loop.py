@@ -79,6 +79,12 @@ class ModelConfig:
     # the first step of every epoch, so it follows the bank as the bank fills up;
     # "step" uses every step's own estimate (self-normalised NCE).
     npid_z_estimate: str = "epoch"
+    # The backbone and head's compute dtype (Keras mixed-precision policy): "float32" or
+    # "mixed_bfloat16" (bfloat16 compute, float32 variables). W, its momentum, the
+    # softmax and both encoder outputs stay float32, so checkpoints, evaluation and the
+    # export are float32 whatever is set here. "mixed_float16" needs loss scaling, which
+    # the custom train step does not have yet: refused.
+    precision: str = "float32"
 
 
 @dataclasses.dataclass
@@ -293,6 +299,10 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.method == "full" or train.smoothing == 0,
          f"ModelConfig.method = {model.method!r} has no label smoothing: set "
          "TrainConfig.smoothing = 0")
+    need(model.precision in ("float32", "mixed_bfloat16"), "ModelConfig.precision must be "
+         f"'float32' or 'mixed_bfloat16'; got {model.precision!r}"
+         + (" (float16 needs loss scaling, not implemented: use 'mixed_bfloat16')"
+            if model.precision == "mixed_float16" else ""))
     need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
     need(model.chunk_size is None or model.chunk_size >= 1, "ModelConfig.chunk_size must be "
          "None or >= 1")
@@ -373,7 +383,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
     encoder = models.build_encoder(
         model.backbone, data.image_size, embedding_dim=model.embedding_dim,
         head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
-        backbone_width=model.backbone_width,
+        backbone_width=model.backbone_width, precision=model.precision,
     )
     encoder_variables = layouts.replicate_model_variables(encoder, mesh)
     classifier = parallel.InstanceClassifier(
@@ -444,6 +454,8 @@ def _check_run_info(model_dir: str, run_info: dict) -> None:
                 f"{model_dir} holds a run with a different configuration; differences "
                 f"(checkpoint, now): {diff}. Use a new --model_dir."
             )
+        return
+    if parallel.process_index() != 0:  # one writer per file: process 0 writes it
         return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
