@@ -9,9 +9,10 @@ writes paper-layout Markdown + JSON.
 Grids: baselines (full + prior + smoothing; no smoothing; no prior; no MLP head;
 sampled 2^10; NPID full softmax; NPID NCE; SimCLR), table2, table3 (full vs sampled
 2^10..2^16), table4 (gaussian vs prior at --table4_epochs), table5 (K, alpha). Every run
-is ``tools/train.py`` in <work_dir>/<run>/seed<s>/: a finished run is not re-run, an interrupted one resumes from its
-checkpoint. kNN top-1 is the run's last kNN-monitor value (k = 200, T = 0.07 on the
-held-out split; the same numbers tools/eval_knn.py gives).
+is ``tools/train.py`` in <work_dir>/<run>/seed<s>/: a finished run is not re-run, an
+interrupted one resumes from its checkpoint. kNN top-1 is the run's last kNN-monitor
+value (k = 200, T = 0.07 on the held-out split; the same numbers tools/eval_knn.py
+gives).
 
 With ``--seeds=0,1,2`` every run is trained once per seed (``TrainConfig.seed``, in
 <work_dir>/<run>/seed<s>/) and a row reports mean +- sample std (ddof 1) over the
@@ -210,7 +211,8 @@ def main(argv):
     try:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError:
-        raise app.UsageError(f"--seeds must be integers, e.g. 0,1,2; got {FLAGS.seeds}")
+        raise app.UsageError(f"--seeds must be integers, e.g. 0,1,2; got {FLAGS.seeds}") \
+            from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise app.UsageError(f"--seeds must be distinct and at least one; got {FLAGS.seeds}")
     runs = grid(FLAGS.grid)

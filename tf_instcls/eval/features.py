@@ -14,7 +14,7 @@ from tf_instcls.training import watchdog
 
 # encoder -> {training: tf.function}. Weak keys, and each function reaches its encoder
 # through a weak reference: the cache never keeps an encoder (and its variables) alive.
-_INFER_FNS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_INFER_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _inference_fn(encoder, training=False):
