@@ -92,3 +92,15 @@ def test_batchnorm_statistics_are_over_the_global_batch():
     np.testing.assert_allclose(moving_mean, x.mean(0), rtol=1e-5)
     np.testing.assert_allclose(moving_var, x.var(0), rtol=1e-4)
     np.testing.assert_allclose(parallel.to_numpy(out), (x - x.mean(0)) / x.std(0), atol=1e-4)
+
+
+def test_the_epoch_line_is_readable_and_leaves_out_what_is_missing():
+    from tf_instcls.callbacks.progress import epoch_line
+
+    logs = {"epoch": 2.0, "loss": 5.12345, "instance_acc": 0.4567, "knn_top1": 61.234,
+            "lr": 0.0299, "train_seconds": 10.0, "mining_seconds": 0.15, "step": 93.0}
+    assert epoch_line(2, 120, logs, images=3968) == (
+        "epoch 3/120: loss 5.1235, instance acc 45.7%, kNN top-1 61.23%, lr 0.0299, "
+        "397 images/s, 10.0 s, mining 0.15 s")
+    skipped = epoch_line(0, 2, {"lr": 0.1, "train_seconds": 2.0, "skipped_steps": 5.0})
+    assert skipped == "epoch 1/2: lr 0.1, 2.0 s, 5 steps skipped (non-finite)"

@@ -11,6 +11,7 @@ class ProgressLogger(keras.callbacks.Callback):
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.start_step = self.state.step
         if self.verbose:
             print(f"Epoch {epoch + 1}/{self.state.epochs}", flush=True)
             self.bar = keras.utils.Progbar(self.state.steps_per_epoch, verbose=self.verbose,
@@ -26,6 +27,31 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.verbose and logs:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in logs.items()
-                              if isinstance(v, float))
-            print(f"epoch {epoch + 1}: {shown}", flush=True)
+            print(epoch_line(epoch, self.state.epochs, logs, self._images(logs)), flush=True)
+
+    def _images(self, logs) -> int:
+        steps = int(logs.get("step", self.state.step)) - getattr(self, "start_step", 0)
+        return steps * int(self.state.run_info.get("batch_size", 0))
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, images: int = 0) -> str:
+    """One readable line per epoch: loss, instance accuracy, kNN, lr, speed, time."""
+    parts = []
+    if "loss" in logs:
+        parts.append(f"loss {logs['loss']:.4f}")
+    if "instance_acc" in logs:
+        parts.append(f"instance acc {100 * logs['instance_acc']:.1f}%")
+    if "knn_top1" in logs:
+        parts.append(f"kNN top-1 {logs['knn_top1']:.2f}%")
+    if "lr" in logs:
+        parts.append(f"lr {logs['lr']:.4g}")
+    seconds = logs.get("train_seconds")
+    if seconds:
+        if images:
+            parts.append(f"{images / seconds:.0f} images/s")
+        parts.append(f"{seconds:.1f} s")
+    if logs.get("mining_seconds"):
+        parts.append(f"mining {logs['mining_seconds']:.2f} s")
+    if logs.get("skipped_steps"):
+        parts.append(f"{int(logs['skipped_steps'])} steps skipped (non-finite)")
+    return f"epoch {epoch + 1}/{epochs}: " + ", ".join(parts)
