@@ -268,3 +268,15 @@ def test_resume_from_a_relative_model_dir_keeps_its_checkpoints(tmp_path, monkey
     state = loop.build_state("run", **TINY, train=train, mesh=mesh)
     assert state.step == 5
     assert not os.path.exists(os.path.join("run", "checkpoints", "corrupt"))
+
+
+def test_many_checkpoints_log_no_retracing_warning_and_mining_traces_once(tmp_path, caplog):
+    """A healthy run's console: no retracing warnings from saving a checkpoint every
+    step, nor from mining every epoch."""
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 3})  # 15 saves, 3 minings
+    loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
+    retracing = [r.getMessage()[:160] for r in caplog.records if "retracing" in r.getMessage()]
+    assert retracing == []

@@ -105,3 +105,25 @@ def test_table_lookup_by_batch_ids_equals_numpy_indexing(devices, layout):
     if layout == "sharded" and devices > 1:
         local = [s.shape.as_list() for s in dtensor.unpack(variable.read_value())]
         assert local == [[4, 5]] * devices  # the table is sharded like W
+
+
+def test_mining_every_epoch_traces_its_function_once():
+    """The miner runs before every epoch: the same mesh and sizes reuse one traced
+    function (DTensor re-expanded a new one per epoch before), and the result still
+    follows W as it changes."""
+    from tf_instcls.mining import hardest
+    from tf_instcls.parallel import layouts
+
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(61, 8)).astype(np.float32)
+    variable, n = _sharded(w, 4)
+    for epoch in range(3):  # W changes between epochs, as in training
+        if epoch:
+            w = w + 0.5 * rng.normal(size=w.shape).astype(np.float32)
+            padded = np.zeros(variable.shape, np.float32)
+            padded[:n] = w
+            variable.assign(parallel.pack_sharded(padded, variable.layout))
+        _check(hardest_negatives(variable, 6, block_size=16, valid_rows=n), w, 6)
+    placement = layouts.class_weight_placement(variable)
+    block_fn = hardest._make_block_fn(placement, 64, n, 6, 16)
+    assert block_fn.experimental_get_tracing_count() == 1

@@ -72,7 +72,20 @@ def _normalize(class_weights):
     return w * tf.math.rsqrt(tf.maximum(square, 1e-12))  # [N, D]
 
 
+_BLOCK_FNS: dict = {}  # one traced function per (mesh, layout, sizes): not one per epoch
+
+
 def _make_block_fn(placement, total, n, k, local_rows):
+    # the mesh by its description: a variable's layout hands out a new Mesh object
+    mesh = placement.mesh.to_string() if placement.mesh is not None else None
+    key = (mesh, placement.sharded, placement.distributed, placement.row_shards, total, n,
+           k, local_rows)
+    if key not in _BLOCK_FNS:
+        _BLOCK_FNS[key] = _build_block_fn(placement, total, n, k, local_rows)
+    return _BLOCK_FNS[key]
+
+
+def _build_block_fn(placement, total, n, k, local_rows):
     shards = placement.row_shards
     # k + 1 per shard: the row itself is among them (cosine 1) and is dropped at the end;
     # this avoids a broadcast mask over [bs, N], a slow pass on CPU.

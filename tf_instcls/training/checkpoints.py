@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import glob
+import logging as std_logging
 import os
 import shutil
 
@@ -165,6 +166,21 @@ def _discard(prefix: str) -> None:
                 os.remove(os.path.join(directory, "checkpoint"))
     except (tf.errors.OpError, OSError) as err:
         logging.warning("could not drop %s from the checkpoint state: %s", prefix, err)
+
+
+class _SaverRetraceFilter:
+    """TensorFlow's checkpoint writer defines its tf.function inside ``save`` (a new one
+    per call), so every save after the fifth logs "5 out of the last 5 calls to
+    MultiDeviceSaver.save.<locals>.tf_function_save triggered tf.function retracing".
+    Nothing here can trace it once; the warning is dropped (any other retracing warning
+    still shows)."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "MultiDeviceSaver.save.<locals>.tf_function_save" not in record.getMessage()
+
+
+std_logging.getLogger("tensorflow").addFilter(_SaverRetraceFilter)
 
 
 def save(manager: tf.train.CheckpointManager, step: int) -> str:
