@@ -235,7 +235,7 @@ def test_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     resumed = subprocess.run(_train_cmd(tmp_path, "--epochs=3"), env=subprocess_env(),
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stderr
+    assert "resumed from" in resumed.stdout
 
 
 @pytest.mark.slow

@@ -162,4 +162,4 @@ def test_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
     no_knn = "--gin_bindings=TrainConfig.knn_every_epochs = 0"
     outs = _finish(_start_train_clients(model_dir, ["--epochs=2", no_knn]))
     for stdout, stderr in outs:
-        assert "resumed from" in stderr and "done" in stdout, stderr[-3000:]
+        assert "resumed from" in stdout and "done" in stdout, stderr[-3000:]

@@ -84,3 +84,31 @@ def test_bad_flags_and_bindings_fail_before_any_work(tmp_path):
                               capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert bad_flag.returncode != 0 and "batch_size" in bad_flag.stderr
     assert not (tmp_path / "y" / "checkpoints").exists()
+
+
+# TensorFlow's C++ lines printed before absl::InitializeLog() ignore TF_CPP_MIN_LOG_LEVEL
+# (abseil-cpp#1957, tensorflow#102212): start-up lines we cannot silence, left out here.
+_TF_PRE_INIT = ("WARNING: All log messages before absl::InitializeLog()", "I0000 00:00:",
+                "W0000 00:00:", "E0000 00:00:")
+
+
+def test_a_healthy_run_prints_a_short_console_with_no_error_line(tmp_path):
+    import re
+
+    env = dict(subprocess_env())
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user's shell: the tool sets its default
+    out = subprocess.run(_cmd(tmp_path / "run"), env=env, capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in (out.stdout + "\n" + out.stderr).split("\n")
+             if line.strip() and not line.startswith(_TF_PRE_INIT)]
+    errors = [line for line in lines if re.match(r"(E\d{4} |F\d{4} |ERROR|Traceback)", line)]
+    assert errors == [], errors
+    # Progress bars: one self-overwriting bar in a terminal; into a pipe Keras prints
+    # their updates as lines, which are not counted. The rest: 5 lines of
+    # configuration, per epoch "Epoch i/n" and its summary line, the result.
+    text = [line for line in lines if "\u2501" not in line and "\x08" not in line]
+    assert len(text) == 5 + 2 * 2 + 1, "\n".join(text)
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert lines[0].startswith("tf_instcls: full on digits (16 px)")
+    assert lines[-1].startswith("kNN top-1:")

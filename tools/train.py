@@ -16,6 +16,10 @@ import sys
 
 from absl import app, flags, logging
 
+# TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
+# TF_CPP_MIN_LOG_LEVEL=0 brings them back.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "digits.gin")],
@@ -56,9 +60,29 @@ def _parse_gin():
     return gin, loop, configs
 
 
+def _config_block(data, model, optim, train, mesh, model_dir) -> str:
+    """The run's configuration in one block (the full gin config: model_dir/config.gin)."""
+    width = f", width {model.backbone_width}" if model.backbone_width else ""
+    head = f"MLP head {model.head_hidden_dim} -> {model.embedding_dim}" if model.use_head \
+        else f"linear head -> {model.embedding_dim}"
+    smoothing = (f"smoothing alpha {train.smoothing}, K {train.num_hard_negatives}"
+                 if train.smoothing else "no smoothing")
+    return "\n".join([
+        f"tf_instcls: {model.method} on {data.dataset} ({data.image_size} px)",
+        f"  model   {model.backbone}{width}, {head}, tau {model.temperature}, "
+        f"{model.precision}",
+        f"  train   {train.epochs} epochs x batch {train.batch_size}, base lr "
+        f"{optim.base_learning_rate} per {optim.base_batch_size}, wd {optim.weight_decay}, "
+        f"init {train.init_mode}, {smoothing}",
+        f"  mesh    {mesh.size} {mesh.device_type()} device(s); W {model.classifier_layout}",
+        f"  output  {model_dir} (config.gin, metrics.jsonl, checkpoints/, tb/)"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # our and TF's INFO lines: with --verbosity=0
+        logging.set_verbosity(logging.WARNING)
     from tf_instcls import parallel
 
     if FLAGS.virtual_devices:
@@ -71,7 +95,7 @@ def main(argv):
     # multi-client: one mesh over every device of every process
     local = None if FLAGS.multi_client else (FLAGS.virtual_devices or None)
     mesh = parallel.build_mesh(local, device_type="CPU" if FLAGS.virtual_devices else None)
-    logging.info("mesh: %d %s devices; model_dir %s", mesh.size, mesh.device_type(), model_dir)
+    print(_config_block(data, model, optim, train, mesh, model_dir), flush=True)
     os.makedirs(model_dir, exist_ok=True)
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:

@@ -428,8 +428,8 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
             latest, checkpoint, classifier=classifier, encoder_variables=encoder_variables,
             optimizer=optimizer, global_step=global_step, hard_table=hard_table,
             hard_table_epoch=hard_table_epoch)
-        logging.info("resumed from %s (step %d, %s restore on %d devices)", latest,
-                     int(parallel.to_numpy(global_step)), how, mesh.size)
+        print(f"resumed from {latest} (step {int(parallel.to_numpy(global_step))}, {how} "
+              f"restore on {mesh.size} devices)", flush=True)
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
