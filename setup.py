@@ -1,10 +1,33 @@
 """tf_instcls: full instance classification for unsupervised representation learning."""
 
+import re
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """The one version, tf_instcls.__version__ (read, not imported: no TF at build)."""
+    with open("tf_instcls/__init__.py", encoding="utf-8") as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
 
 setup(
     name="tf_instcls",
-    version="0.1.0",
+    version=_version(),
+    license="Apache-2.0",
+    license_files=["LICENSE"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "License :: OSI Approved :: Apache Software License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+    keywords="self-supervised learning, instance discrimination, tensorflow, dtensor",
     description=(
         "One-million-way instance classification (Liu et al., AAAI 2021) and NPID on "
         "TensorFlow DTensor"
@@ -35,7 +58,7 @@ setup(
         "tf-instcls-results-table=tools.results_table:run",
     ]},
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6"],
+        "test": ["pytest>=8", "ruff>=0.6", "setuptools>=64"],  # setuptools: the wheel test
         "bench": ["faiss-cpu>=1.8"],  # tools/bench_mining.py compares against faiss
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
