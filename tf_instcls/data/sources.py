@@ -4,6 +4,9 @@
     npz:PATH            arrays ``x`` uint8 [n, h, w, c] (c = 1 or 3), optional ``y``
     folder:PATH         image files; class subfolders, if any, give evaluation labels
     tfds:NAME[:SPLIT]   any TFDS image dataset (downloads on the user's machine)
+    synthetic:N[:SIZE[:C]]  N distinct SIZE x SIZE images (default 32) generated from the
+                        id alone, inside tf.data, in O(1) memory; labels id % C if C given.
+                        For scale runs, benchmarks and smoke tests of a config.
 
 Instance ids are the index 0..N-1 in a fixed order (array order; sorted relative paths;
 TFDS split order) and never change between epochs, runs or resumes. Every source gives
@@ -30,7 +33,8 @@ class ImageSource:
     """N images with ids 0..N-1.
 
     Exactly one of ``images`` (uint8 [N, H, W, 3] in memory) or ``paths`` (files decoded
-    on the fly) or ``loader`` (random access by id, e.g. TFDS) is set.
+    on the fly) or ``loader`` (random access by id, e.g. TFDS) or ``tf_loader`` (a
+    TensorFlow function of the id, e.g. synthetic images) is set.
     """
 
     name: str
@@ -42,6 +46,7 @@ class ImageSource:
     loader: object | None = None
     class_names: list[str] | None = None
     skipped: list[str] = dataclasses.field(default_factory=list)
+    tf_loader: object | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -69,6 +74,8 @@ class ImageSource:
             paths=None if self.paths is None else [self.paths[i] for i in ids],
             loader=None if self.loader is None else _SubsetLoader(self.loader, ids),
             class_names=self.class_names,
+            tf_loader=None if self.tf_loader is None else _subset_tf_loader(self.tf_loader,
+                                                                            ids),
         )
 
     def load_fn(self, image_size: int | None):
@@ -95,6 +102,13 @@ class ImageSource:
                 return resize_uint8(image, image_size)
 
             return load
+        if self.tf_loader is not None:
+            generate = self.tf_loader
+
+            def load(index):
+                return resize_uint8(generate(index), image_size)
+
+            return load
         loader = self.loader
 
         def load(index):
@@ -105,6 +119,49 @@ class ImageSource:
             return resize_uint8(image, image_size)
 
         return load
+
+
+def _subset_tf_loader(tf_loader, ids):
+    table = tf.constant(np.asarray(ids, np.int64))
+    return lambda index: tf_loader(tf.gather(table, index))
+
+
+def synthetic_image(index, size: int):
+    """uint8 [size, size, 3], a pure function of the id: a 4 x 4 grid of random colours,
+    smoothly upsampled, plus fine noise. Distinct ids give distinct images (48 + 3 size^2
+    independent draws); nothing is stored."""
+    seed = tf.stack([tf.cast(index, tf.int64), tf.constant(0x5EED, tf.int64)])
+    coarse_seed, fine_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    coarse = tf.random.stateless_uniform([1, 4, 4, 3], coarse_seed, 0.0, 255.0)
+    image = tf.image.resize(coarse, [size, size], method="bilinear")[0]
+    image += tf.random.stateless_uniform([size, size, 3], fine_seed, -24.0, 24.0)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def load_synthetic(spec: str) -> ImageSource:
+    """``N[:SIZE[:C]]`` (the part after ``synthetic:``)."""
+    parts = spec.split(":")
+    try:
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        n = int(parts[0])
+        size = int(parts[1]) if len(parts) > 1 else 32
+        classes = int(parts[2]) if len(parts) > 2 else None
+    except ValueError:
+        raise ValueError(f"bad synthetic dataset spec 'synthetic:{spec}'; expected "
+                         "'synthetic:N[:SIZE[:C]]' with integers, e.g. synthetic:200000:16 "
+                         "or synthetic:50000:32:10") from None
+    if n < 1 or size < 8 or (classes is not None and not 2 <= classes <= n):
+        raise ValueError(f"synthetic:{spec}: needs N >= 1, SIZE >= 8 and 2 <= C <= N; got "
+                         f"N = {n}, SIZE = {size}, C = {classes}")
+    labels = None
+    if classes is not None:
+        labels = np.arange(n, dtype=np.int64) % classes
+    return ImageSource(
+        name=f"synthetic:{spec}", num_images=n, image_size=(size, size), labels=labels,
+        tf_loader=lambda index: synthetic_image(index, size),
+        class_names=None if classes is None else [str(c) for c in range(classes)],
+    )
 
 
 class _SubsetLoader:
@@ -285,9 +342,11 @@ def load_source(spec: str, *, skip_corrupt: bool = False) -> ImageSource:
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
         return load_tfds(name, split or "train")
+    if kind == "synthetic" and rest:
+        return load_synthetic(rest)
     raise ValueError(
-        f"unknown dataset spec {spec!r}; expected 'digits', 'npz:PATH', 'folder:PATH' or "
-        "'tfds:NAME[:SPLIT]'"
+        f"unknown dataset spec {spec!r}; expected 'digits', 'npz:PATH', 'folder:PATH', "
+        "'tfds:NAME[:SPLIT]' or 'synthetic:N[:SIZE[:C]]'"
     )
 
 
