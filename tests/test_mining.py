@@ -127,3 +127,14 @@ def test_mining_every_epoch_traces_its_function_once():
     placement = layouts.class_weight_placement(variable)
     block_fn = hardest._make_block_fn(placement, 64, n, 6, 16)
     assert block_fn.experimental_get_tracing_count() == 1
+
+
+def test_mining_tells_the_watchdog_after_every_block(monkeypatch):
+    """Exact mining at large N outlasts the step timeout: each query block is progress."""
+    from tf_instcls.training import watchdog
+
+    beats = []
+    monkeypatch.setattr(watchdog, "beat", lambda: beats.append(1))
+    w = np.random.default_rng(3).normal(size=(61, 8)).astype(np.float32)
+    _check(hardest_negatives(tf.constant(w), 5, block_size=16), w, 5)
+    assert len(beats) == 4  # ceil(61 / 16) blocks

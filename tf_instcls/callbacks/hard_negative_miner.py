@@ -31,8 +31,10 @@ class HardNegativeMiner(keras.callbacks.Callback):
             return
         clf = state.classifier
         start = time.perf_counter()
+        # a bar only when mining is long enough to wonder about (> 8 query blocks)
         table = hardest_negatives(clf.class_weights, state.hard_table.shape[1],
-                                  block_size=self.block_size, valid_rows=clf.num_instances)
+                                  block_size=self.block_size, valid_rows=clf.num_instances,
+                                  progress=clf.num_instances > 8 * 4096)
         clf.assign_table(state.hard_table, table)
         state.hard_table_epoch.assign(
             parallel.pack_sharded(epoch, parallel.replicated_layout(clf.mesh, 0))
