@@ -13,7 +13,7 @@ r"""The issue-14 protocol, end to end, for one recipe and several seeds:
   python tools/run_recipe.py --work_dir=runs/recipe_simclr --seeds=0 \
       --gin_file=gin/cifar10_subset_npz.gin --gin_file=gin/ablations/simclr.gin
 
-Writes <work_dir>/recipe.json (one row per seed, plus mean and std) and recipe.md.
+Writes <work_dir>/recipe.json (one row per seed, plus mean and sample std) and recipe.md.
 A finished seed is not rerun. Run nothing else heavy beside it: wall time is a result.
 """
 
@@ -135,7 +135,9 @@ def summarise(results: list[dict]) -> dict:
         values = [_find(r["knn"], kind, representation) for r in results]
         values = [v for v in values if v is not None]
         if values:
-            summary[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+            # sample std (ddof 1): the seed-to-seed spread an effect must exceed
+            summary[name] = {"mean": float(np.mean(values)),
+                             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                              "values": values}
     walls = [r["train_wall_s"] for r in results]
     summary["train_wall_s"] = {"mean": float(np.mean(walls)), "values": walls}
