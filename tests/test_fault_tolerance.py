@@ -280,3 +280,24 @@ def test_many_checkpoints_log_no_retracing_warning_and_mining_traces_once(tmp_pa
     loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
     retracing = [r.getMessage()[:160] for r in caplog.records if "retracing" in r.getMessage()]
     assert retracing == []
+
+
+def test_every_step_is_logged_before_its_checkpoint_is_written(tmp_path, monkeypatch):
+    """A kill between a checkpoint and its step's log line would lose that line for
+    good (the resume starts after it): the line must come first."""
+    import json
+
+    real_save = checkpoints.save
+    missing = []
+
+    def save(manager, step):
+        with open(tmp_path / "steps.jsonl") as f:
+            logged = {json.loads(line)["step"] for line in f if line.strip()}
+        if step not in logged:
+            missing.append(step)
+        return real_save(manager, step)
+
+    monkeypatch.setattr(checkpoints, "save", save)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "log_steps": True})
+    loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
+    assert missing == []

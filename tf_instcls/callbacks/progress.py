@@ -27,6 +27,7 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.verbose and logs:
+            logs = {**logs, **self.state.epoch_results}  # e.g. this epoch's kNN
             print(epoch_line(epoch, self.state.epochs, logs, self._images(logs)), flush=True)
 
     def _images(self, logs) -> int:

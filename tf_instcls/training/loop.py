@@ -525,16 +525,21 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     augment = data.augment_config()
     # The prior runs first: the kNN monitor's "at initialisation" then sees the network
     # the training really starts from (BN statistics included).
+    # Order matters (each hook runs in this order): the prior before the kNN monitor's
+    # "at initialisation"; mining before the epoch's bar; the kNN result before the
+    # epoch's record and line; a step's and an epoch's record written BEFORE their
+    # checkpoint, so a kill between the two replays the step instead of losing its line.
     own = [cb.ContrastivePrior(state, mode=train.init_mode),
-           cb.ProgressLogger(state, verbose=train.verbose),
            *([cb.HardNegativeMiner(state, period=train.mining_period)]
-             if state.hard_table is not None else []),
-           cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps)]
+             if state.hard_table is not None else [])]
     if (state.eval_source is not None and state.train_source.labels is not None
             and train.knn_every_epochs > 0):
         own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,
                                  every_epochs=train.knn_every_epochs))
-    own += [cb.MetricsWriter(state, log_steps=train.log_steps), cb.ScalarSummaries(state)]
+    own += [cb.MetricsWriter(state, log_steps=train.log_steps),
+            cb.ProgressLogger(state, verbose=train.verbose),
+            cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps),
+            cb.ScalarSummaries(state)]
     callback_list = keras.callbacks.CallbackList(
         own + list(callbacks), add_history=False, add_progbar=False, model=state.encoder
     )
