@@ -74,11 +74,13 @@ class ModelConfig:
     npid_noise: int = 4096  # m of NCE; 0: the full non-parametric softmax
     npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
     npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
-    # NCE's normalising constant Z: "first" estimates it once, on the first step, as
-    # NPID's code (against a random bank at a fresh start); "epoch" re-estimates it on
-    # the first step of every epoch, so it follows the bank as the bank fills up;
-    # "step" uses every step's own estimate (self-normalised NCE).
-    npid_z_estimate: str = "epoch"
+    # NCE's normalising constant Z: "step" (default) uses every step's own estimate
+    # (self-normalised NCE: the gradient is bounded by 2 / t); "first" estimates it once,
+    # on the first step, as NPID's code; "epoch" re-estimates it on each epoch's first
+    # step. Measured on the 4,068-image split (WORKSPACE.md, NPID with NCE): "first"
+    # diverges (the bank fills in 32 steps, Z stays that of a random bank), "epoch"
+    # collapses the features to one direction, "step" neither.
+    npid_z_estimate: str = "step"
     # The backbone and head's compute dtype (Keras mixed-precision policy): "float32" or
     # "mixed_bfloat16" (bfloat16 compute, float32 variables). W, its momentum, the
     # softmax and both encoder outputs stay float32, so checkpoints, evaluation and the
