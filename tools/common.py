@@ -16,6 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def spread(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1; None for one value) of the non-missing values: the
+    seed-to-seed spread of run_recipe and run_ablation."""
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
 def subprocess_env() -> dict:
     """Environment for a child tool process: quiet TF logs, this checkout importable."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

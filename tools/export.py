@@ -17,9 +17,7 @@ import sys
 
 from absl import app, flags
 
-# TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
-# TF_CPP_MIN_LOG_LEVEL=0 brings them back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tools import common  # noqa: F401  (TensorFlow's C++ log level, set before TF loads)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "The pretraining run's --model_dir.")

@@ -31,10 +31,10 @@ import sys
 import time
 from typing import NamedTuple
 
-import numpy as np
 from absl import app, flags
 
 from tools import common
+from tools.common import spread
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -128,14 +128,6 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                 for k, a in ((0, 0.0), (100, 0.1), (100, 0.2), (100, 0.3), (50, 0.2),
                              (200, 0.2))]
     raise app.UsageError(f"unknown --grid {name!r}")
-
-
-def spread(values: list) -> tuple[float | None, float | None]:
-    """Mean and sample std (ddof 1; None for one value) of the non-missing values."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
 def effect(row: dict, reference: dict) -> str:

@@ -135,10 +135,8 @@ def summarise(results: list[dict]) -> dict:
         values = [_find(r["knn"], kind, representation) for r in results]
         values = [v for v in values if v is not None]
         if values:
-            # sample std (ddof 1): the seed-to-seed spread an effect must exceed
-            summary[name] = {"mean": float(np.mean(values)),
-                             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                             "values": values}
+            mean, std = common.spread(values)  # sample std: the seed-to-seed spread
+            summary[name] = {"mean": mean, "std": std or 0.0, "values": values}
     walls = [r["train_wall_s"] for r in results]
     summary["train_wall_s"] = {"mean": float(np.mean(walls)), "values": walls}
     summary["instances_per_s"] = float(np.mean([r["instances_per_s"] for r in results]))

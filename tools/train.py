@@ -16,9 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
-# TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
-# TF_CPP_MIN_LOG_LEVEL=0 brings them back.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tools import common  # noqa: F401  (TensorFlow's C++ log level, set before TF loads)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
