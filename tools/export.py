@@ -33,8 +33,12 @@ flags.mark_flag_as_required("model_dir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from tf_instcls import export
+    import time
 
+    from tf_instcls import export
+    from tf_instcls.training import stages
+
+    start = time.perf_counter()
     try:
         restored = export.restore_encoder(FLAGS.model_dir, FLAGS.checkpoint)
     except (FileNotFoundError, ValueError) as err:
@@ -47,6 +51,9 @@ def main(argv):
         )
     except (FileExistsError, ValueError) as err:
         raise app.UsageError(str(err)) from err
+    # the export's time and memory beside the run's other stages (its stages.jsonl)
+    stages.record(FLAGS.model_dir, "export", time.perf_counter() - start, step=restored.step,
+                  path=str(path))
     print(f"exported step {restored.step} ({restored.checkpoint_path}) to {path}", flush=True)
 
 

@@ -26,8 +26,11 @@ flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"TrainConfig.
 flags.DEFINE_string("model_dir", None, "Checkpoints, metrics.jsonl, TensorBoard, gin config "
                     "(default: runs/<gin file name>).")
 flags.DEFINE_string("dataset", None, "Overrides DataConfig.dataset: digits | npz:PATH | "
-                    "folder:PATH | tfds:NAME[:SPLIT].")
+                    "folder:PATH | tfds:NAME[:SPLIT] | synthetic:N[:SIZE[:C]].")
 flags.DEFINE_integer("epochs", None, "Overrides TrainConfig.epochs.", lower_bound=1)
+flags.DEFINE_integer("max_steps", None, "Overrides TrainConfig.max_steps: stop (with a "
+                     "checkpoint) at this global step; rerun with a larger value to go on.",
+                     lower_bound=0)
 flags.DEFINE_integer("batch_size", None, "Overrides TrainConfig.batch_size (instances per "
                      "step; each gives two views).", lower_bound=1)
 flags.DEFINE_integer("virtual_devices", 0, "T virtual CPU devices for the mesh; 0 = the "
@@ -47,6 +50,8 @@ def _parse_gin():
         bindings.append(f"TrainConfig.epochs = {FLAGS.epochs}")
     if FLAGS.batch_size is not None:
         bindings.append(f"TrainConfig.batch_size = {FLAGS.batch_size}")
+    if FLAGS.max_steps is not None:
+        bindings.append(f"TrainConfig.max_steps = {FLAGS.max_steps}")
     for path in FLAGS.gin_file:
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")
@@ -102,7 +107,9 @@ def main(argv):
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
-    if not logs:  # resumed at the end: no epoch ran
+    if "stopped_at_step" in logs:
+        pass  # the loop said where it stopped and how to go on
+    elif not logs:  # resumed at the end: no epoch ran
         print(f"nothing to do: the run in {model_dir} has already finished its "
               f"{train.epochs} epochs (results in its metrics.jsonl)", flush=True)
     elif "knn_top1" in logs:

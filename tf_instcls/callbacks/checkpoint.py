@@ -1,9 +1,11 @@
 """Checkpoints every epoch and every M steps (W saved sharded, never gathered)."""
 
+import os
+
 import keras
 from absl import logging
 
-from tf_instcls.training import checkpoints
+from tf_instcls.training import checkpoints, stages
 
 
 class CheckpointSaver(keras.callbacks.Callback):
@@ -26,7 +28,10 @@ class CheckpointSaver(keras.callbacks.Callback):
         step = self.state.step
         if step == self.saved_step:
             return
-        path = checkpoints.save(self.state.manager, step)
+        with stages.timed(self.state.model_dir, "checkpoint", step=step) as fields:
+            path = checkpoints.save(self.state.manager, step)
+            fields["bytes"] = stages.directory_bytes(os.path.dirname(path),
+                                                     os.path.basename(path) + ".")
         self.saved_step = step
         logging.info("saved checkpoint %s", path)
 
@@ -35,4 +40,7 @@ class CheckpointSaver(keras.callbacks.Callback):
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
+        self._save()
+
+    def on_train_end(self, logs=None):  # a stop at TrainConfig.max_steps, inside an epoch
         self._save()

@@ -10,6 +10,7 @@ import numpy as np
 from absl import logging
 
 from tf_instcls.eval.features import extract_features
+from tf_instcls.training import stages
 
 INIT_MODES = ("gaussian", "prior_fixed_bn", "prior_running_bn")
 
@@ -36,11 +37,13 @@ class ContrastivePrior(keras.callbacks.Callback):
             return
         logging.info("contrastive prior (%s): embedding %d images", self.mode,
                      self.state.train_source.num_images)
-        rows = prior_embeddings(self.state.encoder, self.state.train_source,
-                                self.state.image_size, self.state.mesh,
-                                running_bn=self.mode == "prior_running_bn",
-                                batch_size=self.batch_size)
-        self.state.classifier.assign_rows(rows)
+        with stages.timed(self.state.model_dir, "prior", mode=self.mode,
+                          images=self.state.train_source.num_images):
+            rows = prior_embeddings(self.state.encoder, self.state.train_source,
+                                    self.state.image_size, self.state.mesh,
+                                    running_bn=self.mode == "prior_running_bn",
+                                    batch_size=self.batch_size)
+            self.state.classifier.assign_rows(rows)
 
 
 def prior_embeddings(encoder, source, image_size, mesh, *, running_bn: bool,

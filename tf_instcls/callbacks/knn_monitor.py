@@ -7,6 +7,7 @@ from tf_instcls import parallel
 from tf_instcls.eval import geometry
 from tf_instcls.eval.features import extract_features
 from tf_instcls.eval.knn import weighted_knn
+from tf_instcls.training import stages
 
 _GEOMETRY_MAX_ROWS = 1 << 21  # W is copied to the host for its statistics
 
@@ -27,6 +28,10 @@ class KNNMonitor(keras.callbacks.Callback):
         self.k, self.temperature, self.every_epochs = k, temperature, every_epochs
 
     def evaluate(self) -> dict:
+        with stages.timed(self.state.model_dir, "knn", epoch=self.state.epoch):
+            return self._evaluate()
+
+    def _evaluate(self) -> dict:
         s = self.state
         bank = extract_features(s.encoder, s.train_source, s.image_size, s.mesh)
         query = extract_features(s.encoder, s.eval_source, s.image_size, s.mesh)

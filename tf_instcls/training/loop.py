@@ -20,7 +20,7 @@ from tensorflow.experimental import dtensor
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
 from tf_instcls.parallel import layouts
-from tf_instcls.training import checkpoints, watchdog
+from tf_instcls.training import checkpoints, stages, watchdog
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
 from tf_instcls.training.step import TRAINS_W, make_train_step
@@ -124,6 +124,10 @@ class TrainConfig:
     max_consecutive_skips: int = 10  # "skip": stop after this many non-finite steps in a row
     step_timeout_s: float = 900.0  # exit with an error after this long without progress; 0: off
     verbose: int = 1
+    # Stop (with a checkpoint) once the global step reaches this; 0: no limit. The
+    # schedule is still that of `epochs`, so rerunning with a larger max_steps (or 0)
+    # continues the same run exactly: scale runs and smoke tests of long configs.
+    max_steps: int = 0
 
 
 class WorkerLostError(RuntimeError):
@@ -284,6 +288,7 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(train.checkpoint_every_steps >= 0, "TrainConfig.checkpoint_every_steps must be >= 0")
     need(train.mining_period >= 1, "TrainConfig.mining_period must be >= 1")
     need(train.step_timeout_s >= 0, "TrainConfig.step_timeout_s must be >= 0")
+    need(train.max_steps >= 0, "TrainConfig.max_steps must be >= 0 (0: no limit)")
     need(train.knn_every_epochs >= 0, "TrainConfig.knn_every_epochs must be >= 0")
     need(model.classifier_layout in ("sharded", "replicated"), "ModelConfig.classifier_layout "
          f"must be 'sharded' or 'replicated'; got {model.classifier_layout!r}")
@@ -426,10 +431,15 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir,
                                          max_to_keep=train.keep_checkpoints)
     if latest:
-        how = checkpoints.restore(
-            latest, checkpoint, classifier=classifier, encoder_variables=encoder_variables,
-            optimizer=optimizer, global_step=global_step, hard_table=hard_table,
-            hard_table_epoch=hard_table_epoch)
+        with stages.timed(model_dir, "restore", checkpoint=os.path.basename(latest),
+                          bytes=stages.directory_bytes(
+                              ckpt_dir, os.path.basename(latest) + ".")) as fields:
+            how = checkpoints.restore(
+                latest, checkpoint, classifier=classifier,
+                encoder_variables=encoder_variables, optimizer=optimizer,
+                global_step=global_step, hard_table=hard_table,
+                hard_table_epoch=hard_table_epoch)
+            fields["step"] = int(parallel.to_numpy(global_step))
         print(f"resumed from {latest} (step {int(parallel.to_numpy(global_step))}, {how} "
               f"restore on {mesh.size} devices)", flush=True)
     return TrainState(
@@ -491,7 +501,9 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
 
     if train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    state = build_state(model_dir, data, model, optim, train, mesh)
+    with stages.timed(model_dir, "startup", devices=mesh.size) as fields:
+        state = build_state(model_dir, data, model, optim, train, mesh)
+        fields.update(num_instances=state.train_source.num_images, step=state.step)
     if not train.step_timeout_s:
         return _train(state, data, optim, train, mesh, callbacks)
     describe = lambda: (f"Last step {state.last_step}; latest checkpoint "  # noqa: E731
@@ -551,8 +563,16 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
 
     start = state.last_step = state.step
     logs: dict = {}
+    stop_at = train.max_steps or total_steps
+    if start >= stop_at and start < total_steps:
+        print(f"nothing to do: the run in {state.model_dir} is at step {start}, at its "
+              f"max_steps {train.max_steps} (of {total_steps}); raise --max_steps or set "
+              "it to 0 to go on", flush=True)
+        return {"stopped_at_step": start}
     callback_list.on_train_begin({"step": start})
     start_epoch = start // state.steps_per_epoch
+    step_seconds: list[float] = []  # this process's step times (its first step traces)
+    traced = False
     # One pipeline for every remaining epoch: built once, prefetching across epochs.
     batches = iter(data_lib.make_train_dataset(
         state.train_source, augment, global_batch_size=train.batch_size, epoch=start_epoch,
@@ -569,7 +589,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
         sums = {"loss": 0.0, "instance_acc": 0.0}
         count = skips = 0
         tick = time.perf_counter()
-        for batch_index in range(first, state.steps_per_epoch):
+        last = min(state.steps_per_epoch, stop_at - epoch * state.steps_per_epoch)
+        for batch_index in range(first, last):
             batch = next(batches)
             callback_list.on_train_batch_begin(batch_index)
             metrics = step_fn(
@@ -589,11 +610,23 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
                 skips = 0
             now = time.perf_counter()
             logs["images_per_sec"] = train.batch_size / max(now - tick, 1e-9)
+            if traced:
+                step_seconds.append(now - tick)
+            traced = True
             tick = now
             for key in sums:
                 sums[key] += logs[key]
             count += 1
             callback_list.on_train_batch_end(batch_index, logs)
+        _record_steps(state.model_dir, step_seconds, epoch=epoch, step=state.step)
+        step_seconds = []
+        if last < state.steps_per_epoch:  # max_steps reached inside this epoch
+            callback_list.on_train_end({"stopped_at_step": state.step})
+            print(f"stopped at step {state.step} of {total_steps} (TrainConfig.max_steps); "
+                  "rerun with the same model_dir and a larger max_steps (or 0) to go on",
+                  flush=True)
+            return {"stopped_at_step": state.step,
+                    **({k: v / count for k, v in sums.items()} if count else {})}
         # The epoch's means over its finite steps; an epoch whose every step was
         # skipped has none (not 0.0) and says so.
         epoch_logs = {k: v / count for k, v in sums.items()} if count else {}
@@ -606,7 +639,26 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
         epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step,
                           train_seconds=time.perf_counter() - epoch_start,
                           **state.epoch_results)  # e.g. mining_seconds
+        if "mining_seconds" in state.epoch_results:  # mining's share of the epoch's time
+            epoch_logs["mining_share"] = (state.epoch_results["mining_seconds"]
+                                          / max(epoch_logs["train_seconds"], 1e-9))
         callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
         logs = {**epoch_logs, **state.epoch_results}
+        if state.step >= stop_at and state.step < total_steps:  # max_steps at an epoch end
+            callback_list.on_train_end({"stopped_at_step": state.step})
+            print(f"stopped at step {state.step} of {total_steps} (TrainConfig.max_steps)",
+                  flush=True)
+            return {**logs, "stopped_at_step": state.step}
     callback_list.on_train_end(logs)
     return logs
+
+
+def _record_steps(model_dir, seconds: list, **extra) -> None:
+    """A ``steps`` record in stages.jsonl: how many steps and how long each took."""
+    if not seconds:
+        return
+    ordered = sorted(seconds)
+    stages.record(model_dir, "steps", sum(seconds), count=len(seconds),
+                  median_s=round(ordered[len(ordered) // 2], 5),
+                  p90_s=round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 5),
+                  **extra)

@@ -1,0 +1,67 @@
+"""Child processes of the scale tools (run_scale, scale_curve): run one with its own wall
+time and peak memory, optionally SIGKILLed on a condition; read and summarise what a
+run wrote (steps.jsonl, stages.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+from tools import common
+
+
+def run_process(command: list, log_path: str, kill_when=None, poll_s: float = 2.0) -> dict:
+    """Runs ``command`` (output to ``log_path``); ``kill_when()`` true: SIGKILL it.
+    Returns its wall seconds, peak resident GiB (the child's own), return code."""
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                env=common.subprocess_env(), cwd=common.ROOT)
+        killed = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if kill_when is not None and not killed and kill_when():
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+            time.sleep(poll_s)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"command": command, "log": log_path, "seconds": time.perf_counter() - start,
+            "peak_rss_gib": usage.ru_maxrss * 1024 / 2**30, "returncode": proc.returncode,
+            "killed": killed}
+
+
+def logged_steps(model_dir: str) -> list[dict]:
+    path = os.path.join(model_dir, "steps.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip().endswith("}")]
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per stage: how often, total and median seconds, the largest peak RSS and bytes."""
+    out: dict = {}
+    for r in records:
+        s = out.setdefault(r["stage"], {"count": 0, "seconds": [], "peak_rss_gib": 0.0})
+        s["count"] += 1
+        s["seconds"].append(r["seconds"])
+        s["peak_rss_gib"] = max(s["peak_rss_gib"], r["peak_rss_gib"])
+        if "bytes" in r:
+            s["bytes"] = r["bytes"]
+        if r["stage"] == "steps":
+            s.setdefault("step_medians_s", []).append(r["median_s"])
+            s["steps"] = s.get("steps", 0) + r["count"]
+    for s in out.values():
+        ordered = sorted(s["seconds"])
+        s["total_s"] = sum(ordered)
+        s["median_s"] = ordered[len(ordered) // 2]
+        del s["seconds"]
+        if "step_medians_s" in s:
+            medians = sorted(s.pop("step_medians_s"))
+            s["step_median_s"] = medians[len(medians) // 2]
+    return out
