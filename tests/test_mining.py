@@ -61,6 +61,35 @@ def test_mesh_matches_brute_force_with_padding(devices, layout, k):
     assert got.max() < n, "padding rows are never negatives"
 
 
+@pytest.mark.parametrize("devices,layout", [(1, "sharded"), (4, "sharded"), (4, "replicated")])
+@pytest.mark.parametrize("group", [2, 3, 7])
+@pytest.mark.parametrize("k", [1, 6, 20])
+def test_two_stage_top_k_matches_brute_force(devices, layout, group, k):
+    """Groups of 2, 3 or 7 columns: whole, partial (padding inside a group) and padding
+    rows (203 -> 204 on 4 devices; 51 rows a shard, not a multiple of 2 or 7)."""
+    w = np.random.default_rng(group + k).normal(size=(203, 8)).astype(np.float32)
+    variable, n = _sharded(w, devices, layout)
+    got = hardest_negatives(variable, k, block_size=64, valid_rows=n, group_size=group)
+    _check(got, w, k)
+    plain = hardest_negatives(variable, k, block_size=64, valid_rows=n, group_size=0)
+    np.testing.assert_array_equal(got, plain)
+
+
+@pytest.mark.parametrize("group", [2, 5])
+def test_duplicate_rows_tie_to_the_lower_index_in_groups_too(group):
+    """Exact duplicates (cosine 1 in float32 too) across group and shard boundaries:
+    the grouped selection returns the plain top k's table, ties to the lower index."""
+    base = np.random.default_rng(5).normal(size=(40, 6)).astype(np.float32)
+    w = np.concatenate([base, base[:4], base[10:20], base[:4]])  # exact duplicates
+    variable, n = _sharded(w, 4)
+    got = hardest_negatives(variable, 12, block_size=16, valid_rows=n, group_size=group)
+    assert got[0, :2].tolist() == [40, 54]  # row 0's duplicates, lower index first
+    assert got[54, :2].tolist() == [0, 40]
+    plain = hardest_negatives(variable, 12, block_size=16, valid_rows=n, group_size=0)
+    np.testing.assert_array_equal(got, plain)
+    _check(got, w, 12)
+
+
 def test_duplicate_rows_tie_to_the_lower_index():
     rng = np.random.default_rng(3)
     base = rng.normal(size=(10, 6)).astype(np.float32)
@@ -125,7 +154,7 @@ def test_mining_every_epoch_traces_its_function_once():
             variable.assign(parallel.pack_sharded(padded, variable.layout))
         _check(hardest_negatives(variable, 6, block_size=16, valid_rows=n), w, 6)
     placement = layouts.class_weight_placement(variable)
-    block_fn = hardest._make_block_fn(placement, 64, n, 6, 16)
+    block_fn = hardest._make_block_fn(placement, 64, n, 6, 16, None)
     assert block_fn.experimental_get_tracing_count() == 1
 
 

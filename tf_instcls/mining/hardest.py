@@ -7,6 +7,13 @@ block with its own rows only ([bs, N/S] similarities) and keeps its local top k;
 those S * k candidates per query row are gathered for the final top k. W is never
 all-gathered: the query rows themselves are fetched with a local gather plus a masked
 all-reduce of [bs, D].
+
+The local top k is two-stage and still exact: a row's similarities are cut into groups of
+``GROUP`` consecutive columns, the k + 1 groups with the largest maxima are kept (every
+element of the row's top k + 1 lies in one of them: k + 1 other groups with larger
+maxima would hold k + 1 larger elements), and the top k + 1 of their elements are taken.
+One top-k over N / GROUP maxima and one over (k + 1) GROUP candidates replace a top-k
+over all N columns, which was ~80% of mining on CPU (``tools/bench_mining.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ from tf_instcls.training import watchdog
 
 
 def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
-                      valid_rows: int | None = None, progress: bool = False) -> np.ndarray:
+                      valid_rows: int | None = None, progress: bool = False,
+                      group_size: int | None = None) -> np.ndarray:
     """int32 [N, k] table of the k hardest negatives of every row of W.
 
     Args:
@@ -31,6 +39,9 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
         similarities per device. Default: up to 4096, at most ~2 GiB per device.
       valid_rows: rows at or beyond this index are padding: never returned, never
         queried (default: all N rows). The table then has ``valid_rows`` rows.
+      group_size: columns per group of the two-stage top k (exact either way). None:
+        ``GROUP`` where it pays (each shard at least 4 (k + 2) GROUP rows), else one top k
+        over every column; 0: always one top k; > 0: this size wherever it fits.
       progress: show a progress bar over the query blocks. Every block also tells the
         training watchdog that the run is alive (exact mining is N^2 D work: about an
         hour at N = 1.28M on a 2-core CPU, longer than the step timeout).
@@ -55,7 +66,10 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
     if block < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}")
     unit = _normalize(class_weights)  # once, not per block (same layout as W)
-    block_fn = _make_block_fn(placement, total, n, k, local_rows)
+    if group_size is not None and (not isinstance(group_size, (int, np.integer))
+                                   or group_size < 0):
+        raise ValueError(f"group_size must be an int >= 0 (0: no groups); got {group_size!r}")
+    block_fn = _make_block_fn(placement, total, n, k, local_rows, group_size)
     out = np.empty((n, k), np.int32)
     bar = tf.keras.utils.Progbar(-(-n // block), verbose=1 if progress else 0,
                                  unit_name="block")
@@ -81,38 +95,84 @@ def _normalize(class_weights):
 
 
 _BLOCK_FNS: dict = {}  # one traced function per (mesh, layout, sizes): not one per epoch
+GROUP = 64  # columns per group of the two-stage top k; 0: one top k over every column
 
 
-def _make_block_fn(placement, total, n, k, local_rows):
+def _make_block_fn(placement, total, n, k, local_rows, group_size):
     # the mesh by its description: a variable's layout hands out a new Mesh object
     mesh = placement.mesh.to_string() if placement.mesh is not None else None
     key = (mesh, placement.sharded, placement.distributed, placement.row_shards, total, n,
-           k, local_rows)
+           k, local_rows, group_size)
     if key not in _BLOCK_FNS:
-        _BLOCK_FNS[key] = _build_block_fn(placement, total, n, k, local_rows)
+        _BLOCK_FNS[key] = _build_block_fn(placement, total, n, k, local_rows, group_size)
     return _BLOCK_FNS[key]
 
 
-def _build_block_fn(placement, total, n, k, local_rows):
+def _build_block_fn(placement, total, n, k, local_rows, group_size):
     shards = placement.row_shards
     # k + 1 per shard: the row itself is among them (cosine 1) and is dropped at the end;
     # this avoids a broadcast mask over [bs, N], a slow pass on CPU.
     take = min(k + 1, local_rows)
     padded = n < total
+    group = GROUP if group_size is None else group_size
+    # Each shard's columns padded to whole groups (zero rows appended to its part of the
+    # normalised W for this pass only); pointless unless the groups are many.
+    grouped_rows = -(-local_rows // group) * group if group else local_rows
+    num_groups = grouped_rows // group if group else 0
+    # A group holding both real and padding columns can look larger than it is (padding
+    # has cosine 0): one more group then keeps the selection exact.
+    partial = padded or grouped_rows > local_rows
+    keep = k + 1 + int(partial)
+    grouped = bool(group) and keep < num_groups and (
+        group_size is not None or 4 * keep * group <= grouped_rows)
+
+    def local_top(sims, shard_ids):
+        """[bs, S, L] similarities -> top ``take`` values and local columns per shard."""
+        columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
+                   + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L] global
+        if padded:  # padding rows (zero vectors, cosine 0) must never be chosen
+            sims = tf.where(columns >= n, -np.inf, sims)
+        return tf.math.top_k(sims, k=take)  # [bs, S, take], lower index first
+
+    def grouped_top(sims, shard_ids):
+        """The same from [bs, S, L'] (L' whole groups) by way of the groups' maxima."""
+        groups = tf.reshape(sims, [-1, shards, num_groups, group])
+        maxima = tf.reduce_max(groups, axis=3)  # [bs, S, G]
+        first = tf.range(num_groups) * group  # a group's first local column
+        if partial:  # groups of padding only never count
+            first_global = tf.reshape(shard_ids, [1, -1, 1]) * local_rows + first
+            dead = (first >= local_rows) | (first_global >= n)
+            maxima = tf.where(dead, -np.inf, maxima)
+        _, best = tf.math.top_k(maxima, k=keep)  # [bs, S, keep]
+        best = tf.sort(best, axis=2)  # column order: top_k's ties still go to the lower one
+        candidates = tf.gather(groups, best, batch_dims=2)  # [bs, S, keep, group]
+        columns = tf.expand_dims(best * group, 3) + tf.range(group)  # local columns
+        candidates = tf.reshape(candidates, [-1, shards, keep * group])
+        columns = tf.reshape(columns, [-1, shards, keep * group])
+        if partial:
+            global_columns = tf.reshape(shard_ids, [1, -1, 1]) * local_rows + columns
+            candidates = tf.where((columns >= local_rows) | (global_columns >= n), -np.inf,
+                                  candidates)
+        values, position = tf.math.top_k(candidates, k=take)
+        return values, tf.gather(columns, position, batch_dims=2)
 
     @tf.function
     def block_fn(unit, query_ids):  # unit W [N, D]; [bs] int32, replicated
         shard_ids = layouts.shard_index(placement)  # [S]
         queries = layouts.gather_rows(unit, query_ids, placement)  # [bs, D], W not gathered
-        sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, N]
+        if grouped and grouped_rows > local_rows:  # each shard's rows padded to L'
+            unit = tf.reshape(unit, [shards, local_rows, -1])
+            unit = tf.pad(unit, [[0, 0], [0, grouped_rows - local_rows], [0, 0]])
+            unit = tf.reshape(unit, [shards * grouped_rows, -1])
+        sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, N] (or [bs, S L'])
         if placement.sharded:
             sims = layouts.relayout(sims, layouts.columns_sharded_layout(placement.mesh, 2))
-        sims = tf.reshape(sims, [-1, shards, local_rows])  # [bs, S, L], local
-        if padded:  # padding rows (zero vectors, cosine 0) must never be chosen
-            columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
-                       + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L]
-            sims = tf.where(columns >= n, -np.inf, sims)
-        values, local_index = tf.math.top_k(sims, k=take)  # [bs, S, take], lower index first
+        if grouped:
+            sims = tf.reshape(sims, [-1, shards, grouped_rows])  # [bs, S, L'], local
+            values, local_index = grouped_top(sims, shard_ids)
+        else:
+            sims = tf.reshape(sims, [-1, shards, local_rows])  # [bs, S, L], local
+            values, local_index = local_top(sims, shard_ids)
         global_index = local_index + tf.reshape(shard_ids, [1, -1, 1]) * local_rows
         if placement.distributed:
             rep = layouts.replicated_layout(placement.mesh, 3)
