@@ -36,26 +36,33 @@ flags.DEFINE_integer("batch_size", 128, "Instances per step (2 views each).", lo
 flags.DEFINE_integer("dim", 32, "D for the classifier benchmark (the gin file's "
                      "ModelConfig.embedding_dim).", lower_bound=1)
 flags.DEFINE_string("runs_dir", "runs/scale_curve", "Where the runs' model_dirs go.")
+flags.DEFINE_multi_string("reuse", [], "N:MODEL_DIR of a finished scale run (e.g. the "
+                          "million-way run of tools/run_scale.py) to take N's stages from "
+                          "instead of training again; the classifier benchmark still runs.")
+flags.DEFINE_integer("bench_chunk_size", 0, "Loss chunk size for the classifier benchmark "
+                     "of --large_ns (0: unchunked).", lower_bound=0)
 flags.DEFINE_string("out_dir", "results/issue15/curve", "JSON, Markdown and PNG go here.")
 
 LAWS = {"startup": 1, "restore": 1, "prior": 1, "mining": 2, "checkpoint": 1, "step": 1,
         "classifier_step": 1, "export": 1}
 
 
-def _bench_classifier(n: int, log: str) -> dict:
+def _bench_classifier(n: int, log: str, chunk: int = 0) -> dict:
     out = log + ".json"
     run_process(
         [sys.executable, os.path.join(common.ROOT, "tools", "bench_classifier.py"),
          f"--num_instances={n}", f"--dim={FLAGS.dim}", f"--batch_size={2 * FLAGS.batch_size}",
          f"--virtual_devices={FLAGS.virtual_devices}", "--layouts=sharded",
          "--smoothing=0.2", "--num_hard=100", "--steps=5", "--warmup=2",
-         "--torch_peer=false", f"--json={out}"], log)
+         f"--chunk_size={chunk}", "--torch_peer=false", f"--json={out}"], log)
     with open(out) as f:
         records = json.load(f)
     return next(r for r in records if r.get("layout") == "sharded" and "step_ms_median" in r)
 
 
-def measure(n: int, large: bool) -> dict:
+def measure(n: int, large: bool, reuse: str | None = None) -> dict:
+    if reuse:
+        return _row(n, large, reuse, processes={})
     model_dir = os.path.join(FLAGS.runs_dir, f"n{n}")
     train = [sys.executable, os.path.join(common.ROOT, "tools", "train.py"),
              f"--model_dir={model_dir}", f"--dataset=synthetic:{n}:{FLAGS.image_size}",
@@ -79,6 +86,10 @@ def measure(n: int, large: bool) -> dict:
     failed = {k: p["returncode"] for k, p in processes.items() if p["returncode"]}
     if failed:
         raise SystemExit(f"N = {n}: {failed} (logs in {model_dir}/console_*.txt)")
+    return _row(n, large, model_dir, processes)
+
+
+def _row(n: int, large: bool, model_dir: str, processes: dict) -> dict:
     from tf_instcls.training import stages
 
     records = stages.read(model_dir)
@@ -90,10 +101,13 @@ def measure(n: int, large: bool) -> dict:
            "seconds": {name: first[name] for name in
                        ("startup", "restore", "prior", "mining", "checkpoint", "export")
                        if name in first},
-           "peak_rss_gib": max(p["peak_rss_gib"] for p in processes.values())}
+           "model_dir": model_dir,
+           "peak_rss_gib": max([p["peak_rss_gib"] for p in processes.values()]
+                               + [r["peak_rss_gib"] for r in records])}
     row["seconds"]["step"] = summary["steps"]["step_median_s"]
     row["checkpoint_bytes"] = summary["checkpoint"]["bytes"]
-    bench = _bench_classifier(n, os.path.join(model_dir, "bench_classifier.txt"))
+    bench = _bench_classifier(n, os.path.join(model_dir, "bench_classifier.txt"),
+                              FLAGS.bench_chunk_size if large else 0)
     row["seconds"]["classifier_step"] = bench["step_ms_median"] / 1000
     return row
 
@@ -149,9 +163,11 @@ def main(argv):
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     rows = []
     path = os.path.join(FLAGS.out_dir, "scale_curve.json")
-    plan = [(int(n), False) for n in FLAGS.ns] + [(int(n), True) for n in FLAGS.large_ns]
+    reused = dict(item.split(":", 1) for item in FLAGS.reuse)
+    plan = sorted([(int(n), False) for n in [*FLAGS.ns, *reused]]
+                  + [(int(n), True) for n in FLAGS.large_ns])
     for n, large in plan:
-        rows.append(measure(n, large))
+        rows.append(measure(n, large, reused.get(str(n))))
         print(f"N = {n}: {rows[-1]['seconds']}", flush=True)
         with open(path, "w") as f:  # after every N: a stopped sweep keeps what it has
             json.dump({"rows": rows}, f, indent=1)
