@@ -167,3 +167,23 @@ def test_mining_tells_the_watchdog_after_every_block(monkeypatch):
     w = np.random.default_rng(3).normal(size=(61, 8)).astype(np.float32)
     _check(hardest_negatives(tf.constant(w), 5, block_size=16), w, 5)
     assert len(beats) == 4  # ceil(61 / 16) blocks
+
+
+def test_bench_mining_times_group_sizes_and_they_agree(tmp_path):
+    """tools/bench_mining.py (faiss optional): every group size returns the same table."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, os.path.join(root, "tools", "bench_mining.py"),
+                    "--num_instances=3000", "--dim=8", "--k=10", "--repeats=1",
+                    "--group_sizes=default,0,3", "--faiss=false", f"--json={out}"],
+                   check=True, env=subprocess_env(), capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["tables_equal_to_first"] == {"0": True, "3": True}
+    assert set(result["group_sizes"]) == {"default", "0", "3"}

@@ -25,6 +25,11 @@ flags.DEFINE_integer("block_size", None, "Query rows per block (default: the lib
 flags.DEFINE_integer("virtual_devices", 1, "T virtual CPU devices (W row-sharded over them); "
                      "1 = plain single-device W.", lower_bound=1)
 flags.DEFINE_integer("repeats", 2, "Timed repetitions (best is reported).", lower_bound=1)
+flags.DEFINE_list("group_sizes", ["default"], "hardest_negatives group_size values to time, "
+                  "interleaved in each repetition: 'default' (the library's choice), 0 (one "
+                  "top k over every column) or a group size. The first is compared with "
+                  "faiss; the others must return the same table.")
+flags.DEFINE_bool("faiss", True, "Also time faiss IndexFlatIP (the `bench` extra).")
 flags.DEFINE_string("train_log", None, "A run's model_dir: also report mining's share of "
                     "its epoch time (mining_seconds / train_seconds in metrics.jsonl).")
 flags.DEFINE_string("json", None, "Write the result here.")
@@ -54,11 +59,27 @@ def main(argv):
     else:
         weights = tf.constant(w)
 
-    ours_times = []
-    for _ in range(FLAGS.repeats):
-        start = time.perf_counter()
-        ours = hardest_negatives(weights, k, block_size=FLAGS.block_size, valid_rows=n)
-        ours_times.append(time.perf_counter() - start)
+    groups = [None if g == "default" else int(g) for g in FLAGS.group_sizes]
+    times = {g: [] for g in groups}
+    tables = {}
+    for _ in range(FLAGS.repeats):  # interleaved: A B A B
+        for g in groups:
+            start = time.perf_counter()
+            tables[g] = hardest_negatives(weights, k, block_size=FLAGS.block_size,
+                                          valid_rows=n, group_size=g)
+            times[g].append(time.perf_counter() - start)
+    ours, ours_times = tables[groups[0]], times[groups[0]]
+    same = {str(g): bool(np.array_equal(tables[g], ours)) for g in groups[1:]}
+    by_group = {("default" if g is None else str(g)): {"best_s": min(t), "all_s": t}
+                for g, t in times.items()}
+    if not FLAGS.faiss:
+        result = {"num_instances": n, "dim": d, "k": k, "devices": FLAGS.virtual_devices,
+                  "group_sizes": by_group, "tables_equal_to_first": same}
+        print(json.dumps(result, indent=1))
+        if FLAGS.json:
+            with open(FLAGS.json, "w") as f:
+                json.dump(result, f, indent=1)
+        return
 
     import faiss
 
@@ -90,6 +111,7 @@ def main(argv):
         "faiss_version": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(),
         "entries_differing": int(differ.sum()), "rows_differing": int(len(rows)),
         "differences_are_float32_ties": tie_only,
+        "group_sizes": by_group, "tables_equal_to_first": same,
     }
     if FLAGS.train_log:
         with open(os.path.join(FLAGS.train_log, "metrics.jsonl")) as f:
