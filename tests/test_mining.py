@@ -154,7 +154,8 @@ def test_mining_every_epoch_traces_its_function_once():
             variable.assign(parallel.pack_sharded(padded, variable.layout))
         _check(hardest_negatives(variable, 6, block_size=16, valid_rows=n), w, 6)
     placement = layouts.class_weight_placement(variable)
-    block_fn = hardest._make_block_fn(placement, 64, n, 6, 16, None)
+    plan = hardest._grouping(64, n, 6, 16, None)
+    block_fn = hardest._make_block_fn(placement, 64, n, 6, 16, plan)
     assert block_fn.experimental_get_tracing_count() == 1
 
 

@@ -18,6 +18,8 @@ over all N columns, which was ~80% of mining on CPU (``tools/bench_mining.py``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -65,11 +67,16 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
         block = int(block_size)
     if block < 1:
         raise ValueError(f"block_size must be >= 1; got {block_size}")
-    unit = _normalize(class_weights)  # once, not per block (same layout as W)
     if group_size is not None and (not isinstance(group_size, (int, np.integer))
                                    or group_size < 0):
         raise ValueError(f"group_size must be an int >= 0 (0: no groups); got {group_size!r}")
-    block_fn = _make_block_fn(placement, total, n, k, local_rows, group_size)
+    unit = _normalize(class_weights)  # once, not per block (same layout as W)
+    plan = _grouping(total, n, k, local_rows, group_size)
+    if plan.grouped and plan.rows > local_rows:
+        # each device's rows padded to whole groups, once per pass and where they are
+        # (padding inside the block function made DTensor replicate W's copy)
+        unit = layouts.pad_local_rows(unit, plan.rows)
+    block_fn = _make_block_fn(placement, total, n, k, local_rows, plan)
     out = np.empty((n, k), np.int32)
     bar = tf.keras.utils.Progbar(-(-n // block), verbose=1 if progress else 0,
                                  unit_name="block")
@@ -98,33 +105,54 @@ _BLOCK_FNS: dict = {}  # one traced function per (mesh, layout, sizes): not one 
 GROUP = 64  # columns per group of the two-stage top k; 0: one top k over every column
 
 
-def _make_block_fn(placement, total, n, k, local_rows, group_size):
+@dataclasses.dataclass(frozen=True)
+class _Grouping:
+    """How a pass selects its top k: ``grouped`` (two stages, groups of ``group``
+    columns, each shard's rows padded to ``rows``; ``partial``: some group mixes real and
+    padding columns, so ``keep`` = k + 2 groups) or one top k over every column."""
+
+    grouped: bool
+    group: int
+    rows: int
+    keep: int
+    partial: bool
+
+
+def _grouping(total, n, k, local_rows, group_size) -> _Grouping:
+    padded = n < total
+    group = GROUP if group_size is None else group_size
+    rows = -(-local_rows // group) * group if group else local_rows
+    partial = padded or rows > local_rows
+    keep = k + 1 + int(partial)
+    grouped = bool(group) and keep < rows // group and (
+        group_size is not None or 4 * keep * group <= rows)
+    return _Grouping(grouped, group, rows if grouped else local_rows, keep, partial)
+
+
+def _make_block_fn(placement, total, n, k, local_rows, plan):
     # the mesh by its description: a variable's layout hands out a new Mesh object
     mesh = placement.mesh.to_string() if placement.mesh is not None else None
     key = (mesh, placement.sharded, placement.distributed, placement.row_shards, total, n,
-           k, local_rows, group_size)
+           k, local_rows, plan)
     if key not in _BLOCK_FNS:
-        _BLOCK_FNS[key] = _build_block_fn(placement, total, n, k, local_rows, group_size)
+        _BLOCK_FNS[key] = _build_block_fn(placement, total, n, k, local_rows, plan)
     return _BLOCK_FNS[key]
 
 
-def _build_block_fn(placement, total, n, k, local_rows, group_size):
+def _build_block_fn(placement, total, n, k, local_rows, plan):
     shards = placement.row_shards
     # k + 1 per shard: the row itself is among them (cosine 1) and is dropped at the end;
     # this avoids a broadcast mask over [bs, N], a slow pass on CPU.
     take = min(k + 1, local_rows)
     padded = n < total
-    group = GROUP if group_size is None else group_size
-    # Each shard's columns padded to whole groups (zero rows appended to its part of the
-    # normalised W for this pass only); pointless unless the groups are many.
-    grouped_rows = -(-local_rows // group) * group if group else local_rows
-    num_groups = grouped_rows // group if group else 0
-    # A group holding both real and padding columns can look larger than it is (padding
-    # has cosine 0): one more group then keeps the selection exact.
-    partial = padded or grouped_rows > local_rows
-    keep = k + 1 + int(partial)
-    grouped = bool(group) and keep < num_groups and (
-        group_size is not None or 4 * keep * group <= grouped_rows)
+    group, grouped_rows, keep, partial = plan.group, plan.rows, plan.keep, plan.partial
+    num_groups = grouped_rows // group if plan.grouped else 0
+
+    def _padded_ids(ids):
+        """Row ids of W -> rows of the padded copy (the owner shard, the same local row)."""
+        if grouped_rows == local_rows:
+            return ids
+        return ids // local_rows * grouped_rows + ids % local_rows
 
     def local_top(sims, shard_ids):
         """[bs, S, L] similarities -> top ``take`` values and local columns per shard."""
@@ -159,15 +187,12 @@ def _build_block_fn(placement, total, n, k, local_rows, group_size):
     @tf.function
     def block_fn(unit, query_ids):  # unit W [N, D]; [bs] int32, replicated
         shard_ids = layouts.shard_index(placement)  # [S]
-        queries = layouts.gather_rows(unit, query_ids, placement)  # [bs, D], W not gathered
-        if grouped and grouped_rows > local_rows:  # each shard's rows padded to L'
-            unit = tf.reshape(unit, [shards, local_rows, -1])
-            unit = tf.pad(unit, [[0, 0], [0, grouped_rows - local_rows], [0, 0]])
-            unit = tf.reshape(unit, [shards * grouped_rows, -1])
-        sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, N] (or [bs, S L'])
+        # unit: [S L', D] when grouped (each shard's rows padded), else [N, D]
+        queries = layouts.gather_rows(unit, _padded_ids(query_ids), placement)  # [bs, D]
+        sims = tf.matmul(queries, unit, transpose_b=True)  # [bs, S L'], W not gathered
         if placement.sharded:
             sims = layouts.relayout(sims, layouts.columns_sharded_layout(placement.mesh, 2))
-        if grouped:
+        if plan.grouped:
             sims = tf.reshape(sims, [-1, shards, grouped_rows])  # [bs, S, L'], local
             values, local_index = grouped_top(sims, shard_ids)
         else:

@@ -89,6 +89,18 @@ def relayout(value: tf.Tensor, layout: dtensor.Layout) -> tf.Tensor:
     return dtensor.relayout(value, layout)
 
 
+def pad_local_rows(value: tf.Tensor, rows: int) -> tf.Tensor:
+    """Each device's rows of a [N, C] tensor laid out like W, zero-padded to ``rows``
+    (eager, on the devices themselves: nothing is gathered). A row-sharded [S L, C]
+    becomes [S rows, C], still row-sharded; a replicated or plain one [rows, C]."""
+    if not dtensor.is_dtensor(value):
+        return tf.pad(value, [[0, rows - value.shape[0]], [0, 0]])
+    layout = dtensor.fetch_layout(value)
+    pieces = [tf.pad(piece, [[0, rows - piece.shape[0]], [0, 0]])
+              for piece in dtensor.unpack(value)]
+    return dtensor.pack(pieces, layout)
+
+
 def shard_index(placement: ClassWeightPlacement) -> tf.Tensor:
     """Int32 [S] vector 0..S-1 laid out so that device s holds exactly element s."""
     values = tf.range(placement.row_shards, dtype=tf.int32)
