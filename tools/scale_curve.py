@@ -9,8 +9,9 @@ smoothing): the N^2 mining and the linear prior are not affordable there on this
 they are projected from the fits. Each stage is fitted to its law (a + b N, mining
 a + c N^2) and plotted.
 
-  python tools/scale_curve.py --ns=10000,100000,1281167 --large_ns=8000000 \
-      --gin_file=gin/scale_synthetic.gin --out_dir=results/issue15/curve
+  python tools/scale_curve.py --ns=10000,100000 --reuse=1281167:runs/issue15/million \
+      --large_ns=8000000 --large_chunk_size=64 --gin_file=gin/scale_synthetic.gin \
+      --out_dir=results/issue15/curve
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ flags.DEFINE_string("runs_dir", "runs/scale_curve", "Where the runs' model_dirs 
 flags.DEFINE_multi_string("reuse", [], "N:MODEL_DIR of a finished scale run (e.g. the "
                           "million-way run of tools/run_scale.py) to take N's stages from "
                           "instead of training again; the classifier benchmark still runs.")
-flags.DEFINE_integer("bench_chunk_size", 0, "Loss chunk size for the classifier benchmark "
-                     "of --large_ns (0: unchunked).", lower_bound=0)
+flags.DEFINE_integer("large_chunk_size", 0, "ModelConfig.chunk_size for --large_ns, in the "
+                     "run and the classifier benchmark (0: unchunked): bounds the [2B, N/T] "
+                     "logits per device.", lower_bound=0)
 flags.DEFINE_string("out_dir", "results/issue15/curve", "JSON, Markdown and PNG go here.")
 
 LAWS = {"startup": 1, "restore": 1, "prior": 1, "mining": 2, "checkpoint": 1, "step": 1,
@@ -74,6 +76,8 @@ def measure(n: int, large: bool, reuse: str | None = None) -> dict:
         train += ["--gin_bindings=TrainConfig.init_mode = 'gaussian'",
                   "--gin_bindings=TrainConfig.smoothing = 0.0",
                   "--gin_bindings=TrainConfig.num_hard_negatives = 0"]
+        if FLAGS.large_chunk_size:
+            train.append(f"--gin_bindings=ModelConfig.chunk_size = {FLAGS.large_chunk_size}")
     os.makedirs(model_dir, exist_ok=True)
     processes = {
         "train": run_process(train, os.path.join(model_dir, "console_1.txt")),
@@ -107,7 +111,7 @@ def _row(n: int, large: bool, model_dir: str, processes: dict) -> dict:
     row["seconds"]["step"] = summary["steps"]["step_median_s"]
     row["checkpoint_bytes"] = summary["checkpoint"]["bytes"]
     bench = _bench_classifier(n, os.path.join(model_dir, "bench_classifier.txt"),
-                              FLAGS.bench_chunk_size if large else 0)
+                              FLAGS.large_chunk_size if large else 0)
     row["seconds"]["classifier_step"] = bench["step_ms_median"] / 1000
     return row
 
