@@ -74,13 +74,24 @@ def make_mesh():
                                device_type="CPU" if FLAGS.virtual_devices else None)
 
 
-def load_model_and_splits(mesh, *, random_init: bool = False):
+def load_random_init_model(mesh):
+    """The --baselines' random-init model: the run's architecture, untrained weights. The
+    data are not loaded again (they are the same splits as the trained model's)."""
+    from tf_instcls.eval import common
+
+    try:
+        return common.load_eval_model(model_path(), mesh, checkpoint=FLAGS.checkpoint,
+                                      random_init=True)
+    except (FileNotFoundError, ValueError) as err:
+        raise app.UsageError(str(err)) from err
+
+
+def load_model_and_splits(mesh):
     """(EvalModel, train source, eval source, data description) from the flags."""
     from tf_instcls.eval import common
 
     try:
-        model = common.load_eval_model(model_path(), mesh, checkpoint=FLAGS.checkpoint,
-                                       random_init=random_init)
+        model = common.load_eval_model(model_path(), mesh, checkpoint=FLAGS.checkpoint)
         dataset, eval_dataset, fraction, seed = common.default_data_args(
             model, FLAGS.dataset, FLAGS.eval_dataset, FLAGS.holdout_fraction, FLAGS.seed)
         train, evaluation = common.labelled_splits(dataset, eval_dataset, fraction, seed)

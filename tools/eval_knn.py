@@ -56,7 +56,7 @@ def main(argv):
     kinds = ["features", "embedding"] if FLAGS.feature == "both" else [FLAGS.feature]
     models = [model]
     if FLAGS.baselines:
-        models.append(common.load_model_and_splits(mesh, random_init=True)[0])
+        models.append(common.load_random_init_model(mesh))
     cache = f"{out}/cache" if FLAGS.cache_features else None
     rows, record = [], {"tool": "eval_knn", "data": data, "k": FLAGS.k,
                         "temperature": FLAGS.temperature, "results": []}

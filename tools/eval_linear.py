@@ -73,7 +73,7 @@ def main(argv):
     model, train, evaluation, data = common.load_model_and_splits(mesh)
     models = [model]
     if FLAGS.baselines:
-        models.append(common.load_model_and_splits(mesh, random_init=True)[0])
+        models.append(common.load_random_init_model(mesh))
     cache = f"{out}/cache" if FLAGS.cache_features else None
     num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
     record = {"tool": "eval_linear", "data": data, "results": [],

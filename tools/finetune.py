@@ -74,7 +74,7 @@ def main(argv):
     num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
     models = [model]
     if FLAGS.baselines:
-        models.append(common.load_model_and_splits(mesh, random_init=True)[0])
+        models.append(common.load_random_init_model(mesh))
     record = {"tool": "finetune", "data": data, "label_fraction": FLAGS.label_fraction,
               "labelled": subset_desc, "results": []}
     rows = []

@@ -8,6 +8,9 @@
 # VIRTUAL_DEVICES=T (default 1) sets --virtual_devices; the first NPID probes used 2, as
 # the issue-6 grid did (NPID on a 1-device mesh failed in DTensor until the memory update
 # stopped using tf.transpose; the *_30ep NPID probes ran on 1 device).
+# SEED=s (default: the gin file's 0) sets TrainConfig.seed and suffixes the run's name with
+# _seed<s>; with SPLIT_DIR=DIR (tools/run_recipe.py's work dir: train_labelled.npz and
+# holdout.npz) the split stays that of seed 0 while the training seed changes.
 set -euo pipefail
 out=${1:?usage: issue14_probes.sh OUT_DIR [PROBE ...]}
 shift
@@ -66,11 +69,17 @@ for name in "${names[@]}"; do
     npid) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/npid.gin") ;;
   esac
   bindings+=("${parts[@]:2}")
+  run=$name
+  if [ -n "${SEED:-}" ]; then bindings+=("TrainConfig.seed = $SEED"); run=${name}_seed$SEED; fi
+  if [ -n "${SPLIT_DIR:-}" ]; then
+    bindings+=("DataConfig.dataset = 'npz:$SPLIT_DIR/train_labelled.npz'"
+               "DataConfig.eval_dataset = 'npz:$SPLIT_DIR/holdout.npz'")
+  fi
   args=()
   for b in "${bindings[@]}"; do args+=(--gin_bindings="$b"); done
-  echo "== $name"
+  echo "== $run"
   python "$root/tools/train.py" "${files[@]}" "${args[@]}" --virtual_devices="${VIRTUAL_DEVICES:-1}" \
-    --epochs="$epochs" --model_dir="$out/$name" > "$out/$name.log" 2>&1
-  cp "$out/$name/metrics.jsonl" "$out/${name}_metrics.jsonl"
-  tail -n 1 "$out/$name.log"
+    --epochs="$epochs" --model_dir="$out/$run" > "$out/$run.log" 2>&1
+  cp "$out/$run/metrics.jsonl" "$out/${run}_metrics.jsonl"
+  tail -n 1 "$out/$run.log"
 done

@@ -28,12 +28,15 @@ flags.DEFINE_integer("k", 100, "K hard negatives.")
 flags.DEFINE_integer("global_batch", 4096, "Instances per step (two views each).")
 flags.DEFINE_integer("backbone_params", 28_000_000, "Backbone + head parameters: "
                      "ResNet-50 without its fc (23.5M) + the 2048-2048-128 MLP head (4.5M).")
+flags.DEFINE_integer("chunk", 512, "ModelConfig.chunk_size for the chunked column: logits of "
+                     "this many rows at a time.")
 flags.DEFINE_integer("mining_block", 4096, "Query rows per mining block.")
 flags.DEFINE_float("gpu_tflops", 14.0, "Sustained float32 TFLOP/s of one GPU for the "
                    "mining matmul (V100: 15.7 peak).")
 flags.DEFINE_float("measured_dim", 32, "D of the measured mining constant.")
-flags.DEFINE_float("cpu_gflops", 150.0, "This CPU's float32 matmul GFLOP/s (the classifier "
-                   "benchmark's same-run peak), to convert the mining constant.")
+flags.DEFINE_float("cpu_gflops", 475.0, "This CPU's float32 matmul GFLOP/s (the classifier "
+                   "benchmark's same-run 4096^2 matmul peak in the scale-curve runs: "
+                   "462-479), to convert the mining constant at the same fraction of peak.")
 flags.DEFINE_float("write_gbps_per_host", 1.0, "Checkpoint write GB/s of one host (8 GPUs).")
 flags.DEFINE_string("out", None, "Write the Markdown table here.")
 
@@ -45,11 +48,15 @@ def project(n: int, p: int, mining_b: float | None, write_bps: float | None) -> 
     w_bytes = rows * d * 4
     table = rows * k * 4
     logits = 2 * views * rows * 4  # logits and their gradient (unchunked)
-    mining = FLAGS.mining_block * rows * 4
+    # the library's block rule: up to mining_block queries, at most ~2 GiB a device
+    block = min(FLAGS.mining_block, max(256, (2 << 30) // (4 * rows)))
+    mining = block * rows * 4
     out = {"n": n, "devices": p, "rows_per_device": rows,
            "w_and_momentum_gib": 2 * w_bytes / 2**30, "table_gib": table / 2**30,
            "step_buffers_gib": logits / 2**30, "mining_block_gib": mining / 2**30,
            "per_device_gib": (2 * w_bytes + table + max(logits, mining)) / 2**30}
+    chunked = 2 * min(FLAGS.chunk, views) * rows * 4
+    out["per_device_chunked_gib"] = (2 * w_bytes + table + max(chunked, mining)) / 2**30
     ring = 2 * (p - 1) / p  # bytes a device sends per byte all-reduced (ring)
     gather = (p - 1) / p * views * d * 4  # all-gather of the features
     reduce_bytes = ring * (2 * views * 4 + views * d * 4 + FLAGS.backbone_params * 4)
@@ -88,14 +95,16 @@ def main(argv):
              f"{FLAGS.gpu_tflops} TFLOP/s for mining; {FLAGS.write_gbps_per_host} GB/s "
              "checkpoint writes per 8-GPU host", "",
              "| N | GPUs | rows / GPU | W + momentum GiB | table GiB | step buffers GiB | "
-             "per GPU GiB | comm MiB / step (classifier part) | mining s / epoch | "
-             "checkpoint GB | write s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"per GPU GiB | chunk {FLAGS.chunk}: per GPU GiB | comm MiB / step (classifier "
+             "part) | mining s / epoch | checkpoint GB | write s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mining = f"{r['mining_s_per_epoch']:.0f}" if "mining_s_per_epoch" in r else "-"
         lines.append(
             f"| {r['n']:,} | {r['devices']} | {r['rows_per_device']:,} | "
             f"{r['w_and_momentum_gib']:.2f} | {r['table_gib']:.2f} | "
             f"{r['step_buffers_gib']:.2f} | {r['per_device_gib']:.2f} | "
+            f"{r['per_device_chunked_gib']:.2f} | "
             f"{r['comm_mib_per_step']:.0f} ({r['comm_classifier_mib_per_step']:.1f}) | "
             f"{mining} | {r['checkpoint_gb']:.1f} | {r['checkpoint_write_s']:.0f} |")
     text = "\n".join(lines) + "\n"

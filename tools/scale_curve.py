@@ -44,6 +44,8 @@ flags.DEFINE_integer("large_chunk_size", 0, "ModelConfig.chunk_size for --large_
                      "run and the classifier benchmark (0: unchunked): bounds the [2B, N/T] "
                      "logits per device.", lower_bound=0)
 flags.DEFINE_string("out_dir", "results/issue15/curve", "JSON, Markdown and PNG go here.")
+flags.DEFINE_string("from_json", None, "Refit and redraw the rows of an earlier "
+                    "scale_curve.json instead of measuring.")
 
 LAWS = {"startup": 1, "restore": 1, "prior": 1, "mining": 2, "checkpoint": 1, "step": 1,
         "classifier_step": 1, "export": 1}
@@ -113,11 +115,13 @@ def _row(n: int, large: bool, model_dir: str, processes: dict) -> dict:
     bench = _bench_classifier(n, os.path.join(model_dir, "bench_classifier.txt"),
                               FLAGS.large_chunk_size if large else 0)
     row["seconds"]["classifier_step"] = bench["step_ms_median"] / 1000
+    row["matmul_peak_gflops"] = bench.get("matmul_peak_gflops")  # same-run float32 peak
     return row
 
 
 def fit(rows: list[dict], stage: str) -> dict | None:
-    """Least squares of seconds = a + b N^p (p = 1 or 2) over the measured N."""
+    """seconds = a + b N^p (p = 1, or 2 for mining) by least squares of the relative
+    error (each point weighted by 1 / seconds: N spans three decades)."""
     import numpy as np
 
     points = [(r["n"], r["seconds"][stage]) for r in rows if stage in r["seconds"]]
@@ -126,7 +130,8 @@ def fit(rows: list[dict], stage: str) -> dict | None:
     power = LAWS[stage]
     n = np.array([p[0] for p in points], float)
     y = np.array([p[1] for p in points], float)
-    a, b = np.linalg.lstsq(np.stack([np.ones_like(n), n ** power], 1), y, rcond=None)[0]
+    design = np.stack([np.ones_like(n), n ** power], 1) / y[:, None]
+    a, b = np.linalg.lstsq(design, np.ones_like(y), rcond=None)[0]
     return {"law": "a + b N" if power == 1 else "a + b N^2", "a_s": float(a), "b": float(b),
             "power": power, "points": len(points),
             "max_relative_residual": float(np.max(np.abs(a + b * n ** power - y)
@@ -167,10 +172,13 @@ def main(argv):
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     rows = []
     path = os.path.join(FLAGS.out_dir, "scale_curve.json")
+    if FLAGS.from_json:
+        with open(FLAGS.from_json) as f:
+            rows = json.load(f)["rows"]
     reused = dict(item.split(":", 1) for item in FLAGS.reuse)
     plan = sorted([(int(n), False) for n in [*FLAGS.ns, *reused]]
                   + [(int(n), True) for n in FLAGS.large_ns])
-    for n, large in plan:
+    for n, large in plan if not FLAGS.from_json else []:
         rows.append(measure(n, large, reused.get(str(n))))
         print(f"N = {n}: {rows[-1]['seconds']}", flush=True)
         with open(path, "w") as f:  # after every N: a stopped sweep keeps what it has
@@ -192,6 +200,13 @@ def main(argv):
         if f:
             lines.append(f"| {stage} | {f['law']} | {f['a_s']:.3g} | {f['b']:.3g} | "
                          f"{f['max_relative_residual']:.2f} |")
+    lines += ["", "Per point, seconds / N^p (the constant each measurement implies):", "",
+              "| stage | " + " | ".join(f"N = {r['n']:,}" for r in rows) + " |",
+              "|---|" + "---|" * len(rows)]
+    for stage, power in LAWS.items():
+        cells = [f"{r['seconds'][stage] / r['n'] ** power:.3g}" if stage in r["seconds"]
+                 else "-" for r in rows]
+        lines.append(f"| {stage} (N^{power}) | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(FLAGS.out_dir, "scale_curve.md"), "w") as f:
         f.write(text)

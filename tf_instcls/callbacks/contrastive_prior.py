@@ -37,7 +37,7 @@ class ContrastivePrior(keras.callbacks.Callback):
             return
         logging.info("contrastive prior (%s): embedding %d images", self.mode,
                      self.state.train_source.num_images)
-        with stages.timed(self.state.model_dir, "prior", mode=self.mode,
+        with stages.timed(getattr(self.state, "model_dir", None), "prior", mode=self.mode,
                           images=self.state.train_source.num_images):
             rows = prior_embeddings(self.state.encoder, self.state.train_source,
                                     self.state.image_size, self.state.mesh,

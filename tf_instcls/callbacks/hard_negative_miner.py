@@ -42,7 +42,7 @@ class HardNegativeMiner(keras.callbacks.Callback):
         )
         seconds = time.perf_counter() - start
         state.epoch_results["mining_seconds"] = seconds
-        stages.record(state.model_dir, "mining", seconds, epoch=epoch,
+        stages.record(getattr(state, "model_dir", None), "mining", seconds, epoch=epoch,
                       rows=clf.num_instances, k=table.shape[1])
         logging.info("mined %d hard negatives per instance (epoch %d) in %.2f s",
                      table.shape[1], epoch, seconds)

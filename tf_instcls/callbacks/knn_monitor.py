@@ -28,7 +28,8 @@ class KNNMonitor(keras.callbacks.Callback):
         self.k, self.temperature, self.every_epochs = k, temperature, every_epochs
 
     def evaluate(self) -> dict:
-        with stages.timed(self.state.model_dir, "knn", epoch=self.state.epoch):
+        with stages.timed(getattr(self.state, "model_dir", None), "knn",
+                          epoch=getattr(self.state, "epoch", None)):
             return self._evaluate()
 
     def _evaluate(self) -> dict:

@@ -38,8 +38,9 @@ def memory_gib() -> tuple[float, float]:
     return rss / 2**30, max(peak, rss) / 2**30
 
 
-def record(model_dir: str, stage: str, seconds: float, **extra) -> dict:
-    """Appends one stage's record to ``model_dir/stages.jsonl`` (process 0) and returns it."""
+def record(model_dir: str | None, stage: str, seconds: float, **extra) -> dict:
+    """Appends one stage's record to ``model_dir/stages.jsonl`` (process 0; no
+    model_dir: nothing is written) and returns it."""
     rss, peak = memory_gib()
     entry = {"stage": stage, "seconds": round(seconds, 4), "rss_gib": round(rss, 3),
              "peak_rss_gib": round(peak, 3), "time": round(time.time(), 3), **extra}
@@ -51,7 +52,7 @@ def record(model_dir: str, stage: str, seconds: float, **extra) -> dict:
 
 
 @contextlib.contextmanager
-def timed(model_dir: str, stage: str, **extra):
+def timed(model_dir: str | None, stage: str, **extra):
     """Records ``stage`` with its wall time when the block ends; the block may add
     fields to the yielded dict (e.g. bytes written)."""
     fields = dict(extra)
