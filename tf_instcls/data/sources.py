@@ -318,14 +318,25 @@ def load_tfds(name: str, split: str = "train", data_dir: str | None = None) -> I
     if label_key is not None:
         labels = _tfds_labels(name, split, data_dir, image_key, label_key, len(source))
 
-    def loader(index):
+    def loader(index):  # a decoded image in Python (plots and other host-side uses)
         return source[index][image_key]
+
+    # The input pipeline fetches only the encoded bytes in Python (holding the GIL for a
+    # lookup, not for a JPEG decode) and decodes them in TensorFlow, in parallel.
+    encoded = tfds.data_source(name, split=split, data_dir=data_dir,
+                               decoders={image_key: tfds.decode.SkipDecoding()})
+
+    def tf_loader(index):
+        data = tf.numpy_function(lambda i: np.bytes_(encoded[int(i)][image_key]), [index],
+                                 tf.string, stateful=False)
+        data.set_shape([])
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
 
     shape = info.features[image_key].shape
     return ImageSource(
         name=f"tfds:{name}:{split}", num_images=len(source),
         image_size=tuple(shape[:2]) if shape and shape[0] else None, labels=labels,
-        loader=loader,
+        loader=loader, tf_loader=tf_loader,
         class_names=(info.features[label_key].names if label_key else None),
     )
 
