@@ -12,6 +12,7 @@ import tensorflow as tf
 from tf_instcls import export, parallel
 from tf_instcls.data import ImageSource
 from tf_instcls.eval.features import extract_features
+from tf_instcls.parallel import layouts
 from tf_instcls.training import checkpoints, loop
 
 CONFIGS = dict(
@@ -83,8 +84,78 @@ def test_bfloat16_trains_resumes_exactly_and_exports_float32(tmp_path):
                                rtol=0.05, atol=0.05)
 
 
-def test_float16_is_refused_with_the_reason():
-    bad = dict(CONFIGS, model=loop.ModelConfig(precision="mixed_float16"))
-    with pytest.raises(ValueError, match=r"precision must be 'float32' or 'mixed_bfloat16'; "
-                                         r"got 'mixed_float16' \(float16 needs loss scaling"):
-        loop.validate_configs(bad["data"], bad["model"], bad["optim"], TRAIN)
+F16 = dict(CONFIGS, model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16,
+                                            embedding_dim=16, precision="mixed_float16"))
+
+
+@pytest.mark.slow
+def test_float16_trains_with_a_loss_scale_and_resumes_exactly(tmp_path):
+    mesh = parallel.build_mesh(2)
+    straight = str(tmp_path / "straight")
+    logs = loop.run_pretraining(straight, **F16, train=TRAIN, mesh=mesh)
+    assert logs["step"] == 10 and np.isfinite(logs["loss"])
+    assert logs["loss_scale"] == 32768.0  # no overflow at this size: the initial scale
+    state = loop.build_state(straight, **F16, train=TRAIN, mesh=mesh)
+    assert state.encoder.layers[1].compute_dtype == "float16"
+    assert all(v.dtype == "float32" for v in state.encoder.variables)
+    reader = tf.train.load_checkpoint(state.manager.latest_checkpoint)
+    assert reader.get_tensor(checkpoints.checkpoint_key("loss_scale")) == 32768.0
+    assert reader.get_tensor(checkpoints.checkpoint_key("loss_scale_good_steps")) == 10
+
+    resumed = str(tmp_path / "resumed")  # interrupted after epoch 1, then resumed
+    with pytest.raises(_Interrupted):
+        loop.run_pretraining(resumed, **F16, train=TRAIN, mesh=mesh,
+                             callbacks=[_InterruptAfterEpoch(0)])
+    loop.run_pretraining(resumed, **F16, train=TRAIN, mesh=mesh)
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+
+
+class _Weights(keras.callbacks.Callback):
+    """W and a backbone kernel as the first step finds them (after the prior)."""
+
+    def __init__(self, state_holder):
+        super().__init__()
+        self.holder, self.before = state_holder, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.before is None:
+            self.before = self.holder()
+
+
+@pytest.mark.slow
+def test_float16_overflow_skips_the_step_halves_the_scale_and_goes_on(tmp_path):
+    """A scale of 2^100 overflows float16's backward pass (max 65,504) on every step:
+    each step is skipped (W and the backbone untouched) and halves the scale; the run is
+    not stopped by the non-finite guard, and the scale is checkpointed."""
+    mesh = parallel.build_mesh(2)
+    model_dir = str(tmp_path / "run")
+    optim = loop.OptimConfig(warmup_epochs=0, initial_loss_scale=2.0 ** 100)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 1})
+    configs = dict(F16, optim=optim)
+    probe = {}
+
+    def weights():
+        return [parallel.to_numpy(probe["state"].classifier.class_weights),
+                parallel.to_numpy(layouts.variable_handle(
+                    probe["state"].encoder.trainable_variables[0]))]
+
+    real_build = loop.build_state
+
+    def build(*args, **kwargs):
+        probe["state"] = real_build(*args, **kwargs)
+        return probe["state"]
+
+    recorder = _Weights(weights)
+    loop.build_state = build
+    try:
+        logs = loop.run_pretraining(model_dir, **configs, train=train, mesh=mesh,
+                                    callbacks=[recorder])
+    finally:
+        loop.build_state = real_build
+    assert logs["step"] == 5 and logs["loss_scale"] == 2.0 ** 96  # the 5th step's scale
+    for before, after in zip(recorder.before, weights()):
+        np.testing.assert_array_equal(before, after)
+    reader = tf.train.load_checkpoint(probe["state"].manager.latest_checkpoint)
+    assert reader.get_tensor(checkpoints.checkpoint_key("loss_scale")) == 2.0 ** 95

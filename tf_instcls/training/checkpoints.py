@@ -95,7 +95,8 @@ def newest_valid(directory: str, *, move_damaged: bool = True,
 
 
 def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_variables,
-            optimizer, global_step, hard_table=None, hard_table_epoch=None) -> str:
+            optimizer, global_step, hard_table=None, hard_table_epoch=None,
+            loss_scale=None) -> str:
     """Restores checkpoint ``path`` into the run's objects; returns "native" or
     "resharded" (the path taken)."""
     reader = tf.train.load_checkpoint(path)
@@ -143,6 +144,9 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
     if hard_table is not None:
         assign_rows(hard_table, checkpoint_key("hard_negatives"))
         assign(hard_table_epoch, checkpoint_key("hard_negatives_epoch"))
+    if loss_scale is not None:  # mixed_float16's dynamic loss scale
+        assign(loss_scale[0], checkpoint_key("loss_scale"))
+        assign(loss_scale[1], checkpoint_key("loss_scale_good_steps"))
     return "resharded"
 
 

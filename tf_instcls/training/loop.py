@@ -81,11 +81,11 @@ class ModelConfig:
     # diverges (the bank fills in 32 steps, Z stays that of a random bank), "epoch"
     # collapses the features to one direction, "step" neither.
     npid_z_estimate: str = "step"
-    # The backbone and head's compute dtype (Keras mixed-precision policy): "float32" or
-    # "mixed_bfloat16" (bfloat16 compute, float32 variables). W, its momentum, the
-    # softmax and both encoder outputs stay float32, so checkpoints, evaluation and the
-    # export are float32 whatever is set here. "mixed_float16" needs loss scaling, which
-    # the custom train step does not have yet: refused.
+    # The backbone and head's compute dtype (Keras mixed-precision policy): "float32",
+    # "mixed_bfloat16" (bfloat16 compute, float32 variables) or "mixed_float16" (float16
+    # compute with dynamic loss scaling: OptimConfig.initial_loss_scale). W, its
+    # momentum, the softmax and both encoder outputs stay float32, so checkpoints,
+    # evaluation and the export are float32 whatever is set here.
     precision: str = "float32"
 
 
@@ -102,6 +102,11 @@ class OptimConfig:
     # same as the backbone's). Defaults: the paper's single optimizer.
     classifier_lr_scale: float = 1.0
     classifier_weight_decay: float | None = None
+    # mixed_float16 only: dynamic loss scaling (Keras' LossScaleOptimizer defaults). A step
+    # whose scaled gradients overflow is skipped and halves the scale (never below 1);
+    # loss_scale_growth_steps finite steps in a row double it.
+    initial_loss_scale: float = 32768.0
+    loss_scale_growth_steps: int = 2000
 
 
 @dataclasses.dataclass
@@ -163,6 +168,7 @@ class TrainState:
     last_step: int = 0  # host copy of global_step, readable when the device is not
     model_config: ModelConfig | None = None
     npid_z: tuple | None = None  # NPID-NCE: (log Z, the epoch it was estimated at)
+    loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
 
     @property
     def step(self) -> int:
@@ -306,10 +312,12 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.method == "full" or train.smoothing == 0,
          f"ModelConfig.method = {model.method!r} has no label smoothing: set "
          "TrainConfig.smoothing = 0")
-    need(model.precision in ("float32", "mixed_bfloat16"), "ModelConfig.precision must be "
-         f"'float32' or 'mixed_bfloat16'; got {model.precision!r}"
-         + (" (float16 needs loss scaling, not implemented: use 'mixed_bfloat16')"
-            if model.precision == "mixed_float16" else ""))
+    need(model.precision in ("float32", "mixed_bfloat16", "mixed_float16"),
+         "ModelConfig.precision must be 'float32', 'mixed_bfloat16' or 'mixed_float16'; "
+         f"got {model.precision!r}")
+    need(optim.initial_loss_scale >= 1, "OptimConfig.initial_loss_scale must be >= 1")
+    need(optim.loss_scale_growth_steps >= 1, "OptimConfig.loss_scale_growth_steps must be "
+         ">= 1")
     need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
     need(model.chunk_size is None or model.chunk_size >= 1, "ModelConfig.chunk_size must be "
          "None or >= 1")
@@ -421,6 +429,13 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         npid_z = (layouts.replicated_variable(0.0, mesh, "npid_log_z", tf.float32),
                   layouts.replicated_variable(-1, mesh, "npid_z_epoch", tf.int64))
         extra.update(npid_log_z=npid_z[0], npid_z_epoch=npid_z[1])
+    loss_scale = None
+    if model.precision == "mixed_float16":
+        loss_scale = (layouts.replicated_variable(float(optim.initial_loss_scale), mesh,
+                                                  "loss_scale", tf.float32),
+                      layouts.replicated_variable(0, mesh, "loss_scale_good_steps",
+                                                  tf.int64))
+        extra.update(loss_scale=loss_scale[0], loss_scale_good_steps=loss_scale[1])
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
@@ -438,7 +453,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
                 latest, checkpoint, classifier=classifier,
                 encoder_variables=encoder_variables, optimizer=optimizer,
                 global_step=global_step, hard_table=hard_table,
-                hard_table_epoch=hard_table_epoch)
+                hard_table_epoch=hard_table_epoch, loss_scale=loss_scale)
             fields["step"] = int(parallel.to_numpy(global_step))
         print(f"resumed from {latest} (step {int(parallel.to_numpy(global_step))}, {how} "
               f"restore on {mesh.size} devices)", flush=True)
@@ -448,7 +463,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
         hard_table=hard_table, hard_table_epoch=hard_table_epoch, model_config=model,
-        npid_z=npid_z,
+        npid_z=npid_z, loss_scale=loss_scale,
     )
 
 
@@ -535,7 +550,9 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               smoothing=train.smoothing, hard_table=state.hard_table,
                               model_config=state.model_config, seed=train.seed,
-                              npid_z=state.npid_z, steps_per_epoch=state.steps_per_epoch)
+                              npid_z=state.npid_z, steps_per_epoch=state.steps_per_epoch,
+                              loss_scale=state.loss_scale,
+                              loss_scale_growth_steps=optim.loss_scale_growth_steps)
     augment = data.augment_config()
     # The prior runs first: the kNN monitor's "at initialisation" then sees the network
     # the training really starts from (BN statistics included).
@@ -636,6 +653,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
                 logging.warning("epoch %d: every step was skipped (non-finite loss or "
                                 "gradient); no loss or instance accuracy is recorded for it",
                                 epoch + 1)
+        if "loss_scale" in logs:  # mixed_float16: the dynamic loss scale at the epoch's end
+            epoch_logs["loss_scale"] = logs["loss_scale"]
         epoch_logs.update(epoch=epoch, lr=logs.get("lr", 0.0), step=state.step,
                           train_seconds=time.perf_counter() - epoch_start,
                           **state.epoch_results)  # e.g. mining_seconds

@@ -24,7 +24,7 @@ TRAINS_W = ("full", "sampled")  # methods whose W is trained by the optimizer
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothing=0.0,
                     hard_table=None, model_config=None, seed=0, npid_z=None,
-                    steps_per_epoch=None):
+                    steps_per_epoch=None, loss_scale=None, loss_scale_growth_steps=2000):
     """Returns ``step(images, ids, global_step) -> metrics``.
 
     images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
@@ -34,6 +34,12 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
     ``ModelConfig``) selects the method: full (default), sampled, npid or simclr.
     ``npid_z`` (NPID with NCE): the variables (log Z, epoch of its estimate) that the
     step estimates Z into, once or on each epoch's first step (``steps_per_epoch``).
+    ``loss_scale`` (float16 compute): the (scale, finite steps since a change) variables
+    of dynamic loss scaling. The loss is multiplied by the scale before the gradient and
+    the gradients divided by it; a step whose gradients overflow is skipped like any
+    non-finite step and halves the scale (not below 1), ``loss_scale_growth_steps``
+    finite steps double it. Such a skip is reported as finite (it is the scaling at
+    work) unless the loss itself is not finite or the scale is already 1.
     """
     name = getattr(model_config, "method", "full")
     # Differentiate and update the storage (DVariables) behind the Keras variables.
@@ -103,13 +109,18 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
         before = [tf.identity(v.read_value()) for v in statistics]
         with tf.GradientTape() as tape:
             loss, accuracy, embedding = forward(images, ids, hard_negatives, global_step)
-        grads = tape.gradient(loss, handles)
+            scaled = loss if loss_scale is None else loss * loss_scale[0]
+        grads = tape.gradient(scaled, handles)
+        if loss_scale is not None:
+            grads = [_unscale(g, loss_scale[0]) for g in grads]
         # The non-finite guard: one flag over the loss and every gradient. A False
         # flag leaves W, the backbone, the slots and the BN statistics as they were.
-        finite = tf.reduce_all(tf.math.is_finite(loss))
+        loss_finite = tf.reduce_all(tf.math.is_finite(loss))
+        finite = loss_finite
         for grad in grads:
             if grad is not None:
-                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(grad)))
+                values = grad.values if isinstance(grad, tf.IndexedSlices) else grad
+                finite = tf.logical_and(finite, tf.reduce_all(tf.math.is_finite(values)))
         lr = learning_rate_fn(global_step)
         optimizer.apply_gradients(zip(grads, handles), lr, apply=finite)
         for variable, value in zip(statistics, before):
@@ -124,9 +135,30 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, *, smoothi
                                    tf.constant(1.0))
             update_memory_bank(classifier.class_weights, ids, features, momentum=keep)
         global_step.assign_add(1)
-        return {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
+        metrics = {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
+        if loss_scale is not None:
+            scale, good = loss_scale
+            overflow = tf.logical_and(loss_finite, tf.logical_not(finite))
+            grown = tf.logical_and(finite, good + 1 >= loss_scale_growth_steps)
+            new_scale = tf.where(overflow, tf.maximum(scale / 2.0, 1.0),
+                                 tf.where(grown, scale * 2.0, scale))
+            metrics["finite"] = tf.logical_or(finite, tf.logical_and(overflow, scale > 1.0))
+            metrics["loss_scale"] = tf.convert_to_tensor(scale)
+            good.assign(tf.where(tf.logical_and(finite, tf.logical_not(grown)), good + 1,
+                                 tf.zeros_like(good)))
+            scale.assign(new_scale)
+        return metrics
 
     return step
+
+
+def _unscale(grad, scale):
+    """A gradient of the scaled loss divided by the loss scale (dense or sparse)."""
+    if grad is None:
+        return None
+    if isinstance(grad, tf.IndexedSlices):
+        return tf.IndexedSlices(grad.values / scale, grad.indices, grad.dense_shape)
+    return grad / tf.cast(scale, grad.dtype)
 
 
 def _draw(count: int, num_classes: int, seed: int, global_step) -> tf.Tensor:
