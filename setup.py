@@ -34,7 +34,12 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["tf_instcls", "tf_instcls.*", "tools"]),
+    # The gin configs ship inside the package (tf_instcls/gin in the wheel) so the tools
+    # find them in an installed copy too (tools.common.GIN_DIR); in a checkout: gin/.
+    packages=find_packages(include=["tf_instcls", "tf_instcls.*", "tools"])
+    + ["tf_instcls.gin", "tf_instcls.gin.ablations"],
+    package_dir={"tf_instcls.gin": "gin"},
+    package_data={"tf_instcls.gin": ["*.gin"], "tf_instcls.gin.ablations": ["*.gin"]},
     python_requires=">=3.10,<3.13",
     install_requires=[
         "tensorflow>=2.21,<2.22",

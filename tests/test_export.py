@@ -266,6 +266,8 @@ def test_the_wheel_installs_and_every_console_script_answers_help(tmp_path):
     assert any(n.endswith("dist-info/licenses/LICENSE") or n.endswith("dist-info/LICENSE")
                for n in names)
     assert "License: Apache-2.0" in meta and "Apache Software License" in meta
+    # the gin configs ship in the package, where the installed tools look for them
+    assert "tf_instcls/gin/digits.gin" in names and "tf_instcls/gin/ablations/npid.gin" in names
     target = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q",
                                 "--target", str(target), wheel],
@@ -283,3 +285,14 @@ def test_the_wheel_installs_and_every_console_script_answers_help(tmp_path):
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, \
             (name, done.stderr[-2000:])
         assert "[flags]" in done.stdout and "--helpfull" in done.stdout, (name, done.stdout)
+    # the installed tools find the installed configs (not this checkout's gin/)
+    found = subprocess.run([sys.executable, "-c", "from tools import common; "
+                            "print(common.GIN_DIR)"], env=env, capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    gin_dir = found.stdout.strip()
+    assert gin_dir.startswith(str(target)), (gin_dir, found.stderr[-2000:])
+    assert os.path.exists(os.path.join(gin_dir, "digits.gin"))
+    parsed = subprocess.run([str(target / "bin" / "tf-instcls-train"), "--helpfull"], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    flat = "".join(parsed.stdout.split())  # absl wraps long defaults over lines
+    assert os.path.join(gin_dir, "digits.gin") in flat  # the default --gin_file

@@ -17,9 +17,10 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools import common
+
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "digits.gin")], "gin configs.")
+flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")], "gin configs.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings.")
 flags.DEFINE_integer("virtual_devices", 4, "T virtual CPU devices; 0 = real devices.",
                      lower_bound=0)
@@ -40,7 +41,7 @@ def main(argv):
     from tf_instcls.training.step import make_train_step
 
     data, model, optim, train = loop.configs_from_gin(
-        gin, FLAGS.gin_file, FLAGS.gin_bindings, search_path=os.path.join(ROOT, "gin")
+        gin, FLAGS.gin_file, FLAGS.gin_bindings, search_path=common.GIN_DIR
     )
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)

@@ -11,6 +11,21 @@ FLAGS = flags.FLAGS
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _gin_dir() -> str:
+    """The gin configs: gin/ of a checkout, else the installed package's copy
+    (tf_instcls/gin, shipped in the wheel)."""
+    local = os.path.join(ROOT, "gin")
+    if os.path.isdir(local):
+        return local
+    import importlib.util
+
+    package = importlib.util.find_spec("tf_instcls")
+    return os.path.join(os.path.dirname(package.origin), "gin")
+
+
+GIN_DIR = _gin_dir()
 # TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
 # TF_CPP_MIN_LOG_LEVEL=0 brings them back. Set before any tool imports TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

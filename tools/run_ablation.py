@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", "baselines", "baselines | table2 | table3 | table4 | table5")
 flags.DEFINE_string("work_dir", None, "One sub-directory per run, plus the tables.")
-flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "cifar10_subset_npz.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "cifar10_subset_npz.gin")],
                           "Base config of every run.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every run.")
 flags.DEFINE_integer("epochs", 10, "Epochs of every run (the budget).", lower_bound=1)
@@ -64,7 +64,7 @@ PAPER = {  # ImageNet, ResNet-50, 200 epochs, linear top-1 (DESIGN.md)
 }
 NO_SMOOTHING = ["TrainConfig.smoothing = 0.0"]
 GAUSSIAN = ["TrainConfig.init_mode = 'gaussian'"]
-NPID_GIN = (os.path.join(ROOT, "gin", "ablations", "npid.gin"),)  # NPID's own recipe
+NPID_GIN = (os.path.join(common.GIN_DIR, "ablations", "npid.gin"),)  # NPID's own recipe
 
 
 def _flag(name: str):
@@ -106,7 +106,7 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                 "npid.gin's Z estimate", [f"ModelConfig.npid_noise = {_flag('npid_noise')}"],
                 gin_files=NPID_GIN),
             Run("simclr", "SimCLR: NT-Xent over the 2B views, no W (gin/ablations/simclr.gin)",
-                [], gin_files=(os.path.join(ROOT, "gin", "ablations", "simclr.gin"),)),
+                [], gin_files=(os.path.join(common.GIN_DIR, "ablations", "simclr.gin"),)),
         ]
     if name == "table3":
         runs = [Run(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",

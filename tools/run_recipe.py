@@ -38,7 +38,7 @@ flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data",
                     "Labelled npz (x uint8 [n, h, w, 3], y) to split.")
 flags.DEFINE_float("holdout_fraction", 0.2, "Class-stratified held-out fraction.")
 flags.DEFINE_integer("split_seed", 0, "Seed of the split (the same for every recipe).")
-flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "cifar10_subset_npz.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "cifar10_subset_npz.gin")],
                           "The recipe (repeatable, layered).")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds (TrainConfig.seed).")

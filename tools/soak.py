@@ -30,7 +30,7 @@ from tools import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Holds reference/, soak/ and soak.json.")
-flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "digits.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")],
                           "Training config (default: the digits demo).")
 flags.DEFINE_multi_string("gin_bindings", ["DataConfig.image_size = 16",
                                            "ModelConfig.backbone_width = 8",

@@ -18,9 +18,8 @@ from absl import app, flags, logging
 
 from tools import common  # noqa: F401  (TensorFlow's C++ log level, set before TF loads)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [os.path.join(ROOT, "gin", "digits.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")],
                           "gin config files, applied in order (default: the digits demo).")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"TrainConfig.epochs = 5\".")
 flags.DEFINE_string("model_dir", None, "Checkpoints, metrics.jsonl, TensorBoard, gin config "
@@ -57,7 +56,7 @@ def _parse_gin():
             raise app.UsageError(f"--gin_file not found: {path}")
     try:
         configs = loop.configs_from_gin(gin, FLAGS.gin_file, bindings,
-                                        search_path=os.path.join(ROOT, "gin"))
+                                        search_path=common.GIN_DIR)
     except (ValueError, SyntaxError, KeyError) as err:
         raise app.UsageError(f"bad gin config or binding: {err}") from err
     return gin, loop, configs
