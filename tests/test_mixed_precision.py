@@ -41,6 +41,18 @@ class _InterruptAfterEpoch(keras.callbacks.Callback):
             raise _Interrupted()
 
 
+def _assert_interrupted_run_replays(configs, straight, resumed, mesh):
+    """The run of ``straight``, interrupted after epoch 1 and resumed in ``resumed``,
+    logs the same loss at every step."""
+    with pytest.raises(_Interrupted):
+        loop.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh,
+                             callbacks=[_InterruptAfterEpoch(0)])
+    loop.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh)
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+
+
 def _losses(model_dir):
     with open(f"{model_dir}/steps.jsonl") as f:
         return {r["step"]: r["loss"] for r in map(json.loads, f) if r}
@@ -59,14 +71,7 @@ def test_bfloat16_trains_resumes_exactly_and_exports_float32(tmp_path):
     reader = tf.train.load_checkpoint(state.manager.latest_checkpoint)
     assert reader.get_tensor(checkpoints.W_KEY).dtype == np.float32
 
-    resumed = str(tmp_path / "resumed")  # the same run, interrupted after epoch 1
-    with pytest.raises(_Interrupted):
-        loop.run_pretraining(resumed, **CONFIGS, train=TRAIN, mesh=mesh,
-                             callbacks=[_InterruptAfterEpoch(0)])
-    loop.run_pretraining(resumed, **CONFIGS, train=TRAIN, mesh=mesh)
-    a, b = _losses(straight), _losses(resumed)
-    assert sorted(a) == sorted(b) == list(range(1, 11))
-    np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    _assert_interrupted_run_replays(CONFIGS, straight, str(tmp_path / "resumed"), mesh)
 
     images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     source = ImageSource(name="x", num_images=4, image_size=(16, 16), images=images)
@@ -102,14 +107,7 @@ def test_float16_trains_with_a_loss_scale_and_resumes_exactly(tmp_path):
     assert reader.get_tensor(checkpoints.checkpoint_key("loss_scale")) == 32768.0
     assert reader.get_tensor(checkpoints.checkpoint_key("loss_scale_good_steps")) == 10
 
-    resumed = str(tmp_path / "resumed")  # interrupted after epoch 1, then resumed
-    with pytest.raises(_Interrupted):
-        loop.run_pretraining(resumed, **F16, train=TRAIN, mesh=mesh,
-                             callbacks=[_InterruptAfterEpoch(0)])
-    loop.run_pretraining(resumed, **F16, train=TRAIN, mesh=mesh)
-    a, b = _losses(straight), _losses(resumed)
-    assert sorted(a) == sorted(b) == list(range(1, 11))
-    np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    _assert_interrupted_run_replays(F16, straight, str(tmp_path / "resumed"), mesh)
 
 
 class _Weights(keras.callbacks.Callback):
@@ -125,7 +123,7 @@ class _Weights(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_float16_overflow_skips_the_step_halves_the_scale_and_goes_on(tmp_path):
+def test_float16_overflow_skips_the_step_halves_the_scale_and_goes_on(tmp_path, monkeypatch):
     """A scale of 2^100 overflows float16's backward pass (max 65,504) on every step:
     each step is skipped (W and the backbone untouched) and halves the scale; the run is
     not stopped by the non-finite guard, and the scale is checkpointed."""
@@ -148,12 +146,9 @@ def test_float16_overflow_skips_the_step_halves_the_scale_and_goes_on(tmp_path):
         return probe["state"]
 
     recorder = _Weights(weights)
-    loop.build_state = build
-    try:
-        logs = loop.run_pretraining(model_dir, **configs, train=train, mesh=mesh,
-                                    callbacks=[recorder])
-    finally:
-        loop.build_state = real_build
+    monkeypatch.setattr(loop, "build_state", build)
+    logs = loop.run_pretraining(model_dir, **configs, train=train, mesh=mesh,
+                                callbacks=[recorder])
     assert logs["step"] == 5 and logs["loss_scale"] == 2.0 ** 96  # the 5th step's scale
     for before, after in zip(recorder.before, weights()):
         np.testing.assert_array_equal(before, after)

@@ -11,6 +11,9 @@ FLAGS = flags.FLAGS
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
+# TF_CPP_MIN_LOG_LEVEL=0 brings them back. Set before any tool imports TensorFlow.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _gin_dir() -> str:
@@ -26,9 +29,6 @@ def _gin_dir() -> str:
 
 
 GIN_DIR = _gin_dir()
-# TensorFlow's C++ INFO / WARNING start-up lines are not for users (errors still show);
-# TF_CPP_MIN_LOG_LEVEL=0 brings them back. Set before any tool imports TensorFlow.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def spread(values: list) -> tuple[float | None, float | None]:

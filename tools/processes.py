@@ -8,9 +8,30 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from tools import common
+
+
+def tool_command(tool: str, *args: str) -> list:
+    """``python tools/<tool>.py ARGS`` of this checkout (or installed copy)."""
+    return [sys.executable, os.path.join(common.ROOT, "tools", f"{tool}.py"), *args]
+
+
+def train_command(model_dir: str, dataset: str, *, virtual_devices: int, max_steps: int,
+                  batch_size: int | None, gin_files=(), gin_bindings=()) -> list:
+    """The scale tools' ``tools/train.py`` command (bindings after the gin files)."""
+    return tool_command(
+        "train", f"--model_dir={model_dir}", f"--dataset={dataset}",
+        f"--virtual_devices={virtual_devices}", f"--max_steps={max_steps}",
+        *([f"--batch_size={batch_size}"] if batch_size else []),
+        *[f"--gin_file={g}" for g in gin_files],
+        *[f"--gin_bindings={b}" for b in gin_bindings])
+
+
+def export_command(model_dir: str) -> list:
+    return tool_command("export", f"--model_dir={model_dir}", "--overwrite")
 
 
 def run_process(command: list, log_path: str, kill_when=None, poll_s: float = 2.0) -> dict:
@@ -57,11 +78,13 @@ def summarise(records: list[dict]) -> dict:
             s.setdefault("step_medians_s", []).append(r["median_s"])
             s["steps"] = s.get("steps", 0) + r["count"]
     for s in out.values():
-        ordered = sorted(s["seconds"])
-        s["total_s"] = sum(ordered)
-        s["median_s"] = ordered[len(ordered) // 2]
-        del s["seconds"]
+        s["total_s"] = sum(s["seconds"])
+        s["median_s"] = _upper_median(s.pop("seconds"))
         if "step_medians_s" in s:
-            medians = sorted(s.pop("step_medians_s"))
-            s["step_median_s"] = medians[len(medians) // 2]
+            s["step_median_s"] = _upper_median(s.pop("step_medians_s"))
     return out
+
+
+def _upper_median(values: list) -> float:
+    """The middle value (the upper one of an even count)."""
+    return sorted(values)[len(values) // 2]

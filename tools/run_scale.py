@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
-from tools import common
-from tools.processes import logged_steps, run_process, summarise
+from tools.processes import export_command, logged_steps, run_process, summarise, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "The training data, e.g. synthetic:1281167:16.")
@@ -74,14 +72,10 @@ def main(argv):
 
     model_dir = FLAGS.model_dir
     os.makedirs(model_dir, exist_ok=True)
-    train = [sys.executable, os.path.join(common.ROOT, "tools", "train.py"),
-             f"--model_dir={model_dir}", f"--dataset={FLAGS.dataset}",
-             f"--virtual_devices={FLAGS.virtual_devices}", f"--max_steps={FLAGS.max_steps}",
-             "--gin_bindings=TrainConfig.log_steps = True",
-             *[f"--gin_file={g}" for g in FLAGS.gin_file],
-             *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings]]
-    if FLAGS.batch_size:
-        train.append(f"--batch_size={FLAGS.batch_size}")
+    train = train_command(model_dir, FLAGS.dataset, virtual_devices=FLAGS.virtual_devices,
+                          max_steps=FLAGS.max_steps, batch_size=FLAGS.batch_size,
+                          gin_files=FLAGS.gin_file,
+                          gin_bindings=["TrainConfig.log_steps = True", *FLAGS.gin_bindings])
     processes = {}
     if FLAGS.kill_at_step:
         def due():
@@ -97,10 +91,8 @@ def main(argv):
     else:
         processes["train"] = run_process(train, os.path.join(model_dir, "console_1.txt"))
     if FLAGS.export:
-        processes["export"] = run_process(
-            [sys.executable, os.path.join(common.ROOT, "tools", "export.py"),
-             f"--model_dir={model_dir}", "--overwrite"],
-            os.path.join(model_dir, "console_export.txt"))
+        processes["export"] = run_process(export_command(model_dir),
+                                          os.path.join(model_dir, "console_export.txt"))
     records = stages.read(model_dir)
     result = {"dataset": FLAGS.dataset, "virtual_devices": FLAGS.virtual_devices,
               "max_steps": FLAGS.max_steps, "gin_file": FLAGS.gin_file,

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
-from tools import common
-from tools.processes import run_process, summarise
+from tools.processes import export_command, run_process, summarise, tool_command, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ns", ["10000", "100000"], "N values with every stage.")
@@ -53,12 +51,11 @@ LAWS = {"startup": 1, "restore": 1, "prior": 1, "mining": 2, "checkpoint": 1, "s
 
 def _bench_classifier(n: int, log: str, chunk: int = 0) -> dict:
     out = log + ".json"
-    run_process(
-        [sys.executable, os.path.join(common.ROOT, "tools", "bench_classifier.py"),
-         f"--num_instances={n}", f"--dim={FLAGS.dim}", f"--batch_size={2 * FLAGS.batch_size}",
-         f"--virtual_devices={FLAGS.virtual_devices}", "--layouts=sharded",
-         "--smoothing=0.2", "--num_hard=100", "--steps=5", "--warmup=2",
-         f"--chunk_size={chunk}", "--torch_peer=false", f"--json={out}"], log)
+    run_process(tool_command(
+        "bench_classifier", f"--num_instances={n}", f"--dim={FLAGS.dim}",
+        f"--batch_size={2 * FLAGS.batch_size}", f"--virtual_devices={FLAGS.virtual_devices}",
+        "--layouts=sharded", "--smoothing=0.2", "--num_hard=100", "--steps=5", "--warmup=2",
+        f"--chunk_size={chunk}", "--torch_peer=false", f"--json={out}"), log)
     with open(out) as f:
         records = json.load(f)
     return next(r for r in records if r.get("layout") == "sharded" and "step_ms_median" in r)
@@ -68,26 +65,22 @@ def measure(n: int, large: bool, reuse: str | None = None) -> dict:
     if reuse:
         return _row(n, large, reuse, processes={})
     model_dir = os.path.join(FLAGS.runs_dir, f"n{n}")
-    train = [sys.executable, os.path.join(common.ROOT, "tools", "train.py"),
-             f"--model_dir={model_dir}", f"--dataset=synthetic:{n}:{FLAGS.image_size}",
-             f"--virtual_devices={FLAGS.virtual_devices}", f"--max_steps={FLAGS.max_steps}",
-             f"--batch_size={FLAGS.batch_size}",
-             *[f"--gin_file={g}" for g in FLAGS.gin_file],
-             *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings]]
+    bindings = list(FLAGS.gin_bindings)
     if large:
-        train += ["--gin_bindings=TrainConfig.init_mode = 'gaussian'",
-                  "--gin_bindings=TrainConfig.smoothing = 0.0",
-                  "--gin_bindings=TrainConfig.num_hard_negatives = 0"]
+        bindings += ["TrainConfig.init_mode = 'gaussian'", "TrainConfig.smoothing = 0.0",
+                     "TrainConfig.num_hard_negatives = 0"]
         if FLAGS.large_chunk_size:
-            train.append(f"--gin_bindings=ModelConfig.chunk_size = {FLAGS.large_chunk_size}")
+            bindings.append(f"ModelConfig.chunk_size = {FLAGS.large_chunk_size}")
+    train = train_command(model_dir, f"synthetic:{n}:{FLAGS.image_size}",
+                          virtual_devices=FLAGS.virtual_devices, max_steps=FLAGS.max_steps,
+                          batch_size=FLAGS.batch_size, gin_files=FLAGS.gin_file,
+                          gin_bindings=bindings)
     os.makedirs(model_dir, exist_ok=True)
     processes = {
         "train": run_process(train, os.path.join(model_dir, "console_1.txt")),
         "restore": run_process(train, os.path.join(model_dir, "console_2.txt")),
-        "export": run_process(
-            [sys.executable, os.path.join(common.ROOT, "tools", "export.py"),
-             f"--model_dir={model_dir}", "--overwrite"],
-            os.path.join(model_dir, "console_export.txt")),
+        "export": run_process(export_command(model_dir),
+                              os.path.join(model_dir, "console_export.txt")),
     }
     failed = {k: p["returncode"] for k, p in processes.items() if p["returncode"]}
     if failed:

@@ -156,9 +156,9 @@ def _build_block_fn(placement, total, n, k, local_rows, plan):
 
     def local_top(sims, shard_ids):
         """[bs, S, L] similarities -> top ``take`` values and local columns per shard."""
-        columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
-                   + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L] global
         if padded:  # padding rows (zero vectors, cosine 0) must never be chosen
+            columns = (tf.reshape(shard_ids, [1, -1, 1]) * local_rows
+                       + tf.reshape(tf.range(local_rows), [1, 1, -1]))  # [1, S, L] global
             sims = tf.where(columns >= n, -np.inf, sims)
         return tf.math.top_k(sims, k=take)  # [bs, S, take], lower index first
 

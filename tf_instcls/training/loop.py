@@ -455,8 +455,8 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
                 global_step=global_step, hard_table=hard_table,
                 hard_table_epoch=hard_table_epoch, loss_scale=loss_scale)
             fields["step"] = int(parallel.to_numpy(global_step))
-        print(f"resumed from {latest} (step {int(parallel.to_numpy(global_step))}, {how} "
-              f"restore on {mesh.size} devices)", flush=True)
+        print(f"resumed from {latest} (step {fields['step']}, {how} restore on {mesh.size} "
+              "devices)", flush=True)
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
@@ -637,16 +637,11 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
             callback_list.on_train_batch_end(batch_index, logs)
         _record_steps(state.model_dir, step_seconds, epoch=epoch, step=state.step)
         step_seconds = []
-        if last < state.steps_per_epoch:  # max_steps reached inside this epoch
-            callback_list.on_train_end({"stopped_at_step": state.step})
-            print(f"stopped at step {state.step} of {total_steps} (TrainConfig.max_steps); "
-                  "rerun with the same model_dir and a larger max_steps (or 0) to go on",
-                  flush=True)
-            return {"stopped_at_step": state.step,
-                    **({k: v / count for k, v in sums.items()} if count else {})}
         # The epoch's means over its finite steps; an epoch whose every step was
         # skipped has none (not 0.0) and says so.
         epoch_logs = {k: v / count for k, v in sums.items()} if count else {}
+        if last < state.steps_per_epoch:  # max_steps reached inside this epoch
+            return _stop_at_max_steps(callback_list, state, total_steps, epoch_logs)
         if count < state.steps_per_epoch - first:
             epoch_logs["skipped_steps"] = state.steps_per_epoch - first - count
             if not count:
@@ -664,12 +659,18 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
         callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
         logs = {**epoch_logs, **state.epoch_results}
         if state.step >= stop_at and state.step < total_steps:  # max_steps at an epoch end
-            callback_list.on_train_end({"stopped_at_step": state.step})
-            print(f"stopped at step {state.step} of {total_steps} (TrainConfig.max_steps)",
-                  flush=True)
-            return {**logs, "stopped_at_step": state.step}
+            return _stop_at_max_steps(callback_list, state, total_steps, logs)
     callback_list.on_train_end(logs)
     return logs
+
+
+def _stop_at_max_steps(callback_list, state, total_steps: int, logs: dict) -> dict:
+    """Ends a run at TrainConfig.max_steps (the checkpoint saver writes the step) and
+    says how to go on."""
+    callback_list.on_train_end({"stopped_at_step": state.step})
+    print(f"stopped at step {state.step} of {total_steps} (TrainConfig.max_steps); rerun "
+          "with the same model_dir and a larger max_steps (or 0) to go on", flush=True)
+    return {**logs, "stopped_at_step": state.step}
 
 
 def _record_steps(model_dir, seconds: list, **extra) -> None:
