@@ -140,9 +140,9 @@ def _instance_classification(
             # One device, or a batch that does not split: every device does all of it.
             x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
 
-    x_unit = _l2_normalize(x)
-    w_unit = _l2_normalize(tf.convert_to_tensor(class_weights))
     core = _CosineSoftmax(cfg, placement, batch_shards, targets, with_accuracy)
+    x_unit = _l2_normalize(x)
+    w_unit = _l2_normalize(tf.convert_to_tensor(class_weights), core.local_rows_mask())
     return core(x_unit, w_unit)
 
 
@@ -217,9 +217,10 @@ def _check_targets(targets, valid, use_hard):
         return tf.identity(targets)
 
 
-def _l2_normalize(value):
+def _l2_normalize(value, row_mask=None):
     square = tf.reduce_sum(tf.square(value), axis=-1, keepdims=True)
-    return value * tf.math.rsqrt(tf.maximum(square, _NORM_EPS))
+    factor = tf.math.rsqrt(tf.maximum(square, _NORM_EPS))
+    return value * (factor if row_mask is None else factor * row_mask)
 
 
 class _CosineSoftmax:
@@ -273,6 +274,23 @@ class _CosineSoftmax:
         return layouts.relayout(value, layout)
 
     # -- the math -------------------------------------------------------------------
+    def local_rows_mask(self):
+        """[N, 1] float, 1 on W's real rows and 0 on padding, built from each device's
+        own row range; None unless W's rows are split over devices.
+
+        Multiplied into W's [N, 1] inverse norms (exact: the factor is 1), it gives the
+        normalised W its local shape in each device's graph. A DTensor variable read
+        keeps W's global [N, D] shape for grappler's static shape inference, and its cost
+        estimator then logs "Incompatible Matrix dimensions" at ERROR level, once per
+        device, for the backward matmul of the local [c, N/S] residual by W (only when
+        S divides N: the padded path already masks W). Costs [N/S, 1] ops a step.
+        """
+        if self.placement.row_shards == 1:
+            return None
+        cols = tf.expand_dims(layouts.shard_index(self.placement), 1) * self.local_rows
+        cols = cols + tf.expand_dims(tf.range(self.local_rows), 0)  # [S, L]
+        return tf.cast(tf.reshape(cols < self.cfg["valid"], [-1, 1]), tf.float32)
+
     def _column_masks(self, shard_ids):
         """valid [1, S, L] bool (None when no padding)."""
         if self.cfg["valid"] == self.cfg["num_classes"]:
