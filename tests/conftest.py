@@ -8,6 +8,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
+# The checkout's tools/ (absl binaries), importable as `tools` by the tests; an install
+# ships them as tf_instcls.tools instead (no top-level `tools` in site-packages).
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_instcls.parallel import configure_virtual_devices  # noqa: E402
 

@@ -66,6 +66,13 @@ def _sampled_reference(x, ids, w, sampled, t):
     return np.array(losses), gx, gw
 
 
+def _nce_z(state):
+    """(log Z, the epoch it was estimated at): NPID's own checkpointed state."""
+    variables = state.method.variables()
+    return (float(parallel.to_numpy(variables["npid_log_z"])),
+            float(parallel.to_numpy(variables["npid_z_epoch"])))
+
+
 @pytest.mark.parametrize("devices, layout", [(None, None), (1, "sharded"), (2, "sharded"),
                                              (4, "sharded"), (4, "replicated")])
 def test_sampled_softmax_equals_the_full_softmax_restricted_to_the_set(devices, layout):
@@ -228,7 +235,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     bank = state.classifier.class_weights
     assert not state.optimizer.has_slot(bank)  # the bank is not an optimised variable
     # NCE's Z is part of the checkpoint: estimated (finite, > log N) at epoch 0
-    log_z, z_epoch = (float(parallel.to_numpy(v)) for v in state.npid_z)
+    log_z, z_epoch = _nce_z(state)
     assert z_epoch == 0 and np.isfinite(log_z) and log_z > np.log(1528)
     assert bank.layout.sharding_specs[0] != "unsharded"
     norms = np.linalg.norm(parallel.to_numpy(bank)[:1528], axis=1)
@@ -240,7 +247,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
     state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=again,
                              mesh=mesh)
-    new_log_z, z_epoch = (float(parallel.to_numpy(v)) for v in state.npid_z)
+    new_log_z, z_epoch = _nce_z(state)
     assert z_epoch == 1 and new_log_z != log_z  # "epoch": re-estimated in epoch 1
 
     sampled = loop.ModelConfig(backbone_width=4, embedding_dim=16, head_hidden_dim=16,
@@ -308,6 +315,12 @@ def test_run_ablation_calls_an_effect_only_beyond_the_seed_spread():
     for name in ("npid", "npid_nce", "simclr"):  # each method's own gin recipe, layered
         assert len(runs[name].gin_files) == 1 and os.path.exists(runs[name].gin_files[0])
     assert runs["npid_nce"].bindings == ["ModelConfig.npid_noise = 400"]  # < N of 4k images
+    # rows are the shipped gin/ablations files, not strings repeating them
+    for name, gin in (("no_head", "no_head"), ("no_prior", "no_prior"),
+                      ("no_smoothing", "no_smoothing"), ("sampled_1024", "sampled")):
+        assert runs[name].bindings == [] and runs[name].gin_files == ablation.ablation(gin)
+    for which in ("baselines", "table2", "table3", "table5"):
+        assert all(os.path.exists(f) for r in ablation.grid(which) for f in r.gin_files)
     table4 = ablation.grid("table4", ["2", "5"])
     assert [(r.name, r.reference, r.epochs) for r in table4][:2] == [
         ("gaussian_2ep", "gaussian_2ep", 2), ("prior_running_bn_2ep", "gaussian_2ep", 2)]
@@ -337,5 +350,5 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
     assert np.isfinite(steps).all() and max(steps) < 30
     assert 0 <= logs["knn_top1"] <= 100
     state = loop.build_state(str(tmp_path), **configs, train=train, mesh=mesh)
-    log_z, z_epoch = (float(parallel.to_numpy(v)) for v in state.npid_z)
+    log_z, z_epoch = _nce_z(state)
     assert np.isfinite(log_z) and z_epoch == 0

@@ -286,7 +286,11 @@ def test_the_wheel_installs_and_every_console_script_answers_help(tmp_path):
             (name, done.stderr[-2000:])
         assert "[flags]" in done.stdout and "--helpfull" in done.stdout, (name, done.stdout)
     # the installed tools find the installed configs (not this checkout's gin/)
-    found = subprocess.run([sys.executable, "-c", "from tools import common; "
+    # the tools are tf_instcls.tools there: no top-level package named `tools`
+    assert (target / "tf_instcls" / "tools" / "train.py").exists()
+    assert not (target / "tools").exists()
+    assert not any(n.startswith("tools/") for n in names)
+    found = subprocess.run([sys.executable, "-c", "from tf_instcls.tools import common; "
                             "print(common.GIN_DIR)"], env=env, capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
     gin_dir = found.stdout.strip()

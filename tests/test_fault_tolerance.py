@@ -54,7 +54,8 @@ def test_nonfinite_step_leaves_every_variable_untouched():
     import tempfile
 
     state = loop.build_state(tempfile.mkdtemp(), **TINY, train=TRAIN, mesh=mesh)
-    step = make_train_step(state.encoder, state.classifier, state.optimizer, lambda s: 0.1)
+    step = make_train_step(state.encoder, state.classifier, state.optimizer, lambda s: 0.1,
+                           state.method)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(8, 2, 16, 16, 3)).astype(np.float32)
     ids = np.arange(8, dtype=np.int32)

@@ -209,11 +209,12 @@ def test_unpadded_weights_not_divisible_by_shards_are_refused():
     assert variable.shape == (16, D)
     with pytest.raises(ValueError, match="pad W"):
         # pretend a 13-row W: build the placement check directly
-        from tf_instcls.losses.instance_classification import _CosineSoftmax
+        from tf_instcls.losses.cosine_softmax import CosineSoftmax, LossSpec
         from tf_instcls.parallel.layouts import class_weight_placement
 
-        cfg = dict(num_classes=13, batch=B, chunk=None, label_weights=[1.0])
-        _CosineSoftmax(cfg, class_weight_placement(variable), 1, None)
+        spec = LossSpec(batch=B, dim=D, num_classes=13, valid=13, inv_temperature=1.0,
+                        use_hard=False, label_weights=(1.0,), chunk=None)
+        CosineSoftmax(spec, class_weight_placement(variable), 1, None)
 
 
 @pytest.mark.parametrize("layout", ["sharded", "replicated"])

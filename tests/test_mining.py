@@ -161,7 +161,7 @@ def test_mining_every_epoch_traces_its_function_once():
 
 def test_mining_tells_the_watchdog_after_every_block(monkeypatch):
     """Exact mining at large N outlasts the step timeout: each query block is progress."""
-    from tf_instcls.training import watchdog
+    from tf_instcls.parallel import watchdog
 
     beats = []
     monkeypatch.setattr(watchdog, "beat", lambda: beats.append(1))

@@ -34,7 +34,11 @@ import time
 
 from absl import app, flags, logging
 
-from tools import common
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from . import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("layouts", ["sharded", "replicated"], "Layouts of W to benchmark.")

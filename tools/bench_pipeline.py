@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-from tools import common
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from . import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")], "gin configs.")
@@ -60,7 +65,8 @@ def main(argv):
         batch = next(iterator)
     pipeline = FLAGS.batches * train.batch_size / (time.perf_counter() - start)
 
-    step = make_train_step(state.encoder, state.classifier, state.optimizer, lambda s: 0.01)
+    step = make_train_step(state.encoder, state.classifier, state.optimizer, lambda s: 0.01,
+                           state.method)
     images = layouts.pack_local_batch(batch["images"], layouts.batch_layout(mesh, 5))
     ids = layouts.pack_local_batch(batch["ids"], layouts.batch_layout(mesh, 1))
     parallel.to_numpy(step(images, ids, state.global_step)["loss"])  # trace

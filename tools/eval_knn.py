@@ -14,11 +14,16 @@ so a 1.28M-image bank fits in memory.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags
 
-from tools import common
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from . import common
 
 FLAGS = flags.FLAGS
 common.define_model_and_data_flags("eval")

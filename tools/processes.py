@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from tools import common
+from . import common
 
 
 def tool_command(tool: str, *args: str) -> list:

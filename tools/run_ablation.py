@@ -33,10 +33,14 @@ from typing import NamedTuple
 
 from absl import app, flags
 
-from tools import common
-from tools.common import spread
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import common
+from .common import spread
+
+ROOT = common.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", "baselines", "baselines | table2 | table3 | table4 | table5")
 flags.DEFINE_string("work_dir", None, "One sub-directory per run, plus the tables.")
@@ -62,9 +66,12 @@ PAPER = {  # ImageNet, ResNet-50, 200 epochs, linear top-1 (DESIGN.md)
     "k0_a0": 67.6, "k100_a0.1": 67.7, "k100_a0.2": 68.2, "k100_a0.3": 67.5, "k50_a0.2": 68.0,
     "k200_a0.2": 67.9,
 }
-NO_SMOOTHING = ["TrainConfig.smoothing = 0.0"]
-GAUSSIAN = ["TrainConfig.init_mode = 'gaussian'"]
-NPID_GIN = (os.path.join(common.GIN_DIR, "ablations", "npid.gin"),)  # NPID's own recipe
+
+
+def ablation(*names: str) -> tuple:
+    """gin/ablations/<name>.gin for each name: the rows are built from these files, so a
+    grid and a user's `--gin_file=gin/ablations/X.gin` run the same thing."""
+    return tuple(os.path.join(common.GIN_DIR, "ablations", f"{name}.gin") for name in names)
 
 
 def _flag(name: str):
@@ -87,39 +94,38 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                "full, prior + smoothing (K=100, a=0.2): the config's recipe", [])
     table2 = [
         full,
-        Run("no_head", "no MLP head (linear), prior + smoothing",
-            ["ModelConfig.use_head = False"]),
-        Run("no_prior", "MLP head, smoothing, Gaussian W", GAUSSIAN),
-        Run("no_smoothing", "MLP head + prior, no smoothing", NO_SMOOTHING),
+        Run("no_head", "no MLP head (linear), prior + smoothing", [],
+            gin_files=ablation("no_head")),
+        Run("no_prior", "MLP head, smoothing, Gaussian W", [], gin_files=ablation("no_prior")),
+        Run("no_smoothing", "MLP head + prior, no smoothing", [],
+            gin_files=ablation("no_smoothing")),
     ]
     if name == "table2":
         return table2
     if name == "baselines":
         return table2 + [
-            Run("sampled_1024", "sampled softmax, S = 2^10",
-                NO_SMOOTHING + ["ModelConfig.method = 'sampled'",
-                                "ModelConfig.num_sampled = 1024"]),
+            Run("sampled_1024", "sampled softmax, S = 2^10 (gin/ablations/sampled.gin)", [],
+                gin_files=ablation("sampled")),
             Run("npid", "NPID: memory bank, full non-parametric softmax (m = 0), t = 0.07, "
                 "linear head, NPID's lr 0.03 / 256 and wd 5e-4 (gin/ablations/npid.gin)",
-                ["ModelConfig.npid_noise = 0"], gin_files=NPID_GIN),
+                ["ModelConfig.npid_noise = 0"], gin_files=ablation("npid")),
             Run("npid_nce", f"NPID with NCE: m = {_flag('npid_noise')} noise samples, "
                 "npid.gin's Z estimate", [f"ModelConfig.npid_noise = {_flag('npid_noise')}"],
-                gin_files=NPID_GIN),
+                gin_files=ablation("npid")),
             Run("simclr", "SimCLR: NT-Xent over the 2B views, no W (gin/ablations/simclr.gin)",
-                [], gin_files=(os.path.join(common.GIN_DIR, "ablations", "simclr.gin"),)),
+                [], gin_files=ablation("simclr")),
         ]
     if name == "table3":
         runs = [Run(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
-                    NO_SMOOTHING + GAUSSIAN + ["ModelConfig.method = 'sampled'",
-                                               f"ModelConfig.num_sampled = {2 ** p}"],
-                    reference="full")
+                    [f"ModelConfig.num_sampled = {2 ** p}"],
+                    gin_files=ablation("no_prior", "sampled"), reference="full")
                 for p in (10, 12, 14, 16)]
-        return [Run("full", "full softmax (no prior, no smoothing)", NO_SMOOTHING + GAUSSIAN),
-                *runs]
+        return [Run("full", "full softmax (no prior, no smoothing)", [],
+                    gin_files=ablation("no_prior", "no_smoothing")), *runs]
     if name == "table4":
         return [Run(f"{mode}_{e}ep", f"{mode} W, {e} epochs",
-                    NO_SMOOTHING + [f"TrainConfig.init_mode = '{mode}'"], int(e),
-                    reference=f"gaussian_{e}ep")
+                    [f"TrainConfig.init_mode = '{mode}'"], int(e),
+                    gin_files=ablation("no_smoothing"), reference=f"gaussian_{e}ep")
                 for e in (table4_epochs or _flag("table4_epochs"))
                 for mode in ("gaussian", "prior_running_bn")]
     if name == "table5":

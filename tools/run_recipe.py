@@ -28,9 +28,13 @@ import time
 import numpy as np
 from absl import app, flags
 
-from tools import common
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import common
+
+ROOT = common.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Split, one model_dir per seed, and the results.")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data",

@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
-from tools.processes import export_command, logged_steps, run_process, summarise, train_command
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from .processes import export_command, logged_steps, run_process, summarise, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "The training data, e.g. synthetic:1281167:16.")

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from absl import app, flags
 
-from tools.processes import export_command, run_process, summarise, tool_command, train_command
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from .processes import export_command, run_process, summarise, tool_command, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ns", ["10000", "100000"], "N values with every stage.")

@@ -25,9 +25,13 @@ import time
 
 from absl import app, flags
 
-from tools import common
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from . import common
+
+ROOT = common.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Holds reference/, soak/ and soak.json.")
 flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")],

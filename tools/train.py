@@ -16,7 +16,11 @@ import sys
 
 from absl import app, flags, logging
 
-from tools import common  # noqa: F401  (TensorFlow's C++ log level, set before TF loads)
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from . import common  # noqa: F401  (TensorFlow's C++ log level, set before TF loads)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")],

@@ -9,8 +9,7 @@ import tensorflow as tf
 
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
-from tf_instcls.parallel import layouts
-from tf_instcls.training import watchdog
+from tf_instcls.parallel import layouts, watchdog
 
 # encoder -> {training: tf.function}. Weak keys, and each function reaches its encoder
 # through a weak reference: the cache never keeps an encoder (and its variables) alive.

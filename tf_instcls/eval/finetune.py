@@ -7,8 +7,6 @@ The paper: 1% labels -> backbone lr 0.001, classifier lr 15; 10% -> 0.001 / 10.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
@@ -18,6 +16,7 @@ from tf_instcls.eval.features import extract_features, mesh_batch_size
 from tf_instcls.eval.knn import topk_accuracy
 from tf_instcls.parallel import layouts
 from tf_instcls.training.optimizer import MomentumSGD
+from tf_instcls.training.schedules import cosine_decay
 
 PAPER_LEARNING_RATES = {0.01: (0.001, 15.0), 0.1: (0.001, 10.0)}  # fraction -> (bb, clf)
 
@@ -113,7 +112,7 @@ def finetune(encoder, train_source, eval_source, mesh, *, image_size: int, num_c
     for epoch in range(epochs):
         losses = []
         for images, y in dataset_for(epoch):
-            scale = 0.5 * (1 + math.cos(math.pi * global_step / total))
+            scale = cosine_decay(global_step, total)
             loss = step(layouts.pack_local_batch(images, image_layout),
                         layouts.pack_local_batch(y, label_layout),
                         layouts.pack_sharded(np.float32(scale), layouts.replicated_layout(

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls.eval.knn import topk_accuracy
+from tf_instcls.training.schedules import cosine_decay
 
 FEATURE_NORMS = ("l2", "standardize", "none")
 
@@ -75,7 +76,7 @@ def train_linear(train_x, train_y, eval_x, eval_y, *, num_classes: int, epochs: 
         losses = []
         for start in range(0, n, batch):
             idx = order[start : start + batch]
-            step_lr = 0.5 * lr * (1 + math.cos(math.pi * global_step / total))
+            step_lr = cosine_decay(global_step, total, lr)
             losses.append(float(step(tf.constant(feats[idx]), tf.constant(train_y[idx]),
                                      tf.constant(step_lr, tf.float32))))
             global_step += 1

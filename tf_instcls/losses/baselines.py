@@ -43,29 +43,15 @@ class _Rows:
         self.num_rows = int(weights.shape[0])
 
     def replicate(self, value):
-        if not self.placement.distributed:
-            return value
-        return layouts.relayout(value, layouts.replicated_layout(self.placement.mesh,
-                                                                 value.shape.rank))
+        return layouts.pin_batch(value, self.placement, batch_shards=1)  # replicated
 
     def columns(self, value):
         """[B, N] pinned to columns sharded like W's rows (replicated for DDP W)."""
-        if not self.placement.distributed:
-            return value
-        mesh = self.placement.mesh
-        layout = (layouts.columns_sharded_layout(mesh, 2) if self.placement.sharded
-                  else layouts.replicated_layout(mesh, 2))
-        return layouts.relayout(value, layout)
+        return layouts.pin_columns(value, self.placement)
 
     def index(self):
         """int32 [N] 0..N-1, each device holding its own rows' indices."""
-        values = tf.range(self.num_rows, dtype=tf.int32)
-        if not self.placement.sharded:
-            return self.replicate(values) if self.placement.distributed else values
-        from tensorflow.experimental import dtensor  # layouts owns the mesh
-
-        return dtensor.relayout(values, dtensor.Layout([self.placement.axis],
-                                                       self.placement.mesh))
+        return layouts.row_index(self.placement, self.num_rows)
 
     def one_hot(self, ids):
         """float [len(ids), N]: 1 where column n == ids[b] (columns sharded)."""

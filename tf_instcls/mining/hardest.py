@@ -24,8 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls import parallel
-from tf_instcls.parallel import layouts
-from tf_instcls.training import watchdog
+from tf_instcls.parallel import layouts, watchdog
 
 
 def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
@@ -45,7 +44,7 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
         ``GROUP`` where it pays (each shard at least 4 (k + 2) GROUP rows), else one top k
         over every column; 0: always one top k; > 0: this size wherever it fits.
       progress: show a progress bar over the query blocks. Every block also tells the
-        training watchdog that the run is alive (exact mining is N^2 D work: about an
+        progress watchdog that the run is alive (exact mining is N^2 D work: about an
         hour at N = 1.28M on a 2-core CPU, longer than the step timeout).
     """
     shape = tf.TensorShape(class_weights.shape)

@@ -13,6 +13,8 @@ from tf_instcls.parallel.layouts import (
     to_numpy,
 )
 from tf_instcls.parallel.mesh import (
+    PEER_ERRORS,
+    Mesh,
     build_mesh,
     configure_virtual_devices,
     initialize_multi_client,
@@ -23,6 +25,8 @@ from tf_instcls.parallel.mesh import (
 
 __all__ = [
     "InstanceClassifier",
+    "Mesh",
+    "PEER_ERRORS",
     "batch_layout",
     "build_mesh",
     "configure_virtual_devices",

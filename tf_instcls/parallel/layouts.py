@@ -101,6 +101,36 @@ def pad_local_rows(value: tf.Tensor, rows: int) -> tf.Tensor:
     return dtensor.pack(pieces, layout)
 
 
+# -- pins: the layouts of the loss's intermediates, stated at each boundary ----------
+# (DTensor's layout propagation otherwise picks one, and may all-gather W or the
+# logits: WORKSPACE.md, "Design notes and DTensor facts".)
+def pin_columns(value: tf.Tensor, placement: ClassWeightPlacement,
+                batch_shards: int = 1) -> tf.Tensor:
+    """A rank-2 [rows, N] tensor whose columns follow W's rows: sharded like them (W
+    row-sharded), split by rows over ``batch_shards`` > 1 devices (DDP), else replicated."""
+    if not placement.distributed:
+        return value
+    mesh = placement.mesh
+    if placement.sharded:
+        layout = columns_sharded_layout(mesh, 2)
+    elif batch_shards > 1:
+        layout = batch_layout(mesh, 2)
+    else:
+        layout = replicated_layout(mesh, 2)
+    return relayout(value, layout)
+
+
+def pin_batch(value: tf.Tensor, placement: ClassWeightPlacement, batch_shards: int) -> tf.Tensor:
+    """Any rank: split over devices by the first axis when ``batch_shards`` > 1 (DDP),
+    else replicated."""
+    if not placement.distributed:
+        return value
+    rank = value.shape.rank
+    if batch_shards > 1:
+        return relayout(value, batch_layout(placement.mesh, rank))
+    return relayout(value, replicated_layout(placement.mesh, rank))
+
+
 def shard_index(placement: ClassWeightPlacement) -> tf.Tensor:
     """Int32 [S] vector 0..S-1 laid out so that device s holds exactly element s."""
     values = tf.range(placement.row_shards, dtype=tf.int32)
@@ -108,6 +138,16 @@ def shard_index(placement: ClassWeightPlacement) -> tf.Tensor:
         return values
     return dtensor.relayout(values, dtensor.Layout([placement.axis], placement.mesh))
 
+
+
+def row_index(placement: ClassWeightPlacement, num_rows: int) -> tf.Tensor:
+    """Int32 [N] 0..N-1 laid out like W's rows: each device holds its own rows' indices."""
+    values = tf.range(num_rows, dtype=tf.int32)
+    if not placement.distributed:
+        return values
+    if not placement.sharded:
+        return relayout(values, replicated_layout(placement.mesh, 1))
+    return dtensor.relayout(values, dtensor.Layout([placement.axis], placement.mesh))
 
 def gather_rows(value: tf.Tensor, ids: tf.Tensor, placement: ClassWeightPlacement) -> tf.Tensor:
     """value[ids] for a [N, C] tensor laid out like W, without gathering it (tf.function).
@@ -263,3 +303,17 @@ def replicate_model_variables(model, mesh: dtensor.Mesh) -> dict:
             variable._value = inner
         handles[variable.path] = inner
     return handles
+
+
+# -- selecting by a scalar flag (the non-finite guard) ---------------------------
+def masked(value, keep):
+    """``value`` where the scalar bool ``keep`` holds, else exactly 0 (even where
+    ``value`` is NaN or Inf). ``tf.where`` with a scalar condition segfaults under
+    DTensor (TF 2.21, checked on virtual CPUs), and ``tf.cond`` silently took the wrong
+    branch, hence ``multiply_no_nan``."""
+    return tf.math.multiply_no_nan(value, tf.cast(keep, value.dtype))
+
+
+def keep_or_replace(keep, new, old):
+    """``new`` if ``keep`` else ``old``, elementwise-safe for a non-finite ``new``."""
+    return masked(new, keep) + masked(old, tf.logical_not(keep))

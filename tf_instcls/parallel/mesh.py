@@ -15,6 +15,12 @@ import os
 import tensorflow as tf
 from tensorflow.experimental import dtensor
 
+Mesh = dtensor.Mesh  # the mesh type, for annotations outside this package
+# What a collective (or a checkpoint save) raises when another process of a multi-client
+# run died or became unreachable: a lost peer, not a problem of this process.
+PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+               tf.errors.DeadlineExceededError, tf.errors.CancelledError)
+
 DEFAULT_AXIS = "batch"
 _MULTI_CLIENT_ENV = ("DTENSOR_CLIENT_ID", "DTENSOR_NUM_CLIENTS", "DTENSOR_JOBS")
 

@@ -26,8 +26,8 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
-from tf_instcls.parallel import layouts
-from tf_instcls.training import watchdog
+from tf_instcls.parallel import layouts, watchdog
+from tf_instcls.parallel.mesh import PEER_ERRORS
 
 
 def checkpoint_key(path: str) -> str:
@@ -200,8 +200,7 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
         # completion callback): drop its files and its entry together.
         prefix = os.path.join(manager.directory, f"ckpt-{step}")
         _discard(prefix)
-        if isinstance(err, (tf.errors.UnavailableError, tf.errors.AbortedError,
-                            tf.errors.CancelledError, tf.errors.DeadlineExceededError)):
+        if isinstance(err, PEER_ERRORS):
             raise  # a lost peer, not a storage problem: the loop reports it
         message = getattr(err, "message", None) or str(err)
         raise CheckpointWriteError(

@@ -15,15 +15,15 @@ import time
 import keras
 import tensorflow as tf
 from absl import logging
-from tensorflow.experimental import dtensor
 
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
-from tf_instcls.parallel import layouts
-from tf_instcls.training import checkpoints, stages, watchdog
+from tf_instcls.methods import METHODS, Method, trains_w
+from tf_instcls.parallel import layouts, watchdog
+from tf_instcls.training import checkpoints, stages
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
-from tf_instcls.training.step import TRAINS_W, make_train_step
+from tf_instcls.training.step import make_train_step
 
 
 @dataclasses.dataclass
@@ -139,16 +139,12 @@ class WorkerLostError(RuntimeError):
     """Another process of a multi-client run died or became unreachable."""
 
 
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
-                tf.errors.DeadlineExceededError, tf.errors.CancelledError)
-
-
 @dataclasses.dataclass
 class TrainState:
     """What callbacks may read: the live objects of one run."""
 
     model_dir: str
-    mesh: dtensor.Mesh
+    mesh: parallel.Mesh
     encoder: keras.Model
     classifier: parallel.InstanceClassifier
     optimizer: MomentumSGD
@@ -167,7 +163,7 @@ class TrainState:
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
     model_config: ModelConfig | None = None
-    npid_z: tuple | None = None  # NPID-NCE: (log Z, the epoch it was estimated at)
+    method: Method | None = None  # its loss, post-update and own state (NPID's Z)
     loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
 
     @property
@@ -175,7 +171,6 @@ class TrainState:
         return int(parallel.to_numpy(self.global_step))
 
 
-METHODS = ("full", "sampled", "npid", "simclr")
 CONFIG_CLASSES = ("DataConfig", "ModelConfig", "OptimConfig", "TrainConfig")
 
 
@@ -299,7 +294,7 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(model.classifier_layout in ("sharded", "replicated"), "ModelConfig.classifier_layout "
          f"must be 'sharded' or 'replicated'; got {model.classifier_layout!r}")
     need(model.temperature > 0, f"ModelConfig.temperature must be > 0; got {model.temperature}")
-    need(model.method in METHODS, f"ModelConfig.method must be one of {METHODS}; got "
+    need(model.method in METHODS, f"ModelConfig.method must be one of {tuple(METHODS)}; got "
          f"{model.method!r}")
     need(model.num_sampled >= 1, "ModelConfig.num_sampled must be >= 1")
     need(model.npid_noise >= 0, "ModelConfig.npid_noise must be >= 0")
@@ -405,11 +400,11 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         train_source.num_images, model.embedding_dim, mesh=mesh,
         layout=model.classifier_layout, temperature=model.temperature,
         chunk_size=model.chunk_size, seed=train.seed,
-        unit_norm_rows=model.unit_norm_classifier and model.method in TRAINS_W,
+        unit_norm_rows=model.unit_norm_classifier and trains_w(model.method),
     )
     optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
     optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables])
-    if model.method in TRAINS_W:  # NPID's bank (W's place) is not trained; SimCLR has no W
+    if trains_w(model.method):  # NPID's bank (W's place) is not trained; SimCLR has no W
         optimizer.build(classifier.distributed_variables,
                         learning_rate_scale=optim.classifier_lr_scale,
                         weight_decay=optim.classifier_weight_decay,
@@ -424,11 +419,9 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         hard_table = classifier.build_table(train.num_hard_negatives)
         hard_table_epoch = layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64)
         extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
-    npid_z = None
-    if model.method == "npid" and model.npid_noise > 0:
-        npid_z = (layouts.replicated_variable(0.0, mesh, "npid_log_z", tf.float32),
-                  layouts.replicated_variable(-1, mesh, "npid_z_epoch", tf.int64))
-        extra.update(npid_log_z=npid_z[0], npid_z_epoch=npid_z[1])
+    method = METHODS[model.method](model, classifier, seed=train.seed, steps_per_epoch=steps,
+                                  smoothing=train.smoothing)
+    extra.update(method.variables())  # the method's own state (NPID's Z) is checkpointed
     loss_scale = None
     if model.precision == "mixed_float16":
         loss_scale = (layouts.replicated_variable(float(optim.initial_loss_scale), mesh,
@@ -463,7 +456,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
         hard_table=hard_table, hard_table_epoch=hard_table_epoch, model_config=model,
-        npid_z=npid_z, loss_scale=loss_scale,
+        method=method, loss_scale=loss_scale,
     )
 
 
@@ -526,7 +519,7 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
     with watchdog.Watchdog(train.step_timeout_s, describe):
         try:
             return _train(state, data, optim, train, mesh, callbacks)
-        except _PEER_ERRORS as err:
+        except parallel.PEER_ERRORS as err:
             if not parallel.is_multi_client():
                 raise
             raise WorkerLostError(
@@ -548,9 +541,7 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
         step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
     )
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
-                              smoothing=train.smoothing, hard_table=state.hard_table,
-                              model_config=state.model_config, seed=train.seed,
-                              npid_z=state.npid_z, steps_per_epoch=state.steps_per_epoch,
+                              state.method, hard_table=state.hard_table,
                               loss_scale=state.loss_scale,
                               loss_scale_growth_steps=optim.loss_scale_growth_steps)
     augment = data.augment_config()

@@ -12,19 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tf_instcls.parallel import layouts
-
-
-def masked(value, keep):
-    """``value`` where the scalar bool ``keep`` holds, else exactly 0 (even where
-    ``value`` is NaN or Inf). ``tf.where`` with a scalar condition segfaults under
-    DTensor (TF 2.21, checked on virtual CPUs), and ``tf.cond`` silently took the wrong
-    branch, hence ``multiply_no_nan``."""
-    return tf.math.multiply_no_nan(value, tf.cast(keep, value.dtype))
-
-
-def keep_or_replace(keep, new, old):
-    """``new`` if ``keep`` else ``old``, elementwise-safe for a non-finite ``new``."""
-    return masked(new, keep) + masked(old, tf.logical_not(keep))
+from tf_instcls.parallel.layouts import keep_or_replace, masked
 
 
 class MomentumSGD(tf.Module):

@@ -21,3 +21,9 @@ def warmup_cosine(step, *, peak_lr: float, total_steps: int, warmup_steps: int):
     progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
     cosine = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
     return tf.where(step < warmup, warm, cosine)
+
+
+def cosine_decay(step: int, total_steps: int, peak: float = 1.0) -> float:
+    """``peak`` decayed to 0 by a half cosine over ``total_steps`` (no warm-up), on the
+    host: the evaluators' schedule (linear probe, fine-tuning)."""
+    return 0.5 * peak * (1 + math.cos(math.pi * step / total_steps))

@@ -1,0 +1,297 @@
+"""The cosine softmax of Eq. 1-3 on one shard of W: loss, instance hit and the analytic
+gradient, for the rows of W a device holds. ``instance_classification.py`` validates the
+inputs, gathers the batch and calls this; the design, the all-reduces it relies on and
+the DTensor pitfalls that shaped it are in that module's docstring and in WORKSPACE.md
+("Design notes and DTensor facts").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from tf_instcls.losses.chunks import ChunkGrid
+from tf_instcls.parallel import layouts
+
+_NEG = -1e30  # logit given to padded classes before the max
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """The static facts of one loss call (validated by instance_classification)."""
+
+    batch: int  # B rows (views) of the batch
+    dim: int  # D
+    num_classes: int  # N rows of W, padding included
+    valid: int  # rows at or beyond this index are padding
+    inv_temperature: float  # 1 / tau
+    use_hard: bool  # Eq. 3: the K hard negatives are targets too
+    label_weights: tuple  # y over the K' = 1 (+ K) targets: (1,) or (1 - a, a / K, ...)
+    chunk: int | None  # requested rows per chunk (None: the whole batch at once)
+
+
+class CosineSoftmax:
+    """Loss and analytic gradient of the cosine softmax on unit vectors.
+
+    Works on a [P, B/P] view of the batch (P = batch shards: the mesh size for DDP,
+    else 1) and a [c, S, L] view of the logits (S = row shards of W, L = N / S), so
+    every op stays local except the all-reduces of the design.
+    """
+
+    def __init__(self, spec: LossSpec, placement, batch_shards, targets, with_accuracy=False):
+        self.spec = spec
+        self.with_accuracy = with_accuracy
+        self.placement = placement
+        self.batch_shards = batch_shards
+        self.targets = targets
+        n, s = spec.num_classes, placement.row_shards
+        if n % s:
+            raise ValueError(
+                f"class_weights has {n} rows, not divisible by its {s} row shards: pad W "
+                "to a multiple of the shard count and pass valid_classes (InstanceClassifier "
+                "does this)"
+            )
+        self.local_rows = n // s
+        self.factor2 = int(math.ceil(math.sqrt(self.local_rows)))
+        self.factor1 = int(math.ceil(self.local_rows / self.factor2))
+        self.chunks = ChunkGrid(placement, batch_shards, spec.batch, spec.chunk)
+        # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
+        self.fixed_shift = spec.inv_temperature <= 20.0
+        self.num_padding = spec.num_classes - spec.valid
+        self.log_label_weights = tf.constant(np.log(spec.label_weights), tf.float32)
+
+    def _pin(self, value):
+        """States the [c, N] logits layout: columns sharded (DHP), batch (DDP) or replicated."""
+        return layouts.pin_columns(value, self.placement, self.batch_shards)
+
+    def local_rows_mask(self):
+        """[N, 1] float, 1 on W's real rows and 0 on padding, built from each device's
+        own row range; None unless W's rows are split over devices.
+
+        Multiplied into W's [N, 1] inverse norms (exact: the factor is 1), it gives the
+        normalised W its local shape in each device's graph. A DTensor variable read
+        keeps W's global [N, D] shape for grappler's static shape inference, and its cost
+        estimator then logs "Incompatible Matrix dimensions" at ERROR level, once per
+        device, for the backward matmul of the local [c, N/S] residual by W (only when
+        S divides N: the padded path already masks W). Costs [N/S, 1] ops a step.
+        """
+        if self.placement.row_shards == 1:
+            return None
+        cols = tf.expand_dims(layouts.shard_index(self.placement), 1) * self.local_rows
+        cols = cols + tf.expand_dims(tf.range(self.local_rows), 0)  # [S, L]
+        return tf.cast(tf.reshape(cols < self.spec.valid, [-1, 1]), tf.float32)
+
+    def _column_masks(self, shard_ids):
+        """valid [1, S, L] bool (None when no padding)."""
+        if self.spec.valid == self.spec.num_classes:
+            return None
+        cols = tf.expand_dims(shard_ids, 1) * self.local_rows + tf.expand_dims(
+            tf.range(self.local_rows), 0
+        )
+        return tf.expand_dims(cols < self.spec.valid, 0)
+
+    def _logits(self, x_chunk, w_unit, row_scale=None):
+        """z [c, S, L]: the chunk's cosine logits against the local rows of W."""
+        inv_t = self.spec.inv_temperature
+        scale = inv_t if row_scale is None else tf.expand_dims(row_scale * inv_t, 1)
+        # 1/tau is folded into the [c, D] side: one pass fewer over the [c, N] logits.
+        logits = self._pin(tf.matmul(x_chunk * scale, w_unit, transpose_b=True))  # [c, N]
+        return tf.reshape(logits, [-1, self.placement.row_shards, self.local_rows])
+
+    def _target_positions(self, t_chunk, shard_ids):
+        """own [c, S, K'] (does shard s hold target k?) and local [c, K'] (its row there)."""
+        rows = self.local_rows
+        owner = t_chunk // rows
+        local = t_chunk - owner * rows  # [c, K']
+        own = tf.equal(tf.expand_dims(owner, 1), tf.reshape(shard_ids, [1, -1, 1]))  # [c, S, K']
+        return own, local
+
+    def _exp(self, z, valid, shift):
+        if self.fixed_shift:
+            # Cosine logits lie in [-1/tau, 1/tau]; for tau >= 0.05 exp(z) is within
+            # [e^-20, e^20], so no shift is needed: no max pass and no max all-reduce.
+            # (A scalar shift costs a full broadcast pass over [c, N] on CPU.)
+            # Padded rows were zeroed in W, so each adds exactly exp(0) = 1 to the sum.
+            return tf.exp(z)
+        masked = z if valid is None else tf.where(valid, z, _NEG)
+        expo = tf.exp(masked - shift)  # shift: the all-reduced row max
+        return expo if valid is None else tf.where(valid, expo, 0.0)
+
+    def _forward_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid):
+        """Loss [c] (with the hit flags when ``with_accuracy``), what the backward pass
+        needs (exp-logits [c, S, L] and more) and what a recomputing backward pass
+        keeps per row: ``(shift, denom, posterior)``, [c, 1, 1], [c, 1, 1], [c, K']."""
+        z = self._logits(x_chunk, w_unit)
+        own, local = self._target_positions(t_chunk, shard_ids)
+        index = tf.broadcast_to(tf.expand_dims(local, 1), tf.shape(own))
+        picked = tf.gather(z, index, batch_dims=2, axis=2)  # [c, S, K'], local
+        target_logits = tf.reduce_sum(tf.where(own, picked, 0.0), axis=1)  # [c, K'], all-reduce
+        # Pick the targets first: exp() can then reuse the logits' buffer (one [c, N] less).
+        # This holds on plain tensors; under DTensor the control edge is dropped (see the
+        # module docstring), which costs the forward pass of a chunk that buffer.
+        with tf.control_dependencies([target_logits]):
+            z = tf.identity(z)
+        if self.fixed_shift:
+            shift = tf.zeros_like(target_logits[:, :1, None])
+        else:
+            masked = z if valid is None else tf.where(valid, z, _NEG)
+            shift = tf.stop_gradient(tf.reduce_max(masked, axis=[1, 2], keepdims=True))
+        expo = self._exp(z, valid, shift)
+        denom = tf.reduce_sum(expo, axis=[1, 2], keepdims=True)  # [c, 1, 1], all-reduce
+        if self.fixed_shift and self.num_padding:
+            denom = denom - float(self.num_padding)
+        weighted = target_logits + tf.expand_dims(self.log_label_weights, 0)
+        log_num = tf.reduce_logsumexp(weighted, axis=1)
+        loss = tf.reshape(shift + tf.math.log(denom), [-1]) - log_num
+        posterior = tf.nn.softmax(weighted, axis=1)  # q over the K' targets, [c, K']
+        if self.with_accuracy:
+            if self.fixed_shift:  # no row max was needed for the softmax: take it now
+                masked = z if valid is None else tf.where(valid, z, _NEG)
+                best = tf.reduce_max(masked, axis=[1, 2])  # [c], all-reduce
+            else:  # the shift already is the (masked, all-reduced) row max
+                best = tf.reshape(shift, [-1])
+            # float, not bool: custom_gradient outputs must be differentiable dtypes.
+            loss = (loss, tf.cast(target_logits[:, 0] >= best, tf.float32))
+        return loss, (expo, 1.0 / denom, posterior, own, local), (shift, denom, posterior)
+
+    def _recompute_chunk(self, x_chunk, t_chunk, w_unit, shard_ids, valid, saved):
+        """The backward pass's parts for one chunk, from what its forward pass saved (row
+        shift, exp-sum and target posterior, all [c]-sized).
+
+        Only the logits are recomputed: no target gather, no exp-sum (one [c, N] pass
+        and one all-reduce fewer), and exp() is the logits' only consumer, so it can
+        reuse their buffer. The logits are scaled by sign(exp-sum), which is 1 (NaN only
+        where that row's loss already is NaN): it makes the chunk's first matmul depend
+        on the forward pass's result, so the backward pass cannot start, and hold a
+        [c, N] buffer, while the forward loop still runs.
+        """
+        shift, denom, posterior = saved
+        z = self._logits(x_chunk, w_unit, row_scale=tf.sign(tf.reshape(denom, [-1])))
+        own, local = self._target_positions(t_chunk, shard_ids)
+        return self._exp(z, valid, shift), 1.0 / denom, posterior, own, local
+
+    def _label_matrix(self, posterior, own, local):
+        """Q [c, S, L] with Q[b, s, l] = sum_k q_bk [target_bk == s * L + l], no scatter."""
+        weights = tf.where(own, tf.expand_dims(posterior, 1), 0.0)  # [c, S, K']
+        # (A plain one_hot [c, 1, L] times the weights, for K' = 1, held ~2x more memory.)
+        f1, f2 = self.factor1, self.factor2
+        # (expand_dims + broadcasting matmul: einsum and None-slicing crash DTensor here.)
+        first = tf.transpose(tf.one_hot(local // f2, f1), [0, 2, 1])  # [c, L1, K']
+        left = tf.expand_dims(weights, 2) * tf.expand_dims(first, 1)  # [c, S, L1, K']
+        right = tf.expand_dims(tf.one_hot(local % f2, f2), 1)  # [c, 1, K', L2]
+        q = tf.matmul(left, right)  # [c, S, L1, L2]
+        q = tf.reshape(q, [-1, self.placement.row_shards, f1 * f2])
+        if f1 * f2 == self.local_rows:
+            return q
+        return tf.slice(q, [0, 0, 0], [-1, -1, self.local_rows])
+
+    def _chunk_gradient(self, parts, upstream, x_chunk, w_unit):
+        """dJ/dz = row_b * (exp(z) - denom_b Q), row_b = upstream_b / (denom_b tau).
+
+        The per-row factor is applied to the small [c, D] sides of the two matmuls, so
+        the [c, N] residual costs one pass fewer than (softmax - Q) * scale.
+        """
+        expo, inv_denom, posterior, own, local = parts
+        row = tf.reshape(inv_denom, [-1]) * upstream * self.spec.inv_temperature  # [c]
+        label = self._label_matrix(posterior / tf.reshape(inv_denom, [-1, 1]), own, local)
+        residual = self._pin(tf.reshape(expo - label, [-1, self.spec.num_classes]))  # [c, N]
+        row = tf.expand_dims(row, 1)
+        grad_x = tf.matmul(residual, w_unit) * row  # [c, D], all-reduced over shards
+        # x^T G ([D, N]; the caller transposes once), not G^T x: TF's transpose_a matmul
+        # of a wide G was 2x slower on CPU.
+        grad_w_t = tf.matmul(x_chunk * row, residual, transpose_a=True)  # [D, N]
+        return grad_x, grad_w_t
+
+    def __call__(self, x_unit, w_unit):
+        shard_ids = layouts.shard_index(self.placement)
+        valid = self._column_masks(shard_ids)
+        row_mask = None
+        if self.fixed_shift and valid is not None:
+            # Zero the padded rows of W (a cheap [N, 1] op) instead of masking [c, N].
+            row_mask = tf.cast(tf.reshape(valid, [-1, 1]), tf.float32)  # [N, 1]
+        chunked = self.chunks.num_chunks > 1
+
+        @tf.custom_gradient
+        def cosine_softmax(x_unit, w_input):
+            w_unit = w_input if row_mask is None else w_input * row_mask
+            if chunked:  # both passes use the grids
+                grids = (self.chunks.grid(x_unit), self.chunks.grid(self.targets))
+                outputs, saved = self._chunked_forward(grids, w_unit, shard_ids, valid)
+            else:
+                outputs, parts, _ = self._forward_chunk(
+                    x_unit, self.targets, w_unit, shard_ids, valid
+                )
+
+            def grad(upstream, *unused_hit_grad):
+                if chunked:
+                    grad_x, grad_w = self._chunked_backward(
+                        upstream, saved, grids, w_unit, shard_ids, valid
+                    )
+                else:
+                    grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
+                    grad_w = tf.transpose(grad_w_t)
+                if row_mask is not None:
+                    grad_w = grad_w * row_mask  # padded rows: zero gradient
+                return grad_x, grad_w
+
+            return outputs, grad
+
+        return cosine_softmax(x_unit, w_unit)
+
+    # -- chunks: one loop for the forward pass, one for the backward (losses/chunks.py) --
+    def _pin_dw(self, value):
+        """The [D, N] dW accumulator: N sharded like W's rows (DHP), else replicated."""
+        return layouts.pin_columns(value, self.placement)
+
+    def _chunked_forward(self, grids, w_unit, shard_ids, valid):
+        x_grid, t_grid = grids  # [P, n, c, D], [P, n, c, K']
+        chunks = self.chunks
+        p, n, c, k = (chunks.batch_shards, chunks.num_chunks, chunks.chunk,
+                      self.targets.shape[1])
+        rows = chunks.pin(tf.zeros([p, n, c]))
+        outputs = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
+        saved = [rows, rows, chunks.pin(tf.zeros([p, n, c, k]))]  # shift, denom, posterior
+
+        def body(i, *grids):
+            out, _, (shift, denom, posterior) = self._forward_chunk(
+                chunks.take(x_grid, i), chunks.take(t_grid, i), w_unit, shard_ids, valid
+            )
+            values = list(out) if self.with_accuracy else [out]
+            values += [tf.reshape(shift, [-1]), tf.reshape(denom, [-1]), posterior]
+            return [i + 1] + [chunks.put(g, i, v) for g, v in zip(grids, values)]
+
+        grids = chunks.loop(body, outputs + saved)
+        outputs = [chunks.ungrid(g) for g in grids[: len(outputs)]]
+        saved = grids[len(outputs):]  # [P, n, c] / [P, n, c, K'] for every row
+        return (tuple(outputs) if self.with_accuracy else outputs[0]), saved
+
+    def _chunked_backward(self, upstream, saved, grids, w_unit, shard_ids, valid):
+        x_grid, t_grid = grids
+        chunks = self.chunks
+        # Padded rows get a zero upstream gradient, so they add nothing to dW.
+        g_grid = chunks.grid(upstream)
+
+        def body(i, grad_x_grid, grad_w_t):
+            x_chunk = chunks.take(x_grid, i)
+            shift, denom, posterior = (chunks.take(g, i) for g in saved)
+            parts = self._recompute_chunk(
+                x_chunk, chunks.take(t_grid, i), w_unit, shard_ids, valid,
+                (tf.reshape(shift, [-1, 1, 1]), tf.reshape(denom, [-1, 1, 1]), posterior),
+            )
+            g_x, g_w_t = self._chunk_gradient(parts, chunks.take(g_grid, i), x_chunk, w_unit)
+            # dW is summed as [D, N] (the matmul's own output) and transposed once.
+            return i + 1, chunks.put(grad_x_grid, i, g_x), self._pin_dw(grad_w_t + g_w_t)
+
+        # The sums start at a zero that depends on the forward pass's result: a plain
+        # tf.zeros([D, N]) is folded by DTensor's MLIR passes into a constant that the
+        # function then keeps alive for good (one more [N, D] buffer per device).
+        zero = tf.math.multiply_no_nan(tf.reduce_sum(saved[1][:1, :1, :1]), 0.0)
+        dim, num = self.spec.dim, self.spec.num_classes
+        grad_x_grid, grad_w_t = chunks.loop(body, [
+            chunks.pin(tf.broadcast_to(zero, x_grid.shape)),
+            self._pin_dw(tf.broadcast_to(zero, [dim, num])),
+        ])
+        return chunks.ungrid(grad_x_grid), tf.transpose(grad_w_t)
