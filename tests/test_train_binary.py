@@ -130,7 +130,7 @@ def test_a_healthy_run_prints_a_short_console_with_no_error_line(tmp_path):
 def test_w_sharded_over_devices_that_divide_n_logs_no_cpp_error(tmp_path):
     """W's rows split evenly (N % S == 0, no padding): grappler's cost estimator once
     logged "Incompatible Matrix dimensions" at ERROR level per device, as it took W's
-    global shape for a device's (cosine_softmax.CosineSoftmax.local_rows_mask)."""
+    global shape for a device's (cosine_softmax.CosineSoftmax._row_mask)."""
     out = _quiet_run([sys.executable, os.path.join(ROOT, "tools", "train.py"),
                       f"--model_dir={tmp_path / 'run'}", "--dataset=synthetic:512:16",
                       "--gin_file=" + os.path.join(ROOT, "gin", "scale_synthetic.gin"),

@@ -11,6 +11,8 @@ once with each code directory first on PYTHONPATH. Cases (``--cases``):
 - ``digits``: the README's main job (gin/digits.gin), 3 epochs, 2 virtual devices;
 - ``cifar_eq3``: the CIFAR subset recipe (gin/cifar10_subset_npz.gin), 2 epochs, W
   sharded over 4 virtual devices, Eq. 3 (K = 100, mined every epoch);
+- ``padded_eq3``: 1,026 synthetic images on 4 virtual devices (W padded to 1,028 rows),
+  gin/scale_synthetic.gin's Eq. 3, 2 epochs;
 - ``npid``: NPID with NCE on digits (gin/ablations/npid.gin), 2 epochs;
 - ``sampled``: sampled instance classification on digits (gin/ablations/sampled.gin);
 - ``simclr``: SimCLR on digits (gin/ablations/simclr.gin).
@@ -39,7 +41,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_subset_t
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("code_dirs", None, "Two checkouts to compare: BEFORE,AFTER.")
-flags.DEFINE_list("cases", ["digits", "cifar_eq3", "npid", "sampled", "simclr"],
+flags.DEFINE_list("cases", ["digits", "cifar_eq3", "padded_eq3", "npid", "sampled", "simclr"],
                   "Which runs to compare.")
 flags.DEFINE_string("cifar", SHARED, "The CIFAR-10 subset npz of the cifar_eq3 case.")
 flags.DEFINE_string("json", None, "Write the comparison here.")
@@ -53,6 +55,9 @@ def _cases() -> dict:
         "cifar_eq3": ["--gin_file=gin/cifar10_subset_npz.gin", f"--dataset=npz:{FLAGS.cifar}",
                       "--virtual_devices=4", "--epochs=2",
                       "--gin_bindings=TrainConfig.knn_every_epochs = 0"],
+        "padded_eq3": ["--gin_file=gin/scale_synthetic.gin", "--dataset=synthetic:1026:16",
+                       "--virtual_devices=4", "--epochs=2",
+                       "--gin_bindings=TrainConfig.batch_size = 64"],
         "npid": digits + ["--gin_file=gin/ablations/npid.gin", "--epochs=2",
                           "--gin_bindings=ModelConfig.npid_noise = 400"],
         "sampled": digits + ["--gin_file=gin/ablations/sampled.gin", "--epochs=2",

@@ -17,6 +17,15 @@ from tf_instcls.losses.chunks import ChunkGrid
 from tf_instcls.parallel import layouts
 
 _NEG = -1e30  # logit given to padded classes before the max
+_NORM_EPS = 1e-12  # floor on the squared norm, as tf.math.l2_normalize
+
+
+def l2_normalize_rows(value, row_mask=None):
+    """Each row of ``value`` at unit norm; rows where ``row_mask`` ([rows, 1]) is 0 are
+    exactly 0 (the mask is folded into the [rows, 1] inverse norms, no [rows, D] pass)."""
+    square = tf.reduce_sum(tf.square(value), axis=-1, keepdims=True)
+    factor = tf.math.rsqrt(tf.maximum(square, _NORM_EPS))
+    return value * (factor if row_mask is None else factor * row_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,31 +76,34 @@ class CosineSoftmax:
         """States the [c, N] logits layout: columns sharded (DHP), batch (DDP) or replicated."""
         return layouts.pin_columns(value, self.placement, self.batch_shards)
 
-    def local_rows_mask(self):
-        """[N, 1] float, 1 on W's real rows and 0 on padding, built from each device's
-        own row range; None unless W's rows are split over devices.
+    def _local_columns(self, shard_ids):
+        """[S, L] int: the global index of each of the device's own rows of W."""
+        return tf.expand_dims(shard_ids, 1) * self.local_rows + tf.expand_dims(
+            tf.range(self.local_rows), 0
+        )
 
-        Multiplied into W's [N, 1] inverse norms (exact: the factor is 1), it gives the
-        normalised W its local shape in each device's graph. A DTensor variable read
-        keeps W's global [N, D] shape for grappler's static shape inference, and its cost
-        estimator then logs "Incompatible Matrix dimensions" at ERROR level, once per
-        device, for the backward matmul of the local [c, N/S] residual by W (only when
-        S divides N: the padded path already masks W). Costs [N/S, 1] ops a step.
+    def _row_mask(self, shard_ids):
+        """[N, 1] float, 1 on W's real rows and 0 on padding, built from each device's own
+        row range; None when W is whole on every device and has no padding.
+
+        Multiplied into W's [N, 1] inverse norms (exact: the factor is 1 on real rows):
+        - padded rows become exactly 0, so each adds exp(0) = 1 to the exp-sum (taken off
+          again) and gets a zero gradient, without a pass over [N, D] or [c, N];
+        - the normalised W gets its local shape in each device's graph. A DTensor variable
+          read keeps W's global [N, D] shape for grappler's static shape inference, and its
+          cost estimator then logged "Incompatible Matrix dimensions" at ERROR level, once
+          per device, for the backward matmul of the local [c, N/S] residual by W.
         """
-        if self.placement.row_shards == 1:
+        if self.placement.row_shards == 1 and not self.num_padding:
             return None
-        cols = tf.expand_dims(layouts.shard_index(self.placement), 1) * self.local_rows
-        cols = cols + tf.expand_dims(tf.range(self.local_rows), 0)  # [S, L]
-        return tf.cast(tf.reshape(cols < self.spec.valid, [-1, 1]), tf.float32)
+        valid = self._local_columns(shard_ids) < self.spec.valid
+        return tf.cast(tf.reshape(valid, [-1, 1]), tf.float32)
 
     def _column_masks(self, shard_ids):
         """valid [1, S, L] bool (None when no padding)."""
-        if self.spec.valid == self.spec.num_classes:
+        if not self.num_padding:
             return None
-        cols = tf.expand_dims(shard_ids, 1) * self.local_rows + tf.expand_dims(
-            tf.range(self.local_rows), 0
-        )
-        return tf.expand_dims(cols < self.spec.valid, 0)
+        return tf.expand_dims(self._local_columns(shard_ids) < self.spec.valid, 0)
 
     def _logits(self, x_chunk, w_unit, row_scale=None):
         """z [c, S, L]: the chunk's cosine logits against the local rows of W."""
@@ -205,18 +217,15 @@ class CosineSoftmax:
         grad_w_t = tf.matmul(x_chunk * row, residual, transpose_a=True)  # [D, N]
         return grad_x, grad_w_t
 
-    def __call__(self, x_unit, w_unit):
+    def __call__(self, x_unit, class_weights):
+        """Loss (and hit) of unit embeddings ``x_unit`` [B, D] against W [N, D]."""
         shard_ids = layouts.shard_index(self.placement)
         valid = self._column_masks(shard_ids)
-        row_mask = None
-        if self.fixed_shift and valid is not None:
-            # Zero the padded rows of W (a cheap [N, 1] op) instead of masking [c, N].
-            row_mask = tf.cast(tf.reshape(valid, [-1, 1]), tf.float32)  # [N, 1]
+        w_unit = l2_normalize_rows(class_weights, self._row_mask(shard_ids))
         chunked = self.chunks.num_chunks > 1
 
         @tf.custom_gradient
-        def cosine_softmax(x_unit, w_input):
-            w_unit = w_input if row_mask is None else w_input * row_mask
+        def cosine_softmax(x_unit, w_unit):
             if chunked:  # both passes use the grids
                 grids = (self.chunks.grid(x_unit), self.chunks.grid(self.targets))
                 outputs, saved = self._chunked_forward(grids, w_unit, shard_ids, valid)
@@ -233,8 +242,6 @@ class CosineSoftmax:
                 else:
                     grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
                     grad_w = tf.transpose(grad_w_t)
-                if row_mask is not None:
-                    grad_w = grad_w * row_mask  # padded rows: zero gradient
                 return grad_x, grad_w
 
             return outputs, grad

@@ -38,10 +38,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_instcls.losses.cosine_softmax import CosineSoftmax, LossSpec
+from tf_instcls.losses.cosine_softmax import CosineSoftmax, LossSpec, l2_normalize_rows
 from tf_instcls.parallel import layouts
-
-_NORM_EPS = 1e-12  # floor on the squared norm, as tf.math.l2_normalize
 
 
 def instance_classification_loss(
@@ -139,9 +137,7 @@ def _instance_classification(
             x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
 
     core = CosineSoftmax(spec, placement, batch_shards, targets, with_accuracy)
-    x_unit = _l2_normalize(x)
-    w_unit = _l2_normalize(tf.convert_to_tensor(class_weights), core.local_rows_mask())
-    return core(x_unit, w_unit)
+    return core(l2_normalize_rows(x), tf.convert_to_tensor(class_weights))
 
 
 def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, valid):
@@ -213,9 +209,3 @@ def _check_targets(targets, valid, use_hard):
     ]
     with tf.control_dependencies(checks):
         return tf.identity(targets)
-
-
-def _l2_normalize(value, row_mask=None):
-    square = tf.reduce_sum(tf.square(value), axis=-1, keepdims=True)
-    factor = tf.math.rsqrt(tf.maximum(square, _NORM_EPS))
-    return value * (factor if row_mask is None else factor * row_mask)

@@ -7,14 +7,21 @@ from tf_instcls.losses import instance_classification_loss_and_accuracy
 from tf_instcls.methods.base import Batch, Method
 
 
+def cosine_softmax_loss(batch: Batch, classifier, smoothing: float = 0.0):
+    """(loss, hit) of the cosine softmax over all rows of the classifier's W: Eq. 3 with
+    the batch's hard negatives when ``smoothing`` > 0 and the batch has them, else Eq. 1
+    (also NPID's full non-parametric softmax over its bank)."""
+    hard = batch.hard if smoothing > 0 else None
+    return instance_classification_loss_and_accuracy(
+        batch.embedding, batch.view_ids, classifier.class_weights,
+        temperature=classifier.temperature, hard_negatives=hard,
+        smoothing=smoothing if hard is not None else 0.0,
+        chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances)
+
+
 class Full(Method):
     name = "full"
     trains_w = True
 
     def loss(self, batch: Batch):
-        classifier = self.classifier
-        return instance_classification_loss_and_accuracy(
-            batch.embedding, batch.view_ids, classifier.class_weights,
-            temperature=classifier.temperature, hard_negatives=batch.hard,
-            smoothing=self.smoothing if batch.hard is not None else 0.0,
-            chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances)
+        return cosine_softmax_loss(batch, self.classifier, self.smoothing)

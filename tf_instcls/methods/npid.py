@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tf_instcls.losses import instance_classification_loss_and_accuracy
 from tf_instcls.losses.baselines import npid_nce_loss, update_memory_bank
 from tf_instcls.methods.base import Batch, Method, draw
+from tf_instcls.methods.full import cosine_softmax_loss
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.layouts import keep_or_replace, masked
 
@@ -38,10 +38,7 @@ class NPID(Method):
     def loss(self, batch: Batch):
         classifier, config = self.classifier, self.config
         if config.npid_noise == 0:  # the full non-parametric softmax (bank not trained)
-            return instance_classification_loss_and_accuracy(
-                batch.embedding, batch.view_ids, classifier.class_weights,
-                temperature=classifier.temperature, hard_negatives=None, smoothing=0.0,
-                chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances)
+            return cosine_softmax_loss(batch, classifier)
         noise = draw(config.npid_noise, classifier.num_instances, self.seed, batch.global_step)
         log_z, z_epoch = self.log_z, self.z_epoch
         epoch = tf.math.floordiv(tf.cast(batch.global_step, tf.int64), self.steps_per_epoch)
