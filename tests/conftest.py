@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 def tiny_run(tmp_path_factory):
     """A 1-epoch pretraining run on digits (2 devices, 16 px), checkpoints at steps 2, 4
     and 5, shared by the export and evaluation tests. Returns (model_dir, configs)."""
-    from tf_instcls import parallel
+    from tf_instcls import parallel, pretrain
     from tf_instcls.training import loop
 
     model_dir = str(tmp_path_factory.mktemp("tiny_run"))
@@ -36,5 +36,5 @@ def tiny_run(tmp_path_factory):
         train=loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0,
                                num_hard_negatives=8, checkpoint_every_steps=2),
     )
-    loop.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))
+    pretrain.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))
     return model_dir, configs

@@ -218,6 +218,7 @@ def test_memory_bank_update_is_exact_on_a_sharded_bank(devices, layout):
 
 @pytest.mark.slow
 def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
+    from tf_instcls import pretrain
     from tf_instcls.training import loop
 
     mesh = parallel.build_mesh(2)
@@ -227,7 +228,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
                              init_mode="gaussian", knn_k=10)
     npid = loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False,
                             method="npid", npid_noise=64, npid_z_estimate="epoch")
-    logs = loop.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=train,
+    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=train,
                                 mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["knn_top1"] > 20
     state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=train,
@@ -242,7 +243,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     visited = np.isclose(norms, 1.0, atol=1e-4).sum()
     assert visited >= 5 * 256  # 5 steps of 256 instances were written by the memory rule
     again = loop.TrainConfig(**{**train.__dict__, "epochs": 2})
-    logs = loop.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=again,
+    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=again,
                                 mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
     state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=again,
@@ -252,7 +253,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
 
     sampled = loop.ModelConfig(backbone_width=4, embedding_dim=16, head_hidden_dim=16,
                                method="sampled", num_sampled=128)
-    logs = loop.run_pretraining(str(tmp_path / "sampled"), **base, model=sampled,
+    logs = pretrain.run_pretraining(str(tmp_path / "sampled"), **base, model=sampled,
                                 train=train, mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
 
@@ -332,6 +333,7 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
     once failed there): finite NCE loss below its start, Z finite and checkpointed."""
     import json
 
+    from tf_instcls import pretrain
     from tf_instcls.training import loop
 
     configs = dict(data=loop.DataConfig(image_size=16),
@@ -342,7 +344,7 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
     train = loop.TrainConfig(epochs=1, batch_size=128, verbose=0, smoothing=0.0,
                              init_mode="gaussian", knn_k=10, log_steps=True)
     mesh = parallel.build_mesh(1)
-    logs = loop.run_pretraining(str(tmp_path), **configs, train=train, mesh=mesh)
+    logs = pretrain.run_pretraining(str(tmp_path), **configs, train=train, mesh=mesh)
     steps = [json.loads(line)["loss"] for line in open(tmp_path / "steps.jsonl")]
     # the loss rises while the bank fills with the first epoch's (similar) features, as
     # in the CIFAR probes (13 -> 14 in epoch 1, then down to 6.4 by epoch 8), but stays

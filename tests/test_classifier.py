@@ -6,6 +6,7 @@ import tensorflow as tf
 from tensorflow.experimental import dtensor
 
 from tf_instcls import parallel
+from tf_instcls.losses import instance_classification_loss
 from tf_instcls.training import MomentumSGD
 
 from helpers import assert_close
@@ -96,7 +97,9 @@ def test_training_steps_match_numpy_momentum_sgd(devices, layout):
     @tf.function
     def step(xd, idd, hd):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(clf(xd, idd, hard_negatives=hd, smoothing=0.2))
+            loss = tf.reduce_mean(instance_classification_loss(
+                xd, idd, clf.class_weights, temperature=clf.temperature, hard_negatives=hd,
+                smoothing=0.2, chunk_size=clf.chunk_size, valid_classes=clf.num_instances))
         (grad_w,) = tape.gradient(loss, clf.distributed_variables)
         opt.apply_gradients(zip([grad_w], clf.distributed_variables), 0.5)
         return loss

@@ -66,6 +66,7 @@ def test_nt_xent_rejects_odd_view_count():
 def test_simclr_trains_without_w_and_resumes(tmp_path):
     """method = simclr: a 1-epoch run on 2 devices lowers NT-Xent below its start,
     gives W no optimizer slot and leaves it untouched, and resumes into epoch 2."""
+    from tf_instcls import pretrain
     from tf_instcls.training import loop
 
     mesh = parallel.build_mesh(2)
@@ -78,7 +79,7 @@ def test_simclr_trains_without_w_and_resumes(tmp_path):
     train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, smoothing=0.0,
                              init_mode="gaussian", knn_k=10, log_steps=True)
     model_dir = str(tmp_path / "simclr")
-    logs = loop.run_pretraining(model_dir, **configs, train=train, mesh=mesh)
+    logs = pretrain.run_pretraining(model_dir, **configs, train=train, mesh=mesh)
     import json
 
     steps = [json.loads(line) for line in open(f"{model_dir}/steps.jsonl")]
@@ -88,5 +89,5 @@ def test_simclr_trains_without_w_and_resumes(tmp_path):
     w = state.classifier.class_weights
     assert not state.optimizer.has_slot(w)
     again = loop.TrainConfig(**{**train.__dict__, "epochs": 2})
-    logs = loop.run_pretraining(model_dir, **configs, train=again, mesh=mesh)
+    logs = pretrain.run_pretraining(model_dir, **configs, train=again, mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])

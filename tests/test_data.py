@@ -209,7 +209,7 @@ def test_bad_synthetic_specs(spec, message):
 
 
 def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
-    from tf_instcls import parallel
+    from tf_instcls import parallel, pretrain
     from tf_instcls.training import loop
 
     configs = dict(
@@ -218,5 +218,5 @@ def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0, num_hard_negatives=8,
                                knn_k=10))
-    logs = loop.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
+    logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
     assert logs["step"] == 4 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tf_instcls import export, parallel
 from tf_instcls.data import ImageSource
-from tf_instcls.eval.features import extract_features
+from tf_instcls.parallel.features import extract_features
 from tf_instcls.training import loop
 
 from helpers import subprocess_env

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_instcls import parallel
+from tf_instcls import parallel, pretrain
 from tf_instcls.parallel import layouts
 from tf_instcls.training import checkpoints, loop
 from tf_instcls.training.step import make_train_step
@@ -103,7 +103,7 @@ def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
     mesh = parallel.build_mesh(2)
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 3 "
                                                  r"\(epoch 0, batch 2\).*ckpt-2"):
-        loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh,
+        pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh,
                              callbacks=[InjectNaN(at=2)])
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest.endswith("ckpt-2")
@@ -114,7 +114,7 @@ def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
 def test_nonfinite_skip_mode_skips_the_step_and_goes_on(tmp_path):
     mesh = parallel.build_mesh(2)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip"})
-    logs = loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
+    logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
                                 callbacks=[InjectNaN(at=2, heal=True)])
     assert logs["step"] == 5 and np.isfinite(logs["loss"])
     w = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-5")).get_tensor(
@@ -150,7 +150,7 @@ def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_p
     mesh = parallel.build_mesh(2)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip", "epochs": 3,
                                 "max_consecutive_skips": 20})
-    logs = loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
+    logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
                                 callbacks=[PoisonEpoch(1)])
     records = {r["epoch"]: r for r in read_metrics(str(tmp_path))}
     assert np.isfinite(records[0]["loss"]) and "skipped_steps" not in records[0]
@@ -162,7 +162,7 @@ def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_p
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     mesh = parallel.build_mesh(2)
-    loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
+    pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
     ckpt_dir = tmp_path / "checkpoints"
     data = sorted(glob.glob(str(ckpt_dir / "ckpt-5.data-*")), key=os.path.getsize)[-1]
     with open(data, "r+b") as f:  # truncate the largest shard (W's)
@@ -173,7 +173,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     assert glob.glob(str(ckpt_dir / "corrupt" / "ckpt-5.*"))
     assert tf.train.latest_checkpoint(str(ckpt_dir)).endswith("ckpt-4")
     # the run goes on and writes step 5 again
-    logs = loop.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
+    logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
     assert logs["step"] == 5
     checkpoints.verify(str(ckpt_dir / "ckpt-5"))
 
@@ -264,7 +264,7 @@ def test_resume_from_a_relative_model_dir_keeps_its_checkpoints(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     mesh = parallel.build_mesh(2)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "checkpoint_every_steps": 0})
-    loop.run_pretraining("run", **TINY, train=train, mesh=mesh)
+    pretrain.run_pretraining("run", **TINY, train=train, mesh=mesh)
     assert checkpoints.newest_valid(os.path.join("run", "checkpoints")).endswith("ckpt-5")
     state = loop.build_state("run", **TINY, train=train, mesh=mesh)
     assert state.step == 5
@@ -278,7 +278,7 @@ def test_many_checkpoints_log_no_retracing_warning_and_mining_traces_once(tmp_pa
 
     caplog.set_level(logging.WARNING)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 3})  # 15 saves, 3 minings
-    loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
+    pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
     retracing = [r.getMessage()[:160] for r in caplog.records if "retracing" in r.getMessage()]
     assert retracing == []
 
@@ -300,5 +300,5 @@ def test_every_step_is_logged_before_its_checkpoint_is_written(tmp_path, monkeyp
 
     monkeypatch.setattr(checkpoints, "save", save)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "log_steps": True})
-    loop.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
+    pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=parallel.build_mesh(2))
     assert missing == []

@@ -60,3 +60,21 @@ def test_neighbours_sorted_exclude_self_and_grid_equals_single_runs():
     for row in grid:
         single = weighted_knn(x, y, x[:10], y[:10], k=row["k"], temperature=row["temperature"])
         assert single["top1"] == row["top1"] and single["top5"] == row["top5"]
+
+
+@pytest.mark.parametrize("max_elements", [7, 64 * 5, 1 << 20])
+def test_ties_at_the_kth_place_keep_the_lowest_bank_ids_whatever_the_chunking(max_elements):
+    """A bank of six axis vectors, each repeated many times: the copies' similarities are
+    exactly equal (one coordinate of the query, whatever the summation order), so
+    every query's k-th place is a tie. The neighbours equal a stable sort of the whole
+    row (what tools/embed.py printed before it shared this search), for one chunk and
+    for many."""
+    rng = np.random.default_rng(3)
+    bank = np.eye(8, dtype=np.float32)[rng.integers(0, 6, 90)]
+    query = rng.normal(size=(11, 8)).astype(np.float32)
+    idx, sims = nearest_neighbours(bank, query, 10, max_elements=max_elements)
+    unit = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
+    full = unit @ bank.T
+    expected = np.argsort(-full, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(idx, expected)
+    np.testing.assert_array_equal(sims, np.take_along_axis(full, expected, axis=1))

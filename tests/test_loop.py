@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tf_instcls import parallel
+from tf_instcls import parallel, pretrain
 from tf_instcls.parallel import layouts
 from tf_instcls.training import loop
 
@@ -47,7 +47,7 @@ def test_run_pretraining_drives_user_callbacks_and_refuses_other_configs(tmp_pat
     train = loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0)
     recorder = Recorder()
 
-    logs = loop.run_pretraining(str(tmp_path), TINY["data"], TINY["model"], TINY["optim"],
+    logs = pretrain.run_pretraining(str(tmp_path), TINY["data"], TINY["model"], TINY["optim"],
                                 train, mesh, callbacks=[recorder])
     steps = 1527 // 256
     assert recorder.events == (["train_begin", "epoch_begin:0"] + ["batch"] * steps
@@ -58,7 +58,7 @@ def test_run_pretraining_drives_user_callbacks_and_refuses_other_configs(tmp_pat
 
     with pytest.raises(ValueError, match="different configuration.*embedding_dim"):
         other = loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=32)
-        loop.run_pretraining(str(tmp_path), TINY["data"], other, TINY["optim"], train, mesh)
+        pretrain.run_pretraining(str(tmp_path), TINY["data"], other, TINY["optim"], train, mesh)
 
 
 def test_encoder_variables_become_replicated_dvariables():

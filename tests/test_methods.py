@@ -41,6 +41,7 @@ class _Align(Method):
 
 
 def test_a_new_method_is_one_class_and_one_registry_entry(tmp_path, monkeypatch):
+    from tf_instcls import pretrain
     from tf_instcls.training import loop
 
     monkeypatch.setitem(METHODS, "align", _Align)
@@ -53,7 +54,7 @@ def test_a_new_method_is_one_class_and_one_registry_entry(tmp_path, monkeypatch)
     )
     train = loop.TrainConfig(epochs=2, batch_size=32, verbose=0, smoothing=0.0,
                              init_mode="gaussian", knn_every_epochs=0)
-    logs = loop.run_pretraining(str(tmp_path / "run"), **configs, train=train, mesh=mesh)
+    logs = pretrain.run_pretraining(str(tmp_path / "run"), **configs, train=train, mesh=mesh)
     assert logs["step"] == 8 and np.isfinite(logs["loss"]) and logs["loss"] < 1.0
     # its state went into the checkpoint, through the method, and comes back on resume
     state = loop.build_state(str(tmp_path / "run"), **configs, train=train, mesh=mesh)

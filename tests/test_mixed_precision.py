@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_instcls import export, parallel
+from tf_instcls import export, parallel, pretrain
 from tf_instcls.data import ImageSource
-from tf_instcls.eval.features import extract_features
 from tf_instcls.parallel import layouts
+from tf_instcls.parallel.features import extract_features
 from tf_instcls.training import checkpoints, loop
 
 CONFIGS = dict(
@@ -45,9 +45,9 @@ def _assert_interrupted_run_replays(configs, straight, resumed, mesh):
     """The run of ``straight``, interrupted after epoch 1 and resumed in ``resumed``,
     logs the same loss at every step."""
     with pytest.raises(_Interrupted):
-        loop.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh,
+        pretrain.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh,
                              callbacks=[_InterruptAfterEpoch(0)])
-    loop.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh)
+    pretrain.run_pretraining(resumed, **configs, train=TRAIN, mesh=mesh)
     a, b = _losses(straight), _losses(resumed)
     assert sorted(a) == sorted(b) == list(range(1, 11))
     np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
@@ -62,7 +62,7 @@ def _losses(model_dir):
 def test_bfloat16_trains_resumes_exactly_and_exports_float32(tmp_path):
     mesh = parallel.build_mesh(2)
     straight = str(tmp_path / "straight")
-    logs = loop.run_pretraining(straight, **CONFIGS, train=TRAIN, mesh=mesh)
+    logs = pretrain.run_pretraining(straight, **CONFIGS, train=TRAIN, mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
     state = loop.build_state(straight, **CONFIGS, train=TRAIN, mesh=mesh)
     assert any(v.path.endswith("kernel") for v in state.encoder.trainable_variables)
@@ -97,7 +97,7 @@ F16 = dict(CONFIGS, model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16,
 def test_float16_trains_with_a_loss_scale_and_resumes_exactly(tmp_path):
     mesh = parallel.build_mesh(2)
     straight = str(tmp_path / "straight")
-    logs = loop.run_pretraining(straight, **F16, train=TRAIN, mesh=mesh)
+    logs = pretrain.run_pretraining(straight, **F16, train=TRAIN, mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
     assert logs["loss_scale"] == 32768.0  # no overflow at this size: the initial scale
     state = loop.build_state(straight, **F16, train=TRAIN, mesh=mesh)
@@ -147,7 +147,7 @@ def test_float16_overflow_skips_the_step_halves_the_scale_and_goes_on(tmp_path, 
 
     recorder = _Weights(weights)
     monkeypatch.setattr(loop, "build_state", build)
-    logs = loop.run_pretraining(model_dir, **configs, train=train, mesh=mesh,
+    logs = pretrain.run_pretraining(model_dir, **configs, train=train, mesh=mesh,
                                 callbacks=[recorder])
     assert logs["step"] == 5 and logs["loss_scale"] == 2.0 ** 96  # the 5th step's scale
     for before, after in zip(recorder.before, weights()):

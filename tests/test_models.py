@@ -70,7 +70,7 @@ def test_feature_extraction_cache_reuses_its_function_and_lets_the_encoder_go():
     import weakref
 
     from tf_instcls import parallel
-    from tf_instcls.eval import features as features_lib
+    from tf_instcls.parallel import features as features_lib
 
     mesh = parallel.build_mesh(1)
     encoder = models.build_encoder("convnet_small", 16, embedding_dim=8, head_hidden_dim=16,
@@ -87,3 +87,38 @@ def test_feature_extraction_cache_reuses_its_function_and_lets_the_encoder_go():
     del encoder, function
     gc.collect()
     assert alive() is None  # the cache kept no encoder (and no variables) alive
+
+
+def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypatch):
+    """WORKSPACE.md's "How to add a backbone": one function under ``register_backbone``;
+    ``ModelConfig.backbone`` then picks it for pretraining, and the export restores it."""
+    import keras
+
+    from tf_instcls import export, parallel, pretrain
+    from tf_instcls.models import backbones
+    from tf_instcls.training import loop
+
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+
+    @backbones.register_backbone("tiny_mlp")
+    def tiny_mlp(image_size: int, width: int = 16) -> keras.Model:
+        images = keras.Input([image_size, image_size, 3])
+        x = keras.layers.Flatten()(keras.layers.AveragePooling2D(4)(images))
+        x = keras.layers.Dense(width, name="fc")(x)
+        x = keras.layers.BatchNormalization(name="bn")(x)
+        return keras.Model(images, keras.layers.ReLU()(x), name="tiny_mlp")
+
+    assert "tiny_mlp" in models.backbone_names()
+    configs = dict(
+        data=loop.DataConfig(dataset="synthetic:64:16", image_size=16),
+        model=loop.ModelConfig(backbone="tiny_mlp", backbone_width=8, embedding_dim=8,
+                               head_hidden_dim=16),
+        optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
+    )
+    train = loop.TrainConfig(epochs=1, batch_size=16, verbose=0, knn_every_epochs=0,
+                             num_hard_negatives=4)
+    logs = pretrain.run_pretraining(str(tmp_path / "run"), **configs, train=train,
+                                    mesh=parallel.build_mesh(2))
+    assert logs["step"] == 4 and np.isfinite(logs["loss"])
+    restored = export.restore_encoder(str(tmp_path / "run"))
+    assert restored.encoder(tf.zeros([1, 16, 16, 3]))["features"].shape == (1, 8)

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tf_instcls import parallel
+from tf_instcls import parallel, pretrain
 from tf_instcls.parallel import layouts
 from tf_instcls.training import loop
 
@@ -26,7 +26,7 @@ def written(tmp_path_factory):
                                knn_every_epochs=0),
     )
     model_dir = root / "t4"
-    loop.run_pretraining(str(model_dir), **configs, mesh=parallel.build_mesh(4))
+    pretrain.run_pretraining(str(model_dir), **configs, mesh=parallel.build_mesh(4))
     return root, model_dir, configs
 
 
@@ -75,6 +75,6 @@ def test_restore_on_another_device_count_or_layout(written, tmp_path, devices, l
     # and training goes on from there on the new mesh
     train = loop.TrainConfig(**{**configs["train"].__dict__, "epochs": 2})
     model = loop.ModelConfig(**{**configs["model"].__dict__, "classifier_layout": layout})
-    logs = loop.run_pretraining(str(copy), configs["data"], model, configs["optim"], train,
+    logs = pretrain.run_pretraining(str(copy), configs["data"], model, configs["optim"], train,
                                 parallel.build_mesh(devices))
     assert logs["step"] == 2 and np.isfinite(logs["loss"])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tf_instcls import parallel
+from tf_instcls import parallel, pretrain
 from tf_instcls.training import loop, stages
 
 CONFIGS = dict(
@@ -34,22 +34,22 @@ def _with(config, **changes):
 def test_max_steps_stops_inside_an_epoch_and_the_rerun_continues_exactly(tmp_path, capsys):
     mesh = parallel.build_mesh(2)
     straight = str(tmp_path / "straight")
-    loop.run_pretraining(straight, **CONFIGS, train=TRAIN, mesh=mesh)
+    pretrain.run_pretraining(straight, **CONFIGS, train=TRAIN, mesh=mesh)
 
     stepped = str(tmp_path / "stepped")
-    logs = loop.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=6), mesh=mesh)
+    logs = pretrain.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=6), mesh=mesh)
     assert logs["stopped_at_step"] == 6  # inside epoch 1 (steps 5-8)
     assert "stopped at step 6 of 12" in capsys.readouterr().out
     state = loop.build_state(stepped, **CONFIGS, train=TRAIN, mesh=mesh)
     assert state.step == 6 and state.manager.latest_checkpoint.endswith("ckpt-6")
     # at its max_steps already: nothing runs, nothing is written
     before = open(f"{stepped}/steps.jsonl").read()
-    logs = loop.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=6), mesh=mesh)
+    logs = pretrain.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=6), mesh=mesh)
     assert logs == {"stopped_at_step": 6} and "at its max_steps 6" in capsys.readouterr().out
     assert open(f"{stepped}/steps.jsonl").read() == before
     # to an epoch end, then (max_steps 0) to the end of the run
-    loop.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=8), mesh=mesh)
-    loop.run_pretraining(stepped, **CONFIGS, train=TRAIN, mesh=mesh)
+    pretrain.run_pretraining(stepped, **CONFIGS, train=_with(TRAIN, max_steps=8), mesh=mesh)
+    pretrain.run_pretraining(stepped, **CONFIGS, train=TRAIN, mesh=mesh)
 
     a, b = _losses(straight), _losses(stepped)
     assert sorted(a) == sorted(b) == list(range(1, 13))
@@ -66,8 +66,8 @@ def test_stages_record_time_memory_and_bytes_of_every_stage(tmp_path):
     train = _with(TRAIN, epochs=2, knn_every_epochs=1, max_steps=6)
     # labelled (id % 4): 512 to train (4 steps an epoch), 128 held out for the kNN monitor
     data = _with(CONFIGS["data"], dataset="synthetic:640:16:4", holdout_fraction=0.2)
-    loop.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"], train, mesh)
-    loop.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"],
+    pretrain.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"], train, mesh)
+    pretrain.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"],
                          _with(train, max_steps=0), mesh)
     records = stages.read(model_dir)
     names = [r["stage"] for r in records]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tf_instcls import data as data_lib
-from tf_instcls import parallel
+from tf_instcls import parallel, pretrain
 from tf_instcls.training import loop
 
 from helpers import subprocess_env
@@ -76,7 +76,7 @@ def tfds_run(tmp_path_factory):
                                knn_k=10),
     )
     with tfds.testing.mock_data(num_examples=192):
-        logs = loop.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))
+        logs = pretrain.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))
     return model_dir, logs
 
 

@@ -26,6 +26,8 @@ if not __package__:  # run as a script (python tools/X.py): relative imports, PE
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "tools"
 
+from tf_instcls import defaults
+
 from . import common
 
 FLAGS = flags.FLAGS
@@ -42,7 +44,7 @@ flags.DEFINE_enum("feature", "features", ["features", "embedding"],
                   "Representation for kNN / retrieval / projector.")
 flags.DEFINE_integer("projector_images", 2000, "projector: at most this many images.",
                      lower_bound=1)
-flags.DEFINE_integer("knn_k", 200, "kNN neighbours.", lower_bound=1)
+flags.DEFINE_integer("knn_k", defaults.KNN_K, "kNN neighbours.", lower_bound=1)
 
 ANALYSES = ("curves", "correlation", "retrieval", "projector")
 
@@ -62,11 +64,9 @@ def _correlation(out, model, train, evaluation, data):
     import numpy as np
     import tensorflow as tf
 
-    from tf_instcls.eval import analysis, plots
+    from tf_instcls.data import LabelledSplits
     from tf_instcls.eval import common as ec
-    from tf_instcls.eval.knn import weighted_knn
-    from tf_instcls.eval.linear import train_linear
-    from tf_instcls.export.restore import read_class_weights
+    from tf_instcls.eval import evaluators, plots
 
     state = tf.train.get_checkpoint_state(os.path.join(FLAGS.model_dir, "checkpoints"))
     paths = list(state.all_model_checkpoint_paths) if state else []
@@ -84,33 +84,22 @@ def _correlation(out, model, train, evaluation, data):
         raise app.UsageError(
             f"the rebuilt pretraining split has {pretrain.num_images} images but the run "
             f"has N = {info.get('num_instances')}: pass the run's --holdout_fraction")
-    # the usual case: the kNN bank is the pretraining split itself (features once each)
-    same_split = (pretrain.num_images == train.num_images
-                  and pretrain.fingerprint() == train.fingerprint()
-                  and np.array_equal(pretrain.labels, train.labels))
+    # the evaluators of tools/eval_*.py; the model keeps each checkpoint's features in
+    # memory, so the pretraining split (usually the kNN bank too) is embedded once
+    splits = LabelledSplits(train, evaluation, seed=data["seed"])
+    knn = evaluators.KNNEvaluator(k=FLAGS.knn_k, representations=(FLAGS.feature,))
+    instances = evaluators.InstanceAccuracyEvaluator()
+    linear = evaluators.LinearEvaluator(epochs=FLAGS.linear_epochs, progress=False)
+    model.batch_size, model.progress = FLAGS.batch_size, False
     rows = []
-    num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
     for path in paths:
         ec.assign_checkpoint(model, path)
-        pre = ec.compute_features(model, pretrain, batch_size=FLAGS.batch_size,
-                                  progress=False)
-        w = read_class_weights(path, pretrain.num_images)
-        inst = analysis.instance_accuracy(pre["embedding"], w)
-        bank = pre if same_split else ec.compute_features(
-            model, train, batch_size=FLAGS.batch_size, progress=False)
-        queries = ec.compute_features(model, evaluation, batch_size=FLAGS.batch_size,
-                                      progress=False)
-        knn = weighted_knn(bank[FLAGS.feature], train.labels, queries[FLAGS.feature],
-                           evaluation.labels, k=FLAGS.knn_k, num_classes=num_classes)
-        row = {"checkpoint": path, "step": model.restored.step, "instance_acc": inst,
-               "knn_top1": knn["top1"]}
+        inst = instances.run(model, LabelledSplits(pretrain, evaluation))
+        row = {"checkpoint": path, "step": model.restored.step,
+               "instance_acc": inst["embedding"]["instance_acc"],
+               "knn_top1": knn.run(model, splits)[FLAGS.feature]["top1"]}
         if FLAGS.linear:
-            lin = train_linear(bank["features"], train.labels, queries["features"],
-                               evaluation.labels, num_classes=num_classes,
-                               epochs=FLAGS.linear_epochs, batch_size=256,
-                               learning_rate=0.1, feature_norm="standardize",
-                               seed=data["seed"], progress=False)
-            row["linear_top1"] = lin["top1"]
+            row["linear_top1"] = linear.run(model, splits)["features"]["top1"]
         rows.append(row)
         print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in row.items()), flush=True)

@@ -101,6 +101,21 @@ def load_random_init_model(mesh):
         raise app.UsageError(str(err)) from err
 
 
+def load_models_and_splits(mesh, *, baselines: bool = False, cache_dir: str | None = None):
+    """([model, + random init and raw pixels with ``baselines``], LabelledSplits) from the
+    flags: what ``eval.runner.evaluate`` takes."""
+    from tf_instcls.data import LabelledSplits
+    from tf_instcls.eval.common import RawPixels
+
+    model, train, evaluation, data = load_model_and_splits(mesh)
+    models = [model]
+    if baselines:
+        models += [load_random_init_model(mesh), RawPixels(model.image_size)]
+    for m in models[:2]:
+        m.cache_dir, m.batch_size = cache_dir, FLAGS.batch_size
+    return models, LabelledSplits(train, evaluation, seed=data["seed"], description=data)
+
+
 def load_model_and_splits(mesh):
     """(EvalModel, train source, eval source, data description) from the flags."""
     from tf_instcls.eval import common

@@ -52,16 +52,6 @@ def embed_source(serve, source, image_size: int, batch_size: int, progress: bool
     return np.concatenate(embeddings), np.concatenate(features)
 
 
-def nearest(bank, queries, top_k: int):
-    """(indices [q, k], cosine scores [q, k]); ``bank`` rows are L2-normalised."""
-    import numpy as np
-
-    scores = queries @ bank.T
-    top_k = min(top_k, len(bank))
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-    return order, np.take_along_axis(scores, order, axis=1)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -121,7 +111,9 @@ def main(argv):
         q = model.signatures["serve_bytes"](image_bytes=tf.constant(blobs))["embedding"]
     except tf.errors.InvalidArgumentError as err:
         raise app.UsageError(f"could not decode a --query image: {err.message}") from err
-    index, scores = nearest(bank, q.numpy(), FLAGS.top_k)
+    from tf_instcls.eval.knn import nearest_neighbours
+
+    index, scores = nearest_neighbours(bank, q.numpy(), FLAGS.top_k)
     results = []
     for path, idx, sc in zip(FLAGS.query, index, scores):
         print(f"query {path}:")

@@ -23,12 +23,15 @@ if not __package__:  # run as a script (python tools/X.py): relative imports, PE
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     __package__ = "tools"
 
+from tf_instcls import defaults
+
 from . import common
 
 FLAGS = flags.FLAGS
 common.define_model_and_data_flags("eval")
-flags.DEFINE_integer("k", 200, "Neighbours that vote.", lower_bound=1)
-flags.DEFINE_float("temperature", 0.07, "Vote weight exp(similarity / temperature).")
+flags.DEFINE_integer("k", defaults.KNN_K, "Neighbours that vote.", lower_bound=1)
+flags.DEFINE_float("temperature", defaults.KNN_TEMPERATURE,
+                   "Vote weight exp(similarity / temperature).")
 flags.DEFINE_enum("feature", "both", ["features", "embedding", "both"],
                   "Backbone pooled features, head embeddings, or both.")
 flags.DEFINE_bool("grid", False, "Also sweep --grid_k x --grid_temperature.")
@@ -54,63 +57,23 @@ def main(argv):
         raise app.UsageError("--grid_k must be >= 1 and --grid_temperature > 0")
     out = common.out_dir("eval")
     mesh = common.make_mesh()
-    from tf_instcls.eval import common as ec
-    from tf_instcls.eval.knn import knn_grid
+    from tf_instcls.eval import evaluators, runner
 
-    model, train, evaluation, data = common.load_model_and_splits(mesh)
-    kinds = ["features", "embedding"] if FLAGS.feature == "both" else [FLAGS.feature]
-    models = [model]
-    if FLAGS.baselines:
-        models.append(common.load_random_init_model(mesh))
-    cache = f"{out}/cache" if FLAGS.cache_features else None
-    rows, record = [], {"tool": "eval_knn", "data": data, "k": FLAGS.k,
-                        "temperature": FLAGS.temperature, "results": []}
-    num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
-
-    def evaluate(name, bank, queries, describe):
-        grid_ks = sorted(set(ks + [FLAGS.k])) if FLAGS.grid else [FLAGS.k]
-        grid_ts = sorted(set(temps + [FLAGS.temperature])) if FLAGS.grid else [
-            FLAGS.temperature]
-        results = knn_grid(bank, train.labels, queries, evaluation.labels, ks=grid_ks,
-                           temperatures=grid_ts, num_classes=num_classes)
-        main_result = next(r for r in results if r["k"] == min(FLAGS.k, len(bank))
-                           and r["temperature"] == FLAGS.temperature)
-        entry = {**describe, "representation": name, "top1": main_result["top1"],
-                 "top5": main_result["top5"], "k": main_result["k"]}
-        if FLAGS.grid:
-            entry["grid"] = results
-        record["results"].append(entry)
-        rows.append([describe.get("model", "raw pixels"), name, main_result["top1"],
-                     main_result["top5"]])
-        print(f"{rows[-1][0]} [{name}]: kNN top-1 {main_result['top1']:.2f}%  "
-              f"top-5 {main_result['top5']:.2f}%", flush=True)
-
-    for m in models:
-        bank = ec.compute_features(m, train, batch_size=FLAGS.batch_size, cache_dir=cache)
-        queries = ec.compute_features(m, evaluation, batch_size=FLAGS.batch_size,
-                                      cache_dir=cache)
-        for kind in kinds:
-            evaluate(kind, bank[kind], queries[kind], m.describe())
-    if FLAGS.baselines:
-        evaluate("pixels", ec.raw_pixels(train, model.image_size),
-                 ec.raw_pixels(evaluation, model.image_size), {"model": "raw pixels"})
-    md = (f"# Weighted kNN (k={FLAGS.k}, T={FLAGS.temperature})\n\n"
-          f"bank: {data['dataset']} ({data['num_train']} images); queries: "
-          f"{data['eval_dataset']} ({data['num_eval']} images); "
-          f"{mesh.size} device(s)\n\n"
-          + ec.markdown_table(["model", "representation", "top-1", "top-5"], rows))
-    if FLAGS.grid:
-        for entry in record["results"]:
-            md += (f"\n## Sweep: {entry.get('model')} [{entry['representation']}] top-1\n\n")
-            grid_ts = sorted({r["temperature"] for r in entry["grid"]})
-            table = {}
-            for r in entry["grid"]:
-                table.setdefault(r["k"], {})[r["temperature"]] = r["top1"]
-            md += ec.markdown_table(["k \\ T"] + [str(t) for t in grid_ts],
-                                    [[k] + [table[k][t] for t in grid_ts]
-                                     for k in sorted(table)])
-    json_path, md_path = ec.write_results(out, "knn", record, md)
-    print(f"wrote {json_path} and {md_path}")
+    models, splits = common.load_models_and_splits(
+        mesh, baselines=FLAGS.baselines,
+        cache_dir=f"{out}/cache" if FLAGS.cache_features else None)
+    evaluator = evaluators.KNNEvaluator(
+        k=FLAGS.k, temperature=FLAGS.temperature,
+        representations=evaluators.FEATURE_KINDS if FLAGS.feature == "both"
+        else (FLAGS.feature,),
+        grid_ks=tuple(ks) if FLAGS.grid else (),
+        grid_temperatures=tuple(temps) if FLAGS.grid else ())
+    data = splits.description
+    runner.evaluate(evaluator, models, splits, out_dir=out, report="knn", tool="eval_knn",
+                    heading=f"# Weighted kNN (k={FLAGS.k}, T={FLAGS.temperature})\n\n"
+                    f"bank: {data['dataset']} ({data['num_train']} images); queries: "
+                    f"{data['eval_dataset']} ({data['num_eval']} images); "
+                    f"{mesh.size} device(s)\n\n")
 
 
 def run():

@@ -19,7 +19,6 @@ Writes <out_dir>/linear.json and linear.md.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
@@ -53,14 +52,6 @@ flags.DEFINE_bool("baselines", False, "Also evaluate the network at random initi
 flags.DEFINE_bool("cache_features", True, "Cache unaugmented features in <out_dir>/cache.")
 
 
-def weights_digest(encoder) -> str:
-    digest = hashlib.sha256()
-    for variable in encoder.variables:
-        digest.update(variable.path.encode())
-        digest.update(variable.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -70,73 +61,25 @@ def main(argv):
         FLAGS.linear_batch_size, FLAGS.learning_rate, FLAGS.feature_norm = 2048, 40.0, "l2"
     out = common.out_dir("eval")
     mesh = common.make_mesh()
-    from tf_instcls import data as data_lib
-    from tf_instcls.eval import common as ec
-    from tf_instcls.eval.features import extract_features
-    from tf_instcls.eval.linear import train_linear
+    from tf_instcls.eval import evaluators, runner
 
-    model, train, evaluation, data = common.load_model_and_splits(mesh)
-    models = [model]
-    if FLAGS.baselines:
-        models.append(common.load_random_init_model(mesh))
-    cache = f"{out}/cache" if FLAGS.cache_features else None
-    num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
-    record = {"tool": "eval_linear", "data": data, "results": [],
-              "protocol": {k: getattr(FLAGS, k) for k in (
-                  "epochs", "linear_batch_size", "learning_rate", "momentum",
-                  "weight_decay", "feature_norm", "augment", "feature")}}
-    rows = []
-
-    def fit(name, train_x, eval_x, describe, epoch_features=None):
-        result = train_linear(
-            train_x, train.labels, eval_x, evaluation.labels, num_classes=num_classes,
-            epochs=FLAGS.epochs, batch_size=FLAGS.linear_batch_size,
-            learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
-            weight_decay=FLAGS.weight_decay, feature_norm=FLAGS.feature_norm,
-            seed=data["seed"], epoch_features=epoch_features)
-        result.pop("weights"), result.pop("bias")
-        record["results"].append({**describe, "representation": name, **result})
-        rows.append([describe.get("model", "raw pixels"), name, result["top1"],
-                     result["top5"], result["train_top1"],
-                     describe.get("backbone_unchanged", "-")])
-        print(f"{rows[-1][0]} [{name}]: linear top-1 {result['top1']:.2f}%  top-5 "
-              f"{result['top5']:.2f}%  (train {result['train_top1']:.2f}%)", flush=True)
-
-    for m in models:
-        before = weights_digest(m.encoder)
-        bank = ec.compute_features(m, train, batch_size=FLAGS.batch_size, cache_dir=cache)
-        queries = ec.compute_features(m, evaluation, batch_size=FLAGS.batch_size,
-                                      cache_dir=cache)
-        epoch_features = None
-        if FLAGS.augment == "standard":
-            augment = data_lib.supervised_config(m.image_size)
-
-            def epoch_features(epoch, m=m, augment=augment):
-                return extract_features(m.encoder, train, m.image_size, mesh,
-                                        batch_size=FLAGS.batch_size,
-                                        augment=augment, epoch=epoch,
-                                        seed=data["seed"])[FLAGS.feature]
-
-        describe = m.describe()
-        fit(FLAGS.feature, bank[FLAGS.feature], queries[FLAGS.feature], describe,
-            epoch_features)
-        unchanged = weights_digest(m.encoder) == before
-        record["results"][-1]["backbone_unchanged"] = unchanged
-        rows[-1][-1] = unchanged
-        if not unchanged:
-            raise RuntimeError("the backbone's weights changed during linear evaluation")
-    if FLAGS.baselines:
-        fit("pixels", ec.raw_pixels(train, model.image_size),
-            ec.raw_pixels(evaluation, model.image_size), {"model": "raw pixels"})
-    p = record["protocol"]
-    md = (f"# Linear evaluation\n\n{data['dataset']} ({data['num_train']} train) -> "
-          f"{data['eval_dataset']} ({data['num_eval']} eval); {p['epochs']} epochs, batch "
-          f"{p['linear_batch_size']}, lr {p['learning_rate']} cosine, {p['feature_norm']} "
-          f"features, augmentation {p['augment']}; {mesh.size} device(s)\n\n"
-          + ec.markdown_table(["model", "representation", "top-1", "top-5", "train top-1",
-                               "backbone unchanged"], rows))
-    json_path, md_path = ec.write_results(out, "linear", record, md)
-    print(f"wrote {json_path} and {md_path}")
+    models, splits = common.load_models_and_splits(
+        mesh, baselines=FLAGS.baselines,
+        cache_dir=f"{out}/cache" if FLAGS.cache_features else None)
+    evaluator = evaluators.LinearEvaluator(
+        epochs=FLAGS.epochs, batch_size=FLAGS.linear_batch_size,
+        learning_rate=FLAGS.learning_rate, momentum=FLAGS.momentum,
+        weight_decay=FLAGS.weight_decay, feature_norm=FLAGS.feature_norm,
+        augment=FLAGS.augment, representation=FLAGS.feature,
+        feature_batch_size=FLAGS.batch_size)
+    data, p = splits.description, evaluator.describe()["protocol"]
+    runner.evaluate(evaluator, models, splits, out_dir=out, report="linear",
+                    tool="eval_linear",
+                    heading=f"# Linear evaluation\n\n{data['dataset']} ({data['num_train']} "
+                    f"train) -> {data['eval_dataset']} ({data['num_eval']} eval); "
+                    f"{p['epochs']} epochs, batch {p['linear_batch_size']}, lr "
+                    f"{p['learning_rate']} cosine, {p['feature_norm']} features, "
+                    f"augmentation {p['augment']}; {mesh.size} device(s)\n\n")
 
 
 def run():

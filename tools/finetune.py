@@ -75,48 +75,27 @@ def main(argv):
         subset_desc = f"{len(ids)} class-balanced ids ({subset_path})"
     else:
         labelled, subset_desc = train, "all labels"
-    num_classes = int(max(train.labels.max(), evaluation.labels.max())) + 1
+    from tf_instcls.data import LabelledSplits
+    from tf_instcls.eval import evaluators, runner
+
     models = [model]
     if FLAGS.baselines:
-        models.append(common.load_random_init_model(mesh))
-    record = {"tool": "finetune", "data": data, "label_fraction": FLAGS.label_fraction,
-              "labelled": subset_desc, "results": []}
-    rows = []
-    for m in models:
-        print(f"fine-tuning {m.name} on {labelled.num_images} labelled images "
-              f"({subset_desc})", flush=True)
-        result = ft.finetune(
-            m.encoder, labelled, evaluation, mesh, image_size=m.image_size,
-            num_classes=num_classes, epochs=FLAGS.epochs,
-            batch_size=FLAGS.finetune_batch_size, backbone_lr=backbone_lr,
-            classifier_lr=classifier_lr, momentum=FLAGS.momentum,
-            weight_decay=FLAGS.weight_decay, seed=data["seed"])
-        record["results"].append({**m.describe(), **result})
-        rows.append([m.name, f"{FLAGS.label_fraction:g}", result["top1"], result["top5"]])
-        print(f"{m.name}: fine-tuned ({FLAGS.label_fraction:g} labels) top-1 "
-              f"{result['top1']:.2f}%  top-5 {result['top5']:.2f}%", flush=True)
-    if FLAGS.baselines:
-        from tf_instcls.eval.linear import train_linear
-
-        result = train_linear(
-            ec.raw_pixels(labelled, model.image_size), labelled.labels,
-            ec.raw_pixels(evaluation, model.image_size), evaluation.labels,
-            num_classes=num_classes, epochs=100, batch_size=256, learning_rate=0.1,
-            feature_norm="standardize", seed=data["seed"], progress=False)
-        result.pop("weights"), result.pop("bias")
-        record["results"].append({"model": "raw pixels", **result})
-        rows.append(["raw pixels (linear)", f"{FLAGS.label_fraction:g}", result["top1"],
-                     result["top5"]])
-        print(f"raw pixels: linear ({FLAGS.label_fraction:g} labels) top-1 "
-              f"{result['top1']:.2f}%  top-5 {result['top5']:.2f}%", flush=True)
-    md = (f"# Fine-tuning with {FLAGS.label_fraction:g} of the labels\n\n"
-          f"{subset_desc}; eval {data['eval_dataset']} ({data['num_eval']} images); "
-          f"{FLAGS.epochs} epochs, backbone lr {backbone_lr}, classifier lr {classifier_lr}; "
-          f"{mesh.size} device(s)\n\n"
-          + ec.markdown_table(["model", "labels", "top-1", "top-5"], rows))
-    name = f"finetune_{FLAGS.label_fraction:g}"
-    json_path, md_path = ec.write_results(out, name, record, md)
-    print(f"wrote {json_path} and {md_path}")
+        models += [common.load_random_init_model(mesh), ec.RawPixels(model.image_size)]
+    # the classes of the whole labelled split, whichever images the subset holds
+    splits = LabelledSplits(labelled, evaluation, seed=data["seed"], description=data,
+                            classes=LabelledSplits(train, evaluation).num_classes)
+    evaluator = evaluators.FinetuneEvaluator(
+        label_fraction=FLAGS.label_fraction, epochs=FLAGS.epochs,
+        batch_size=FLAGS.finetune_batch_size, backbone_lr=backbone_lr,
+        classifier_lr=classifier_lr, momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay)
+    print(f"labelled images: {labelled.num_images} ({subset_desc})", flush=True)
+    runner.evaluate(evaluator, models, splits, out_dir=out,
+                    report=f"finetune_{FLAGS.label_fraction:g}", tool="finetune",
+                    record={"labelled": subset_desc},
+                    heading=f"# Fine-tuning with {FLAGS.label_fraction:g} of the labels\n\n"
+                    f"{subset_desc}; eval {data['eval_dataset']} ({data['num_eval']} images); "
+                    f"{FLAGS.epochs} epochs, backbone lr {backbone_lr}, classifier lr "
+                    f"{classifier_lr}; {mesh.size} device(s)\n\n")
 
 
 def run():

@@ -106,7 +106,9 @@ def main(argv):
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
-    logs = loop.run_pretraining(model_dir, data, model, optim, train, mesh)
+    from tf_instcls import pretrain
+
+    logs = pretrain.run_pretraining(model_dir, data, model, optim, train, mesh)
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())

@@ -6,13 +6,10 @@ starts from the network's own similarity structure instead of random directions.
 """
 
 import keras
-import numpy as np
 from absl import logging
 
-from tf_instcls.eval.features import extract_features
 from tf_instcls.training import stages
-
-INIT_MODES = ("gaussian", "prior_fixed_bn", "prior_running_bn")
+from tf_instcls.training.prior import INIT_MODES, prior_embeddings
 
 
 class ContrastivePrior(keras.callbacks.Callback):
@@ -44,12 +41,3 @@ class ContrastivePrior(keras.callbacks.Callback):
                                     running_bn=self.mode == "prior_running_bn",
                                     batch_size=self.batch_size)
             self.state.classifier.assign_rows(rows)
-
-
-def prior_embeddings(encoder, source, image_size, mesh, *, running_bn: bool,
-                     batch_size: int = 256) -> np.ndarray:
-    """[N, D] head embeddings of every image (unaugmented), BN running or fixed."""
-    return extract_features(encoder, source, image_size, mesh, batch_size=batch_size,
-                            progress=True, training=running_bn)["embedding"]
-
-

@@ -1,31 +1,54 @@
-"""kNN monitor: weighted kNN top-1 of backbone features on the labelled eval split."""
+"""kNN monitor: the kNN evaluator's top-1 of backbone features on the labelled eval
+split, every few epochs, with the geometry of the features, embeddings and W."""
 
 import keras
 from absl import logging
 
 from tf_instcls import parallel
-from tf_instcls.eval import geometry
-from tf_instcls.eval.features import extract_features
-from tf_instcls.eval.knn import weighted_knn
-from tf_instcls.training import stages
+from tf_instcls.data import LabelledSplits
+from tf_instcls.parallel.features import extract_features
+from tf_instcls.training import geometry, stages
 
 _GEOMETRY_MAX_ROWS = 1 << 21  # W is copied to the host for its statistics
 
 
-class KNNMonitor(keras.callbacks.Callback):
-    """Bank: the training images (their labels used here only), queries: the eval split.
+class LiveEncoder:
+    """The run's encoder as an evaluator's model: features of a source on the mesh (BN
+    in inference mode), kept for one evaluation (the geometry reads them again)."""
 
-    Cosine similarity, k = 200, weights exp(s / 0.07); BN in inference mode. Adds
-    ``knn_top1`` / ``knn_top5`` to the epoch logs, and the geometry of the features, the
-    embeddings and W (``feat_*``, ``emb_*``, ``w_*``: norms, mean pairwise cosine and
-    its 5th / 95th percentiles, ``w_alignment`` = mean cos(w_i, x_i) on the unaugmented
-    view), the measurements that show a cone or a W that does not follow the features.
+    name = "live"
+
+    def __init__(self, encoder, image_size: int, mesh):
+        self.encoder, self.image_size, self.mesh = encoder, image_size, mesh
+        self._memory = {}
+
+    def features(self, source) -> dict:
+        if id(source) not in self._memory:
+            self._memory[id(source)] = extract_features(self.encoder, source,
+                                                        self.image_size, self.mesh)
+        return self._memory[id(source)]
+
+    def describe(self) -> dict:
+        return {"model": self.name}
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """Runs ``evaluator`` (``eval.evaluators.KNNEvaluator(k=200, temperature=0.07,
+    representations=("features",))`` in a run; any object with ``run(model, splits)``
+    returning ``{"features": {"top1", "top5", ...}}``) with the training images as the
+    bank (their labels used here only) and the eval split as the queries.
+
+    Adds ``knn_top1`` / ``knn_top5`` to the epoch logs, and the geometry of the
+    features, the embeddings and W (``feat_*``, ``emb_*``, ``w_*``: norms, mean pairwise
+    cosine and its 5th / 95th percentiles, ``w_alignment`` = mean cos(w_i, x_i) on the
+    unaugmented view), the measurements that show a cone or a W that does not follow
+    the features. Reads ``state``'s encoder, classifier, sources, image size, mesh,
+    model_dir, epoch / epochs / step, and writes ``state.epoch_results``.
     """
 
-    def __init__(self, state, k: int = 200, temperature: float = 0.07, every_epochs: int = 1):
+    def __init__(self, state, evaluator, every_epochs: int = 1):
         super().__init__()
-        self.state = state
-        self.k, self.temperature, self.every_epochs = k, temperature, every_epochs
+        self.state, self.evaluator, self.every_epochs = state, evaluator, every_epochs
 
     def evaluate(self) -> dict:
         with stages.timed(getattr(self.state, "model_dir", None), "knn",
@@ -34,11 +57,10 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def _evaluate(self) -> dict:
         s = self.state
-        bank = extract_features(s.encoder, s.train_source, s.image_size, s.mesh)
-        query = extract_features(s.encoder, s.eval_source, s.image_size, s.mesh)
-        result = weighted_knn(bank["features"], s.train_source.labels, query["features"],
-                              s.eval_source.labels, k=self.k, temperature=self.temperature)
-        result["geometry"] = self._geometry(bank)
+        model = LiveEncoder(s.encoder, s.image_size, s.mesh)
+        result = dict(self.evaluator.run(model, LabelledSplits(s.train_source,
+                                                               s.eval_source))["features"])
+        result["geometry"] = self._geometry(model.features(s.train_source))
         return result
 
     def _geometry(self, bank) -> dict:

@@ -15,11 +15,12 @@ from tf_instcls.data.pipeline import (
     make_train_dataset,
     steps_per_epoch,
 )
-from tf_instcls.data.sources import ImageSource, load_source, split_holdout
+from tf_instcls.data.sources import ImageSource, LabelledSplits, load_source, split_holdout
 
 __all__ = [
     "AugmentConfig",
     "ImageSource",
+    "LabelledSplits",
     "augment_view",
     "default_config",
     "epoch_batch_ids",

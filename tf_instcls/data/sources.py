@@ -383,3 +383,28 @@ def split_holdout(source: ImageSource, fraction: float, seed: int = 0):
     keep = np.setdiff1d(np.arange(n), held)
     train = source.subset(keep, source.name + ":train")
     return train, source.subset(held, source.name + ":holdout")
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelledSplits:
+    """What every evaluator reads (``evaluator.run(model, splits)``): a labelled training
+    split (the kNN bank, the linear / fine-tuning training set) and a labelled evaluation
+    split (the queries), with the seed of any random choice an evaluator makes."""
+
+    train: ImageSource
+    evaluation: ImageSource
+    seed: int = 0
+    description: dict = dataclasses.field(default_factory=dict)
+    classes: int | None = None  # None: 1 + the largest label of either split
+
+    def __post_init__(self):
+        for name in ("train", "evaluation"):
+            if getattr(self, name).labels is None:
+                raise ValueError(f"the {name} split ({getattr(self, name).name}) has no "
+                                 "labels: evaluation needs labelled data")
+
+    @property
+    def num_classes(self) -> int:
+        if self.classes is not None:
+            return self.classes
+        return int(max(self.train.labels.max(), self.evaluation.labels.max())) + 1

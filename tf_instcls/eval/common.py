@@ -13,20 +13,48 @@ import numpy as np
 from absl import logging
 
 from tf_instcls import data as data_lib
-from tf_instcls.eval.features import extract_features
-from tf_instcls.export.restore import RestoredEncoder, build_run_encoder, load_encoder
+from tf_instcls import defaults
+from tf_instcls.eval.evaluators import FEATURE_KINDS
 from tf_instcls.parallel import layouts
-
-FEATURE_KINDS = ("features", "embedding")  # backbone pool / head output
+from tf_instcls.parallel.features import extract_features
+from tf_instcls.training.restore import (
+    RestoredEncoder,
+    build_run_encoder,
+    head_hidden_dim,
+    load_encoder,
+)
 
 
 @dataclasses.dataclass
 class EvalModel:
-    """An encoder on the mesh (replicated DVariables), ready for extract_features."""
+    """An encoder on the mesh (replicated DVariables): the ``model`` of the evaluators.
+
+    ``features(source)`` computes (eval view, BN in inference mode) or reads from
+    ``cache_dir`` the features of a source, and keeps them in memory for the next
+    evaluator, until another checkpoint is assigned.
+    """
 
     restored: RestoredEncoder
     mesh: object
     name: str
+    cache_dir: str | None = None
+    batch_size: int = 256
+    progress: bool = True
+    _memory: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def features(self, source) -> dict:
+        key = (self.restored.checkpoint_path, self.restored.step, source.fingerprint())
+        if key not in self._memory:
+            self._memory[key] = compute_features(self, source, batch_size=self.batch_size,
+                                                 cache_dir=self.cache_dir,
+                                                 progress=self.progress)
+        return self._memory[key]
+
+    def class_weights(self, num_instances: int) -> np.ndarray:
+        """W [N, D] of the model's checkpoint (a pretraining run's, not an export)."""
+        from tf_instcls.training.restore import read_class_weights
+
+        return read_class_weights(self.restored.checkpoint_path, num_instances)
 
     @property
     def encoder(self):
@@ -57,7 +85,9 @@ def load_eval_model(path: str, mesh, *, checkpoint: str | None = None,
         import keras
 
         keras.utils.set_random_seed(int(restored.run_info.get("seed", 0)))
-        fresh = build_run_encoder(restored.run_info, _head_hidden(restored.encoder))
+        kernel = next((v.shape for v in restored.encoder.variables
+                       if v.path == "head_fc1/kernel"), None)
+        fresh = build_run_encoder(restored.run_info, head_hidden_dim(restored.run_info, kernel))
         restored = dataclasses.replace(restored, step=0, encoder=fresh,
                                        checkpoint_path="random_init")
         name += " (random init)"
@@ -68,7 +98,7 @@ def load_eval_model(path: str, mesh, *, checkpoint: str | None = None,
 def assign_checkpoint(model: EvalModel, checkpoint_path: str) -> None:
     """Loads another checkpoint of the same run into ``model`` (already on the mesh), so
     a sweep over checkpoints reuses one compiled feature function."""
-    from tf_instcls.export.restore import checkpoint_step, read_encoder_weights
+    from tf_instcls.training.restore import checkpoint_step, read_encoder_weights
 
     for variable, value in read_encoder_weights(checkpoint_path, model.encoder):
         handle = layouts.variable_handle(variable)
@@ -76,13 +106,23 @@ def assign_checkpoint(model: EvalModel, checkpoint_path: str) -> None:
                                            handle.layout))
     model.restored = dataclasses.replace(model.restored, checkpoint_path=checkpoint_path,
                                          step=checkpoint_step(checkpoint_path))
+    model._memory.clear()
 
 
-def _head_hidden(encoder) -> int:
-    for variable in encoder.variables:
-        if variable.path == "head_fc1/kernel":
-            return int(variable.shape[1])
-    return 2048
+@dataclasses.dataclass
+class RawPixels:
+    """The "raw pixels" baseline as an evaluator's model: the eval view flattened."""
+
+    image_size: int
+    name: str = "raw pixels"
+    encoder = None
+    mesh = None
+
+    def features(self, source) -> dict:
+        return {"pixels": raw_pixels(source, self.image_size)}
+
+    def describe(self) -> dict:
+        return {"model": self.name}
 
 
 def labelled_splits(dataset: str, eval_dataset: str | None, holdout_fraction: float,
@@ -117,7 +157,7 @@ def default_data_args(model: EvalModel, dataset, eval_dataset, holdout_fraction,
     if eval_dataset is None and dataset == info.get("dataset"):
         eval_dataset = info.get("eval_dataset")
     if holdout_fraction is None:
-        holdout_fraction = info.get("holdout_fraction") or 0.15
+        holdout_fraction = info.get("holdout_fraction") or defaults.HOLDOUT_FRACTION
     if seed is None:
         seed = int(info.get("seed", 0))
     return dataset, eval_dataset, float(holdout_fraction), seed

@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
-from tf_instcls.eval.features import extract_features, mesh_batch_size
 from tf_instcls.eval.knn import topk_accuracy
 from tf_instcls.parallel import layouts
+from tf_instcls.parallel.features import extract_features, mesh_batch_size
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import cosine_decay
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_instcls import defaults
+
 
 def _normalise(x):
     x = np.asarray(x, np.float32)
@@ -20,8 +22,10 @@ def nearest_neighbours(bank_features, query_features, k: int, *,
                        max_elements: int = 1 << 25, exclude_self: bool = False):
     """Top-``k`` cosine neighbours of each query in the bank, best first.
 
-    Returns (indices [q, k] int64, similarities [q, k] float32). ``exclude_self``
-    drops bank row i from query i's list (query set == bank, leave-one-out).
+    Returns (indices [q, k] int64, similarities [q, k] float32). Equal similarities
+    are ordered by bank index, also at the k-th place: the result is that of a stable
+    sort of each query's whole row, whatever the chunking. ``exclude_self`` drops bank
+    row i from query i's list (query set == bank, leave-one-out).
     """
     bank, query = _normalise(bank_features), _normalise(query_features)
     if bank.ndim != 2 or query.ndim != 2 or bank.shape[1] != query.shape[1]:
@@ -47,14 +51,29 @@ def nearest_neighbours(bank_features, query_features, k: int, *,
                 sims[np.nonzero(inside)[0], local[inside]] = -np.inf
             sims = np.concatenate([best_sim, sims], axis=1)
             ids = np.concatenate([best_idx, ids], axis=1)
-            keep = min(k, sims.shape[1])
-            part = np.argpartition(-sims, keep - 1, axis=1)[:, :keep]
-            best_sim = np.take_along_axis(sims, part, axis=1)
-            best_idx = np.take_along_axis(ids, part, axis=1)
+            best_sim, best_idx = _top(sims, ids, min(k, sims.shape[1]))
         order = np.lexsort((best_idx, -best_sim), axis=1)  # by similarity, ties by index
         out_sim[qs : qs + block] = np.take_along_axis(best_sim, order, axis=1)
         out_idx[qs : qs + block] = np.take_along_axis(best_idx, order, axis=1)
     return out_idx, out_sim
+
+
+def _top(sims, ids, keep: int):
+    """The ``keep`` largest similarities of each row and their bank ids; of rows tied at
+    the last place, the lowest ids (so the result does not depend on the chunking, and
+    equals a stable sort of the whole row)."""
+    part = np.argpartition(-sims, keep - 1, axis=1)[:, :keep]
+    best_sim = np.take_along_axis(sims, part, axis=1)
+    best_idx = np.take_along_axis(ids, part, axis=1)
+    last = best_sim.min(axis=1, keepdims=True)
+    unsure = np.nonzero((sims == last).sum(axis=1) > (best_sim == last).sum(axis=1))[0]
+    for row in unsure:  # more candidates tie at the last place than were kept
+        above = np.flatnonzero(sims[row] > last[row])
+        tied = np.flatnonzero(sims[row] == last[row])
+        tied = tied[np.argsort(ids[row, tied], kind="stable")][: keep - len(above)]
+        chosen = np.concatenate([above, tied])
+        best_sim[row], best_idx[row] = sims[row, chosen], ids[row, chosen]
+    return best_sim, best_idx
 
 
 def knn_vote(neighbour_labels, similarities, *, k: int, temperature: float,
@@ -89,8 +108,8 @@ def weighted_knn(
     query_features: np.ndarray,
     query_labels: np.ndarray,
     *,
-    k: int = 200,
-    temperature: float = 0.07,
+    k: int = defaults.KNN_K,
+    temperature: float = defaults.KNN_TEMPERATURE,
     num_classes: int | None = None,
     max_elements: int = 1 << 25,
 ) -> dict:

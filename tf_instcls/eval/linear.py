@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls.eval.knn import topk_accuracy
+from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import cosine_decay
 
 FEATURE_NORMS = ("l2", "standardize", "none")
@@ -50,19 +51,20 @@ def train_linear(train_x, train_y, eval_x, eval_y, *, num_classes: int, epochs: 
     steps_per_epoch = math.ceil(n / batch)
     total = epochs * steps_per_epoch
     dim = feats.shape[1]
-    w = tf.Variable(tf.zeros([dim, num_classes]))
-    b = tf.Variable(tf.zeros([num_classes]))
-    slots = [tf.Variable(tf.zeros_like(w)), tf.Variable(tf.zeros_like(b))]
+    w = tf.Variable(tf.zeros([dim, num_classes]), name="linear_kernel")
+    b = tf.Variable(tf.zeros([num_classes]), name="linear_bias")
+    # the pretraining optimizer (PyTorch semantics: decay added to the gradient), with
+    # no decay on the bias
+    optimizer = MomentumSGD(momentum=momentum, weight_decay=weight_decay,
+                            exclude_from_decay=("linear_bias",))
+    optimizer.build([w, b])
 
     @tf.function
     def step(x, y, step_lr):
         with tf.GradientTape() as tape:
             logits = tf.matmul(x, w) + b
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            loss += 0.5 * weight_decay * tf.reduce_sum(w * w)
-        for var, grad, slot in zip([w, b], tape.gradient(loss, [w, b]), slots):
-            slot.assign(momentum * slot + grad)
-            var.assign_sub(step_lr * slot)
+        optimizer.apply_gradients(zip(tape.gradient(loss, [w, b]), [w, b]), step_lr)
         return loss
 
     rng = np.random.default_rng(seed)

@@ -14,11 +14,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_instcls import models, parallel
-from tf_instcls.callbacks.contrastive_prior import INIT_MODES, prior_embeddings
+from tf_instcls import defaults, models, parallel
 from tf_instcls.data.augment import AugmentConfig, augment_view, view_seed
-from tf_instcls.eval.features import mesh_batch_size, run_encoder
 from tf_instcls.parallel import layouts
+from tf_instcls.parallel.features import mesh_batch_size, run_encoder
+from tf_instcls.training.prior import INIT_MODES, prior_embeddings
 
 
 def augmented_embeddings(encoder, source, config: AugmentConfig, mesh, *, seed: int,
@@ -51,8 +51,8 @@ def intra_inter(x: np.ndarray, w: np.ndarray) -> dict:
 
 
 def similarity_stats(source, mesh, *, backbone: str, image_size: int, seed: int = 0,
-                     backbone_width: int | None = None, embedding_dim: int = 128,
-                     head_hidden_dim: int = 2048, modes=INIT_MODES) -> dict:
+                     backbone_width: int | None = None, embedding_dim: int = defaults.EMBEDDING_DIM,
+                     head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM, modes=INIT_MODES) -> dict:
     """``{mode: {"intra", "inter", "gap"}}`` for fresh networks of the same seed."""
     config = AugmentConfig(image_size=image_size)
     results = {}

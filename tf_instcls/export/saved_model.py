@@ -25,10 +25,9 @@ import tensorflow as tf
 
 from tf_instcls import data as data_lib
 from tf_instcls.data.sources import resize_uint8
+from tf_instcls.training.restore import INFO_FILE, KERAS_FILE
 
 SIGNATURES = ("serving_default", "serve_bytes")
-KERAS_FILE = os.path.join("assets.extra", "encoder.keras")
-INFO_FILE = os.path.join("assets.extra", "export_info.json")
 
 
 def _check_images(images):
@@ -119,27 +118,3 @@ def export_encoder(encoder: keras.Model, export_base: str, *, image_size: int,
         shutil.rmtree(target)
     os.replace(tmp, target)
     return target
-
-
-def load_export_info(export_dir: str) -> dict:
-    path = os.path.join(export_dir, INFO_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{export_dir} is not a tf_instcls export ({path} missing)")
-    with open(path) as f:
-        return json.load(f)
-
-
-def latest_version(export_base: str) -> str:
-    """``export_base/<largest integer version>`` (what TF Serving would serve)."""
-    versions = [d for d in os.listdir(export_base) if d.isdigit()] if os.path.isdir(
-        export_base) else []
-    if not versions:
-        raise FileNotFoundError(f"no exported version under {export_base}")
-    return os.path.join(export_base, max(versions, key=int))
-
-
-def resolve_export_dir(path: str) -> str:
-    """A version dir, or an export base (its latest version)."""
-    if os.path.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    return latest_version(path)

@@ -25,6 +25,7 @@ import math
 
 import tensorflow as tf
 
+from tf_instcls import defaults
 from tf_instcls.parallel import layouts
 
 _EPS = 1e-12
@@ -76,7 +77,7 @@ def _prepare(embeddings, ids, weights, valid_classes, *, trainable=True):
 
 
 def sampled_instance_classification_loss(embeddings, instance_ids, class_weights,
-                                         sampled_ids, *, temperature: float = 0.15,
+                                         sampled_ids, *, temperature: float = defaults.TEMPERATURE,
                                          valid_classes: int | None = None):
     """Per-example loss [B] and hit [B] (own class ranked first within the set) of the
     cosine softmax over {the batch's ids} U {sampled_ids} (paper Table 3).
@@ -102,7 +103,7 @@ def sampled_instance_classification_loss(embeddings, instance_ids, class_weights
 
 
 def npid_nce_loss(embeddings, instance_ids, memory_bank, noise_ids, *, log_z=None,
-                  estimate_now=None, temperature: float = 0.07,
+                  estimate_now=None, temperature: float = defaults.NPID_TEMPERATURE,
                   valid_classes: int | None = None, proximal: float = 0.0):
     """NPID's NCE loss per example [B], the batch's estimate of log Z, and hit [B].
 

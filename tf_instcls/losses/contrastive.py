@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_instcls import defaults
 from tf_instcls.parallel import layouts
 
 
-def nt_xent_loss(embeddings, *, temperature: float = 0.5, mesh=None):
+def nt_xent_loss(embeddings, *, temperature: float = defaults.SIMCLR_TEMPERATURE, mesh=None):
     """Per-view loss [2B] and top-1 hit [2B] (is the positive the most similar view?).
 
     embeddings: [2B, D], the two views of instance i at rows 2i and 2i + 1 (the train

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tf_instcls import defaults
 from tf_instcls.losses.cosine_softmax import CosineSoftmax, LossSpec, l2_normalize_rows
 from tf_instcls.parallel import layouts
 
@@ -47,7 +48,7 @@ def instance_classification_loss(
     instance_ids,
     class_weights,
     *,
-    temperature: float = 0.15,
+    temperature: float = defaults.TEMPERATURE,
     hard_negatives=None,
     smoothing: float = 0.0,
     chunk_size: int | None = None,
@@ -85,7 +86,7 @@ def instance_classification_loss_and_accuracy(
     instance_ids,
     class_weights,
     *,
-    temperature: float = 0.15,
+    temperature: float = defaults.TEMPERATURE,
     hard_negatives=None,
     smoothing: float = 0.0,
     chunk_size: int | None = None,

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls import parallel
+from tf_instcls.losses.cosine_softmax import l2_normalize_rows
 from tf_instcls.parallel import layouts, watchdog
 
 
@@ -95,9 +96,7 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
 
 @tf.function
 def _normalize(class_weights):
-    w = tf.convert_to_tensor(class_weights)
-    square = tf.reduce_sum(tf.square(w), axis=1, keepdims=True)
-    return w * tf.math.rsqrt(tf.maximum(square, 1e-12))  # [N, D]
+    return l2_normalize_rows(tf.convert_to_tensor(class_weights))  # [N, D], the loss's op
 
 
 _BLOCK_FNS: dict = {}  # one traced function per (mesh, layout, sizes): not one per epoch

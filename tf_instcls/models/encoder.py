@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from tf_instcls import defaults
 from tf_instcls.models.backbones import create_backbone
 
 
@@ -25,8 +26,8 @@ def build_encoder(
     backbone: str,
     image_size: int,
     *,
-    embedding_dim: int = 128,
-    head_hidden_dim: int = 2048,
+    embedding_dim: int = defaults.EMBEDDING_DIM,
+    head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM,
     use_head: bool = True,
     backbone_width: int | None = None,
     precision: str = "float32",

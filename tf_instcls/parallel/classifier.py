@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.experimental import dtensor
 
+from tf_instcls import defaults
 from tf_instcls.parallel import layouts
 
 LAYOUTS = ("sharded", "replicated")
@@ -70,11 +71,11 @@ class InstanceClassifier(keras.layers.Layer):
     def __init__(
         self,
         num_instances: int,
-        dim: int = 128,
+        dim: int = defaults.EMBEDDING_DIM,
         *,
         mesh: dtensor.Mesh | None = None,
         layout: str = "sharded",
-        temperature: float = 0.15,
+        temperature: float = defaults.TEMPERATURE,
         chunk_size: int | None = None,
         init_stddev: float | None = None,
         seed: int = 0,
@@ -200,23 +201,6 @@ class InstanceClassifier(keras.layers.Layer):
     def distributed_variables(self) -> list[tf.Variable]:
         """W, for the optimizer (it creates W's slots with W's own layout)."""
         return [self.class_weights]
-
-    # -- forward -----------------------------------------------------------------
-    def call(self, embeddings, instance_ids, hard_negatives=None, smoothing=0.0):
-        """Per-example loss [B] (Eq. 1, or Eq. 3 with hard negatives and smoothing)."""
-        # Imported here: losses/ uses parallel.layouts, so a module-level import cycles.
-        from tf_instcls.losses import instance_classification_loss
-
-        return instance_classification_loss(
-            embeddings,
-            instance_ids,
-            self.class_weights,
-            temperature=self.temperature,
-            hard_negatives=hard_negatives,
-            smoothing=smoothing,
-            chunk_size=self.chunk_size,
-            valid_classes=self.num_instances,
-        )
 
     def get_config(self):
         config = super().get_config()

@@ -1,4 +1,4 @@
-"""run_pretraining: the epoch loop, read top to bottom.
+"""The epoch loop, read top to bottom (the entry point is ``pretrain.run_pretraining``).
 
 Builds data, encoder, classifier and optimizer on the mesh, restores the latest
 checkpoint from ``model_dir`` if there is one (a rerun resumes automatically), and drives
@@ -17,11 +17,12 @@ import tensorflow as tf
 from absl import logging
 
 from tf_instcls import data as data_lib
-from tf_instcls import models, parallel
+from tf_instcls import defaults, models, parallel
 from tf_instcls.methods import METHODS, Method, trains_w
 from tf_instcls.parallel import layouts, watchdog
 from tf_instcls.training import checkpoints, stages
 from tf_instcls.training.optimizer import MomentumSGD
+from tf_instcls.training.prior import INIT_MODES
 from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
 from tf_instcls.training.step import make_train_step
 
@@ -32,7 +33,8 @@ class DataConfig:
 
     dataset: str = "digits"  # digits | npz:PATH | folder:PATH | tfds:NAME[:SPLIT]
     eval_dataset: str | None = None  # labelled kNN queries; None: hold out a part
-    holdout_fraction: float = 0.15  # used when eval_dataset is None and labels exist
+    # used when eval_dataset is None and labels exist
+    holdout_fraction: float = defaults.HOLDOUT_FRACTION
     image_size: int = 32
     # Augmentation. None: the paper's default for the image size (data.default_config:
     # crops of 20-100% and no blur below 96 px; 8-100% and blur p = 0.5 from 96 px).
@@ -57,11 +59,11 @@ class ModelConfig:
     backbone: str = "convnet_small"
     backbone_width: int | None = None
     use_head: bool = True
-    head_hidden_dim: int = 2048
-    embedding_dim: int = 128
+    head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM
+    embedding_dim: int = defaults.EMBEDDING_DIM
     # Every method's temperature: the cosine softmax's, NPID's (0.07: npid.gin) and
     # SimCLR's NT-Xent (0.5: simclr.gin). One knob, so none is silently ignored.
-    temperature: float = 0.15
+    temperature: float = defaults.TEMPERATURE
     classifier_layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
     chunk_size: int | None = None
     # Keep W's rows at unit norm (after the prior and after every step); see
@@ -116,8 +118,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
     keep_checkpoints: int = 3
-    knn_k: int = 200
-    knn_temperature: float = 0.07
+    knn_k: int = defaults.KNN_K
+    knn_temperature: float = defaults.KNN_TEMPERATURE
     knn_every_epochs: int = 1  # 0: no kNN monitor
     deterministic: bool = False
     log_steps: bool = False  # write steps.jsonl (one line per step)
@@ -260,7 +262,6 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
                      train: TrainConfig) -> None:
     """Fails before any work on values that would only break later (a gin binding or
     flag can set any of them): first the types, then the values."""
-    from tf_instcls.callbacks.contrastive_prior import INIT_MODES
 
     wrong = [p for config in (data, model, optim, train) for p in _type_problems(config)]
     if wrong:
@@ -499,10 +500,13 @@ def _non_finite(state, train, epoch, batch_index, logs, skips) -> int:
         "Lower the learning rate, check the data, or set TrainConfig.nonfinite = 'skip'.")
 
 
-def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim: OptimConfig,
-                    train: TrainConfig, mesh, callbacks=()) -> dict:
-    """Pretrains an encoder; returns the last epoch's logs (with ``knn_top1`` if labelled).
+def run(model_dir: str, data: DataConfig, model: ModelConfig, optim: OptimConfig,
+        train: TrainConfig, mesh, *, make_callbacks, callbacks=()) -> dict:
+    """Builds the run's state, then its epoch loop; returns the last epoch's logs.
 
+    ``make_callbacks(state) -> list`` gives the run's own callbacks once the state
+    exists (``pretrain.run_pretraining`` passes ``callbacks.default_callbacks``: the loop
+    does not import the layers above it); ``callbacks`` (the user's) run after them.
     A watchdog (``TrainConfig.step_timeout_s``) ends the process if progress stops; in
     a multi-client run a lost peer raises :class:`WorkerLostError`.
     """
@@ -513,12 +517,13 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
         state = build_state(model_dir, data, model, optim, train, mesh)
         fields.update(num_instances=state.train_source.num_images, step=state.step)
     if not train.step_timeout_s:
-        return _train(state, data, optim, train, mesh, callbacks)
+        return _train(state, data, optim, train, mesh, [*make_callbacks(state), *callbacks])
     describe = lambda: (f"Last step {state.last_step}; latest checkpoint "  # noqa: E731
                         f"{state.manager.latest_checkpoint}.")
     with watchdog.Watchdog(train.step_timeout_s, describe):
         try:
-            return _train(state, data, optim, train, mesh, callbacks)
+            return _train(state, data, optim, train, mesh,
+                          [*make_callbacks(state), *callbacks])
         except parallel.PEER_ERRORS as err:
             if not parallel.is_multi_client():
                 raise
@@ -531,8 +536,7 @@ def run_pretraining(model_dir: str, data: DataConfig, model: ModelConfig, optim:
 
 
 def _train(state, data, optim, train, mesh, callbacks) -> dict:
-    """The epoch loop of :func:`run_pretraining`."""
-    from tf_instcls import callbacks as cb
+    """The epoch loop of :func:`run`."""
     peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
                                    train.batch_size)
     total_steps = train.epochs * state.steps_per_epoch
@@ -545,25 +549,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
                               loss_scale=state.loss_scale,
                               loss_scale_growth_steps=optim.loss_scale_growth_steps)
     augment = data.augment_config()
-    # The prior runs first: the kNN monitor's "at initialisation" then sees the network
-    # the training really starts from (BN statistics included).
-    # Order matters (each hook runs in this order): the prior before the kNN monitor's
-    # "at initialisation"; mining before the epoch's bar; the kNN result before the
-    # epoch's record and line; a step's and an epoch's record written BEFORE their
-    # checkpoint, so a kill between the two replays the step instead of losing its line.
-    own = [cb.ContrastivePrior(state, mode=train.init_mode),
-           *([cb.HardNegativeMiner(state, period=train.mining_period)]
-             if state.hard_table is not None else [])]
-    if (state.eval_source is not None and state.train_source.labels is not None
-            and train.knn_every_epochs > 0):
-        own.append(cb.KNNMonitor(state, k=train.knn_k, temperature=train.knn_temperature,
-                                 every_epochs=train.knn_every_epochs))
-    own += [cb.MetricsWriter(state, log_steps=train.log_steps),
-            cb.ProgressLogger(state, verbose=train.verbose),
-            cb.CheckpointSaver(state, every_steps=train.checkpoint_every_steps),
-            cb.ScalarSummaries(state)]
     callback_list = keras.callbacks.CallbackList(
-        own + list(callbacks), add_history=False, add_progbar=False, model=state.encoder
+        list(callbacks), add_history=False, add_progbar=False, model=state.encoder
     )
     image_layout = layouts.batch_layout(mesh, 5)
     id_layout = layouts.batch_layout(mesh, 1)

@@ -17,8 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_instcls import models
+from tf_instcls import defaults, models
 from tf_instcls.training import checkpoints
+
+# An export's files beside its SavedModel (written by export/saved_model.py, read here).
+KERAS_FILE = os.path.join("assets.extra", "encoder.keras")
+INFO_FILE = os.path.join("assets.extra", "export_info.json")
 
 
 @dataclasses.dataclass
@@ -65,6 +69,16 @@ def find_checkpoint(model_dir: str, checkpoint: str | None = None) -> str:
     return checkpoint
 
 
+def head_hidden_dim(run_info: dict, first_head_kernel_shape=None) -> int:
+    """The MLP head's hidden width: the run's record, else (older runs) the width of
+    the first head layer's kernel [in, hidden], else the default (defaults.HEAD_HIDDEN_DIM)."""
+    if run_info.get("head_hidden_dim"):
+        return int(run_info["head_hidden_dim"])
+    if first_head_kernel_shape is not None:
+        return int(first_head_kernel_shape[1])
+    return defaults.HEAD_HIDDEN_DIM
+
+
 def build_run_encoder(run_info: dict, head_hidden_dim: int) -> keras.Model:
     """A freshly initialised encoder with the architecture ``run_info`` records."""
     return models.build_encoder(
@@ -79,10 +93,8 @@ def restore_encoder(model_dir: str, checkpoint: str | None = None) -> RestoredEn
     run_info = read_run_info(model_dir)
     path = find_checkpoint(model_dir, checkpoint)
     shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    head_key = checkpoints.encoder_key("head_fc1/kernel")  # older runs lack head_hidden_dim
-    hidden = run_info.get("head_hidden_dim") or (shapes[head_key][1] if head_key in shapes
-                                                 else 2048)
-    encoder = build_run_encoder(run_info, int(hidden))
+    hidden = head_hidden_dim(run_info, shapes.get(checkpoints.encoder_key("head_fc1/kernel")))
+    encoder = build_run_encoder(run_info, hidden)
     for variable, value in read_encoder_weights(path, encoder):
         variable.assign(value)
     return RestoredEncoder(encoder=encoder, run_info=run_info, step=checkpoint_step(path),
@@ -129,18 +141,40 @@ def load_encoder(path: str, checkpoint: str | None = None) -> RestoredEncoder:
     dir or its base: the Keras encoder written beside the SavedModel)."""
     if os.path.exists(os.path.join(path, "run_info.json")):
         return restore_encoder(path, checkpoint)
-    from tf_instcls.export import saved_model
-
     try:
-        export_dir = saved_model.resolve_export_dir(path)
+        export_dir = resolve_export_dir(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path} is neither a pretraining model_dir (no run_info.json) nor an export "
             "(no saved_model.pb or version directories)") from None
     if checkpoint is not None:
         raise ValueError("--checkpoint applies to a model_dir, not to an export")
-    info = saved_model.load_export_info(export_dir)
-    encoder = keras.saving.load_model(os.path.join(export_dir, saved_model.KERAS_FILE))
+    info = load_export_info(export_dir)
+    encoder = keras.saving.load_model(os.path.join(export_dir, KERAS_FILE))
     run_info = dict(info.get("run_info") or {}, image_size=info["image_size"])
     return RestoredEncoder(encoder=encoder, run_info=run_info, step=int(info.get("step", 0)),
                            checkpoint_path=export_dir)
+
+
+def load_export_info(export_dir: str) -> dict:
+    path = os.path.join(export_dir, INFO_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{export_dir} is not a tf_instcls export ({path} missing)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def latest_version(export_base: str) -> str:
+    """``export_base/<largest integer version>`` (what TF Serving would serve)."""
+    versions = [d for d in os.listdir(export_base) if d.isdigit()] if os.path.isdir(
+        export_base) else []
+    if not versions:
+        raise FileNotFoundError(f"no exported version under {export_base}")
+    return os.path.join(export_base, max(versions, key=int))
+
+
+def resolve_export_dir(path: str) -> str:
+    """A version dir, or an export base (its latest version)."""
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    return latest_version(path)

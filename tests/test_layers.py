@@ -1,0 +1,79 @@
+"""The package's layers import only downwards (issue 13, item 5): defaults -> data -> models ->
+parallel -> losses -> mining -> methods -> training -> callbacks -> eval -> export ->
+pretrain. Every ``import`` statement counts, including the ones inside functions: an
+import deferred to call time is still a dependency (and a hidden circle)."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tf_instcls"
+
+# Lowest first.
+LAYERS = (
+    ("defaults",),
+    ("data",),
+    ("models",),
+    ("parallel",),
+    ("losses",),
+    ("mining",),  # W's rows normalised by the loss's own op
+    ("methods",),
+    ("training",),
+    ("callbacks",),
+    ("eval",),
+    ("export",),
+    ("pretrain",),
+)
+LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def _unit(path: pathlib.Path) -> str:
+    """The layer a module belongs to: its subpackage, or a top-level module's name."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return parts[0]
+
+
+def _imported_units(tree: ast.AST):
+    """(line, layer name) for every tf_instcls import in a module's syntax tree."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "tf_instcls":
+                continue
+            if len(parts) > 1:
+                yield node.lineno, parts[1]
+            else:  # from tf_instcls import data, models
+                for alias in node.names:
+                    yield node.lineno, alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "tf_instcls" and len(parts) > 1:
+                    yield node.lineno, parts[1]
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"
+                  or p.parent != PACKAGE)
+
+
+def test_every_module_belongs_to_a_layer():
+    units = {_unit(p) for p in _modules()}
+    assert units <= set(LEVEL), f"modules outside the layer list: {units - set(LEVEL)}"
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_module_imports_only_its_own_layer_or_below(path):
+    own = _unit(path)
+    wrong = [(line, unit) for line, unit in _imported_units(ast.parse(path.read_text()))
+             if unit in LEVEL and unit != own and LEVEL[unit] >= LEVEL[own]]
+    assert not wrong, (f"{path.relative_to(PACKAGE)} ({own}, layer {LEVEL[own]}) imports "
+                       + ", ".join(f"{u} (layer {LEVEL[u]}) at line {ln}" for ln, u in wrong))
+
+
+def test_the_check_finds_an_upward_import(tmp_path):
+    """The check can fail: an upward import inside a function is found."""
+    tree = ast.parse("def f():\n    from tf_instcls.eval import knn\n")
+    assert [(2, "eval")] == list(_imported_units(tree))
+    assert LEVEL["eval"] > LEVEL["callbacks"]
