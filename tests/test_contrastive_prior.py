@@ -20,6 +20,13 @@ class _State:
                                                       unit_norm_rows=unit_norm_rows)
         self.step = step
 
+    def prior(self, mode, batch_size):
+        """The callback given what it reads from this state."""
+        return ContrastivePrior(encoder=self.encoder, classifier=self.classifier,
+                                source=self.train_source, image_size=self.image_size,
+                                mesh=self.mesh, step=lambda: self.step, mode=mode,
+                                batch_size=batch_size)
+
 
 def _reference_embeddings(state, training):
     """The same pass done plainly, batch by batch in id order, on the host."""
@@ -40,7 +47,7 @@ def test_prior_rows_equal_the_network_embeddings(mode):
     state = _State(mesh, source)
     bn = [v for v in state.encoder.non_trainable_variables if "moving_mean" in v.path][0]
     bn_before = parallel.to_numpy(layouts.variable_handle(bn)).copy()
-    ContrastivePrior(state, mode=mode, batch_size=8).on_train_begin()
+    state.prior(mode, 8).on_train_begin()
     w = parallel.to_numpy(state.classifier.class_weights)
     bn_after = parallel.to_numpy(layouts.variable_handle(bn))
     if mode == "prior_fixed_bn":
@@ -63,7 +70,7 @@ def test_running_bn_rows_are_batch_statistics_embeddings():
                for v in state.encoder.variables]
     ds = data_lib.make_eval_dataset(source, 16, batch_size=16)
     images = next(iter(ds))["images"].numpy()
-    ContrastivePrior(state, mode="prior_running_bn", batch_size=16).on_train_begin()
+    state.prior("prior_running_bn", 16).on_train_begin()
     w = parallel.to_numpy(state.classifier.class_weights)
     # Restore the pre-pass weights and compute the batch-statistics embeddings directly.
     for v, value in zip(state.encoder.variables, weights):
@@ -81,7 +88,7 @@ def test_unit_norm_classifier_gets_the_normalised_prior():
     mesh = parallel.build_mesh(4)
     source = data_lib.load_source("digits").subset(np.arange(30), "thirty")
     state = _State(mesh, source, unit_norm_rows=True)
-    ContrastivePrior(state, mode="prior_fixed_bn", batch_size=8).on_train_begin()
+    state.prior("prior_fixed_bn", 8).on_train_begin()
     w = parallel.to_numpy(state.classifier.class_weights)
     expected = _reference_embeddings(state, training=False)
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
@@ -94,10 +101,11 @@ def test_resumed_run_does_not_reinitialise_w():
     source = data_lib.load_source("digits").subset(np.arange(10), "ten")
     state = _State(mesh, source, step=5)
     before = parallel.to_numpy(state.classifier.class_weights).copy()
-    ContrastivePrior(state, mode="prior_running_bn", batch_size=8).on_train_begin()
+    state.prior("prior_running_bn", 8).on_train_begin()
     np.testing.assert_array_equal(parallel.to_numpy(state.classifier.class_weights), before)
 
 
 def test_unknown_mode():
     with pytest.raises(ValueError, match="init mode must be one of"):
-        ContrastivePrior(None, mode="kaiming")
+        ContrastivePrior(encoder=None, classifier=None, source=None, image_size=16,
+                         mesh=None, step=lambda: 0, mode="kaiming")

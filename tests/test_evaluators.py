@@ -143,15 +143,11 @@ def test_the_knn_monitor_runs_the_evaluator_it_is_given():
     layouts.replicate_model_variables(encoder, mesh)
     classifier = parallel.InstanceClassifier(train.num_images, 8, mesh=mesh, seed=1)
 
-    class State:
-        pass
-
-    state = State()
-    state.encoder, state.classifier, state.mesh, state.image_size = encoder, classifier, mesh, 16
-    state.train_source, state.eval_source, state.model_dir = train, evaluation, None
-    state.epoch, state.epochs, state.step, state.epoch_results = 0, 1, 0, {}
+    results = {}
     knn = _Recording(evaluators.KNNEvaluator(k=5, representations=("features",)))
-    monitor = KNNMonitor(state, knn, every_epochs=1)
+    monitor = KNNMonitor(evaluator=knn, encoder=encoder, classifier=classifier,
+                         train_source=train, eval_source=evaluation, image_size=16, mesh=mesh,
+                         epochs=1, step=lambda: 0, results=results, every_epochs=1)
     logs = {}
     monitor.on_epoch_end(0, logs)
     assert len(knn.results) == 1
@@ -162,4 +158,4 @@ def test_the_knn_monitor_runs_the_evaluator_it_is_given():
     ref = weighted_knn(bank, train.labels, queries, evaluation.labels, k=5)
     assert logs["knn_top1"] == ref["top1"] and logs["knn_top5"] == ref["top5"]
     assert logs["feat_mean_cos"] == pytest.approx(geometry.geometry_stats("f", bank)["f_mean_cos"])
-    assert "w_alignment" in logs and state.epoch_results["knn_top1"] == ref["top1"]
+    assert "w_alignment" in logs and results["knn_top1"] == ref["top1"]

@@ -15,28 +15,29 @@ class CheckpointSaver(keras.callbacks.Callback):
     (seed, epoch), so a resumed run starts at the next batch with the same views.
     """
 
-    def __init__(self, state, every_steps: int = 0):
+    def __init__(self, *, manager, model_dir: str, step, every_steps: int = 0):
+        """``manager``: the run's tf.train.CheckpointManager; ``step()``: the global step."""
         super().__init__()
-        self.state = state
+        self.manager, self.model_dir, self.step = manager, model_dir, step
         self.every_steps = every_steps
         self.saved_step = None
 
     def on_train_begin(self, logs=None):
-        self.saved_step = self.state.step  # the restored (or initial) position
+        self.saved_step = self.step()  # the restored (or initial) position
 
     def _save(self):
-        step = self.state.step
+        step = self.step()
         if step == self.saved_step:
             return
-        with stages.timed(self.state.model_dir, "checkpoint", step=step) as fields:
-            path = checkpoints.save(self.state.manager, step)
+        with stages.timed(self.model_dir, "checkpoint", step=step) as fields:
+            path = checkpoints.save(self.manager, step)
             fields["bytes"] = stages.directory_bytes(os.path.dirname(path),
                                                      os.path.basename(path) + ".")
         self.saved_step = step
         logging.info("saved checkpoint %s", path)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.every_steps and self.state.step % self.every_steps == 0:
+        if self.every_steps and self.step() % self.every_steps == 0:
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):

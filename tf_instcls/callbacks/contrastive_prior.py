@@ -23,21 +23,26 @@ class ContrastivePrior(keras.callbacks.Callback):
         BN statistics are kept, as in the paper.
     """
 
-    def __init__(self, state, mode: str = "prior_running_bn", batch_size: int = 256):
+    def __init__(self, *, encoder, classifier, source, image_size: int, mesh, step,
+                 mode: str = "prior_running_bn", batch_size: int = 256,
+                 model_dir: str | None = None):
+        """``step()``: the run's global step (the prior runs only at step 0);
+        ``model_dir``: where stages.jsonl records the pass (None: not recorded)."""
         super().__init__()
         if mode not in INIT_MODES:
             raise ValueError(f"init mode must be one of {INIT_MODES}; got {mode!r}")
-        self.state, self.mode, self.batch_size = state, mode, batch_size
+        self.encoder, self.classifier, self.source = encoder, classifier, source
+        self.image_size, self.mesh, self.step = image_size, mesh, step
+        self.mode, self.batch_size, self.model_dir = mode, batch_size, model_dir
 
     def on_train_begin(self, logs=None):
-        if self.mode == "gaussian" or self.state.step > 0:
+        if self.mode == "gaussian" or self.step() > 0:
             return
         logging.info("contrastive prior (%s): embedding %d images", self.mode,
-                     self.state.train_source.num_images)
-        with stages.timed(getattr(self.state, "model_dir", None), "prior", mode=self.mode,
-                          images=self.state.train_source.num_images):
-            rows = prior_embeddings(self.state.encoder, self.state.train_source,
-                                    self.state.image_size, self.state.mesh,
+                     self.source.num_images)
+        with stages.timed(self.model_dir, "prior", mode=self.mode,
+                          images=self.source.num_images):
+            rows = prior_embeddings(self.encoder, self.source, self.image_size, self.mesh,
                                     running_bn=self.mode == "prior_running_bn",
                                     batch_size=self.batch_size)
-            self.state.classifier.assign_rows(rows)
+            self.classifier.assign_rows(rows)

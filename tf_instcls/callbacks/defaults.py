@@ -12,7 +12,10 @@ from tf_instcls.callbacks.summaries import ScalarSummaries
 def default_callbacks(state, train, knn_evaluator=None) -> list:
     """The run's own callbacks for ``state`` (a ``training.TrainState``) and ``train``
     (its ``TrainConfig``); the kNN monitor runs ``knn_evaluator`` when the run has a
-    labelled eval split (``pretrain.run_pretraining`` passes the kNN evaluator).
+    labelled eval split (``pretrain.run_pretraining`` passes the kNN evaluator). Each
+    callback is given only what it reads: live objects, ``step()`` (the global step)
+    and ``state.epoch_results`` (the loop's dict of this epoch's results, cleared at
+    each epoch's start).
 
     Order matters (each hook runs in this order): the prior before the kNN monitor's
     "at initialisation" (so it sees the network the training really starts from, BN
@@ -20,13 +23,28 @@ def default_callbacks(state, train, knn_evaluator=None) -> list:
     epoch's record and line; a step's and an epoch's record written BEFORE their
     checkpoint, so a kill between the two replays the step instead of losing its line.
     """
-    own = [ContrastivePrior(state, mode=train.init_mode),
-           *([HardNegativeMiner(state, period=train.mining_period)]
-             if state.hard_table is not None else [])]
+    step, results, model_dir = (lambda: state.step), state.epoch_results, state.model_dir
+    own = [ContrastivePrior(encoder=state.encoder, classifier=state.classifier,
+                            source=state.train_source, image_size=state.image_size,
+                            mesh=state.mesh, step=step, mode=train.init_mode,
+                            model_dir=model_dir)]
+    if state.hard_table is not None:
+        own.append(HardNegativeMiner(classifier=state.classifier, table=state.hard_table,
+                                     table_epoch=state.hard_table_epoch, results=results,
+                                     period=train.mining_period, model_dir=model_dir))
     if (knn_evaluator is not None and state.eval_source is not None
             and state.train_source.labels is not None and train.knn_every_epochs > 0):
-        own.append(KNNMonitor(state, knn_evaluator, every_epochs=train.knn_every_epochs))
-    return own + [MetricsWriter(state, log_steps=train.log_steps),
-                  ProgressLogger(state, verbose=train.verbose),
-                  CheckpointSaver(state, every_steps=train.checkpoint_every_steps),
-                  ScalarSummaries(state)]
+        own.append(KNNMonitor(evaluator=knn_evaluator, encoder=state.encoder,
+                              classifier=state.classifier, train_source=state.train_source,
+                              eval_source=state.eval_source, image_size=state.image_size,
+                              mesh=state.mesh, epochs=state.epochs, step=step,
+                              results=results, every_epochs=train.knn_every_epochs,
+                              model_dir=model_dir))
+    return own + [
+        MetricsWriter(model_dir=model_dir, step=step, log_steps=train.log_steps),
+        ProgressLogger(epochs=state.epochs, steps_per_epoch=state.steps_per_epoch,
+                       batch_size=train.batch_size, step=step, results=results,
+                       verbose=train.verbose),
+        CheckpointSaver(manager=state.manager, model_dir=model_dir, step=step,
+                        every_steps=train.checkpoint_every_steps),
+        ScalarSummaries(model_dir=model_dir, step=step)]

@@ -38,35 +38,35 @@ class KNNMonitor(keras.callbacks.Callback):
     returning ``{"features": {"top1", "top5", ...}}``) with the training images as the
     bank (their labels used here only) and the eval split as the queries.
 
-    Adds ``knn_top1`` / ``knn_top5`` to the epoch logs, and the geometry of the
-    features, the embeddings and W (``feat_*``, ``emb_*``, ``w_*``: norms, mean pairwise
-    cosine and its 5th / 95th percentiles, ``w_alignment`` = mean cos(w_i, x_i) on the
-    unaugmented view), the measurements that show a cone or a W that does not follow
-    the features. Reads ``state``'s encoder, classifier, sources, image size, mesh,
-    model_dir, epoch / epochs / step, and writes ``state.epoch_results``.
+    Adds ``knn_top1`` / ``knn_top5`` to the epoch logs and to ``results`` (the loop's
+    dict of this epoch's results), with the geometry of the features, the embeddings
+    and W (``feat_*``, ``emb_*``, ``w_*``: norms, mean pairwise cosine and its 5th /
+    95th percentiles, ``w_alignment`` = mean cos(w_i, x_i) on the unaugmented view),
+    the measurements that show a cone or a W that does not follow the features.
+    ``classifier`` may be None (no W statistics); ``step()`` is the global step.
     """
 
-    def __init__(self, state, evaluator, every_epochs: int = 1):
+    def __init__(self, *, evaluator, encoder, classifier, train_source, eval_source,
+                 image_size: int, mesh, epochs: int, step, results: dict,
+                 every_epochs: int = 1, model_dir: str | None = None):
         super().__init__()
-        self.state, self.evaluator, self.every_epochs = state, evaluator, every_epochs
+        self.evaluator, self.encoder, self.classifier = evaluator, encoder, classifier
+        self.splits = LabelledSplits(train_source, eval_source)
+        self.image_size, self.mesh, self.epochs = image_size, mesh, epochs
+        self.step, self.results = step, results
+        self.every_epochs, self.model_dir = every_epochs, model_dir
 
-    def evaluate(self) -> dict:
-        with stages.timed(getattr(self.state, "model_dir", None), "knn",
-                          epoch=getattr(self.state, "epoch", None)):
-            return self._evaluate()
-
-    def _evaluate(self) -> dict:
-        s = self.state
-        model = LiveEncoder(s.encoder, s.image_size, s.mesh)
-        result = dict(self.evaluator.run(model, LabelledSplits(s.train_source,
-                                                               s.eval_source))["features"])
-        result["geometry"] = self._geometry(model.features(s.train_source))
-        return result
+    def evaluate(self, epoch=None) -> dict:
+        with stages.timed(self.model_dir, "knn", epoch=epoch):
+            model = LiveEncoder(self.encoder, self.image_size, self.mesh)
+            result = dict(self.evaluator.run(model, self.splits)["features"])
+            result["geometry"] = self._geometry(model.features(self.splits.train))
+            return result
 
     def _geometry(self, bank) -> dict:
         stats = {**geometry.geometry_stats("feat", bank["features"]),
                  **geometry.geometry_stats("emb", bank["embedding"])}
-        classifier = getattr(self.state, "classifier", None)
+        classifier = self.classifier
         if classifier is not None and classifier.num_instances <= _GEOMETRY_MAX_ROWS:
             w = parallel.to_numpy(classifier.class_weights)[: classifier.num_instances]
             stats.update(geometry.geometry_stats("w", w))
@@ -74,17 +74,17 @@ class KNNMonitor(keras.callbacks.Callback):
         return stats
 
     def on_train_begin(self, logs=None):
-        if self.state.step == 0:
-            result = self.evaluate()
+        if self.step() == 0:
+            result = self.evaluate(epoch=0)
             logging.info("kNN at initialisation: top1 %.2f%%", result["top1"])
             self.initial_top1 = result["top1"]
             self.initial_geometry = result["geometry"]
 
     def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.state.epochs
+        last = epoch + 1 == self.epochs
         if logs is None or not (last or (epoch + 1) % self.every_epochs == 0):
             return
-        result = self.evaluate()
+        result = self.evaluate(epoch=epoch)
         found = {"knn_top1": result["top1"], "knn_top5": result["top5"], **result["geometry"]}
         if hasattr(self, "initial_top1"):
             found["knn_top1_at_init"] = self.initial_top1
@@ -92,4 +92,4 @@ class KNNMonitor(keras.callbacks.Callback):
             found.update({f"init_{k}": v for k, v in self.initial_geometry.items()})
             self.initial_geometry = {}
         logs.update(found)  # seen by the callbacks after this one (metrics writer, ...)
-        self.state.epoch_results.update(found)  # seen by the loop
+        self.results.update(found)  # seen by the loop

@@ -15,22 +15,25 @@ class MetricsWriter(keras.callbacks.Callback):
     accuracy. Only process 0 writes in multi-client runs.
     """
 
-    def __init__(self, state, log_steps: bool = False):
+    def __init__(self, *, model_dir: str, step, log_steps: bool = False):
+        """``step()``: the global step (written with every step's record)."""
         super().__init__()
-        self.state = state
-        self.log_steps = log_steps
+        self.model_dir, self.step, self.log_steps = model_dir, step, log_steps
+        self.epoch = 0
 
     def _write(self, name, record):
         if parallel.process_index() != 0:
             return
-        with open(os.path.join(self.state.model_dir, name), "a") as f:
+        with open(os.path.join(self.model_dir, name), "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         if self.log_steps:
             record = {k: v for k, v in (logs or {}).items() if k != "images_per_sec"}
-            self._write("steps.jsonl", dict(step=self.state.step, epoch=self.state.epoch,
-                                            **record))
+            self._write("steps.jsonl", dict(step=self.step(), epoch=self.epoch, **record))
 
     def on_epoch_end(self, epoch, logs=None):
         self._write("metrics.jsonl", {k: v for k, v in (logs or {}).items()})

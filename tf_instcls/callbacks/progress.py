@@ -4,19 +4,22 @@ import keras
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    def __init__(self, state, verbose: int = 1):
+    def __init__(self, *, epochs: int, steps_per_epoch: int, batch_size: int, step,
+                 results: dict, verbose: int = 1):
+        """``step()``: the global step; ``results``: the loop's dict of this epoch's
+        results (e.g. its kNN accuracy), shown in the epoch's line."""
         super().__init__()
-        self.state = state
-        self.verbose = verbose
+        self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
+        self.step, self.results, self.verbose = step, results, verbose
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.start_step = self.state.step
+        self.start_step = self.step()
         if self.verbose:
-            print(f"Epoch {epoch + 1}/{self.state.epochs}", flush=True)
-            self.bar = keras.utils.Progbar(self.state.steps_per_epoch, verbose=self.verbose,
+            print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
+            self.bar = keras.utils.Progbar(self.steps_per_epoch, verbose=self.verbose,
                                            stateful_metrics=["lr", "images_per_sec"])
-            done = self.state.step - epoch * self.state.steps_per_epoch
+            done = self.start_step - epoch * self.steps_per_epoch
             if done:
                 self.bar.update(done)
 
@@ -27,12 +30,12 @@ class ProgressLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.verbose and logs:
-            logs = {**logs, **self.state.epoch_results}  # e.g. this epoch's kNN
-            print(epoch_line(epoch, self.state.epochs, logs, self._images(logs)), flush=True)
+            logs = {**logs, **self.results}  # e.g. this epoch's kNN
+            print(epoch_line(epoch, self.epochs, logs, self._images(logs)), flush=True)
 
     def _images(self, logs) -> int:
-        steps = int(logs.get("step", self.state.step)) - getattr(self, "start_step", 0)
-        return steps * int(self.state.run_info.get("batch_size", 0))
+        steps = int(logs.get("step", self.step())) - getattr(self, "start_step", 0)
+        return steps * self.batch_size
 
 
 def epoch_line(epoch: int, epochs: int, logs: dict, images: int = 0) -> str:

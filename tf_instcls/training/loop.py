@@ -143,7 +143,8 @@ class WorkerLostError(RuntimeError):
 
 @dataclasses.dataclass
 class TrainState:
-    """What callbacks may read: the live objects of one run."""
+    """The live objects of one run (callbacks.default_callbacks gives each callback the
+    parts it reads)."""
 
     model_dir: str
     mesh: parallel.Mesh
@@ -577,7 +578,8 @@ def _train(state, data, optim, train, mesh, callbacks) -> dict:
     )) if start_epoch < train.epochs else iter(())
     for epoch in range(start_epoch, train.epochs):
         state.epoch = epoch
-        state.epoch_results = {}  # callbacks add results for this epoch here
+        state.epoch_results.clear()  # callbacks add results for this epoch here (in place:
+        # they hold this dict)
         epoch_start = time.perf_counter()
         first = state.step - epoch * state.steps_per_epoch
         callback_list.on_epoch_begin(epoch)
