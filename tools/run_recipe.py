@@ -140,9 +140,10 @@ def summarise(results: list[dict]) -> dict:
         values = [v for v in values if v is not None]
         if values:
             mean, std = common.spread(values)  # sample std: the seed-to-seed spread
-            summary[name] = {"mean": mean, "std": std or 0.0, "values": values}
+            summary[name] = {"mean": mean, "std": std, "values": values}  # None: one seed
     walls = [r["train_wall_s"] for r in results]
-    summary["train_wall_s"] = {"mean": float(np.mean(walls)), "values": walls}
+    # no std: wall times are comparable only between unloaded runs (say which were)
+    summary["train_wall_s"] = {"mean": float(np.mean(walls)), "std": None, "values": walls}
     summary["instances_per_s"] = float(np.mean([r["instances_per_s"] for r in results]))
     return summary
 
@@ -166,7 +167,8 @@ def main(argv):
     for key, value in summary.items():
         if isinstance(value, dict) and "values" in value:
             per = ", ".join(f"{v:.2f}" for v in value["values"])
-            lines.append(f"| {key} | {value['mean']:.2f} | {value.get('std', 0):.2f} | {per} |")
+            std = "-" if value.get("std") is None else f"{value['std']:.2f}"
+            lines.append(f"| {key} | {value['mean']:.2f} | {std} | {per} |")
     text = "\n".join(lines)
     with open(os.path.join(FLAGS.work_dir, "recipe.md"), "w") as f:
         f.write(f"# {' + '.join(FLAGS.gin_file)}\n\n{text}\n")
