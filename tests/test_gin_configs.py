@@ -7,6 +7,7 @@ import pytest
 
 import gin
 from tf_instcls.training import loop
+from tools import common
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
 CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
@@ -14,7 +15,7 @@ CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
 
 def _parse(files, bindings=()):
     gin.clear_config(clear_constants=True)
-    return loop.configs_from_gin(gin, files, bindings, search_path=GIN_DIR)
+    return common.configs_from_gin(files, bindings, search_path=GIN_DIR)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

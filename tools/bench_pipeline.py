@@ -35,7 +35,6 @@ flags.DEFINE_string("json", None, "Write the result here.")
 
 def main(argv):
     del argv
-    import gin
     from tf_instcls import parallel
 
     if FLAGS.virtual_devices:
@@ -45,9 +44,7 @@ def main(argv):
     from tf_instcls.training import loop
     from tf_instcls.training.step import make_train_step
 
-    data, model, optim, train = loop.configs_from_gin(
-        gin, FLAGS.gin_file, FLAGS.gin_bindings, search_path=common.GIN_DIR
-    )
+    data, model, optim, train = common.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)
     # A fresh model_dir: a shared one would hold another config's run (refused) or a

@@ -59,8 +59,7 @@ def _parse_gin():
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")
     try:
-        configs = loop.configs_from_gin(gin, FLAGS.gin_file, bindings,
-                                        search_path=common.GIN_DIR)
+        configs = common.configs_from_gin(FLAGS.gin_file, bindings)
     except (ValueError, SyntaxError, KeyError) as err:
         raise app.UsageError(f"bad gin config or binding: {err}") from err
     return gin, loop, configs
