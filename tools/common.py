@@ -89,30 +89,20 @@ def make_mesh():
                                device_type="CPU" if FLAGS.virtual_devices else None)
 
 
-def load_random_init_model(mesh):
-    """The --baselines' random-init model: the run's architecture, untrained weights. The
-    data are not loaded again (they are the same splits as the trained model's)."""
-    from tf_instcls.eval import common
-
-    try:
-        return common.load_eval_model(model_path(), mesh, checkpoint=FLAGS.checkpoint,
-                                      random_init=True)
-    except (FileNotFoundError, ValueError) as err:
-        raise app.UsageError(str(err)) from err
-
-
 def load_models_and_splits(mesh, *, baselines: bool = False, cache_dir: str | None = None):
     """([model, + random init and raw pixels with ``baselines``], LabelledSplits) from the
-    flags: what ``eval.runner.evaluate`` takes."""
+    flags (``eval.runner.load_models``, bad paths as usage errors): what
+    ``eval.runner.evaluate`` takes."""
     from tf_instcls.data import LabelledSplits
-    from tf_instcls.eval.common import RawPixels
+    from tf_instcls.eval import runner
 
-    model, train, evaluation, data = load_model_and_splits(mesh)
-    models = [model]
-    if baselines:
-        models += [load_random_init_model(mesh), RawPixels(model.image_size)]
-    for m in models[:2]:
-        m.cache_dir, m.batch_size = cache_dir, FLAGS.batch_size
+    try:
+        models = runner.load_models(model_path(), mesh, checkpoint=FLAGS.checkpoint,
+                                    baselines=baselines, cache_dir=cache_dir,
+                                    batch_size=FLAGS.batch_size)
+    except (FileNotFoundError, ValueError) as err:
+        raise app.UsageError(str(err)) from err
+    train, evaluation, data = _splits(models[0])
     return models, LabelledSplits(train, evaluation, seed=data["seed"], description=data)
 
 
@@ -122,6 +112,16 @@ def load_model_and_splits(mesh):
 
     try:
         model = common.load_eval_model(model_path(), mesh, checkpoint=FLAGS.checkpoint)
+    except (FileNotFoundError, ValueError) as err:
+        raise app.UsageError(str(err)) from err
+    return (model, *_splits(model))
+
+
+def _splits(model):
+    """The labelled (train, eval) split the flags ask for, defaulting to the run's."""
+    from tf_instcls.eval import common
+
+    try:
         dataset, eval_dataset, fraction, seed = common.default_data_args(
             model, FLAGS.dataset, FLAGS.eval_dataset, FLAGS.holdout_fraction, FLAGS.seed)
         train, evaluation = common.labelled_splits(dataset, eval_dataset, fraction, seed)
@@ -129,7 +129,7 @@ def load_model_and_splits(mesh):
         raise app.UsageError(str(err)) from err
     data = {"dataset": dataset, "eval_dataset": eval_dataset or f"holdout {fraction}",
             "num_train": train.num_images, "num_eval": evaluation.num_images, "seed": seed}
-    return model, train, evaluation, data
+    return train, evaluation, data
 
 
 # -- gin, at the edge: the library never imports it ------------------------------------

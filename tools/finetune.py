@@ -52,14 +52,14 @@ def main(argv):
     out = common.out_dir("eval")
     mesh = common.make_mesh()
     from tf_instcls.data import load_source
-    from tf_instcls.eval import common as ec
     from tf_instcls.eval import finetune as ft
 
     paper_bb, paper_clf = ft.PAPER_LEARNING_RATES.get(round(FLAGS.label_fraction, 4),
                                                       (0.001, 10.0))
     backbone_lr = paper_bb if FLAGS.backbone_lr is None else FLAGS.backbone_lr
     classifier_lr = paper_clf if FLAGS.classifier_lr is None else FLAGS.classifier_lr
-    model, train, evaluation, data = common.load_model_and_splits(mesh)
+    models, splits = common.load_models_and_splits(mesh, baselines=FLAGS.baselines)
+    train, evaluation, data = splits.train, splits.evaluation, splits.description
     official = ft.tfds_subset_spec(data["dataset"], FLAGS.label_fraction)
     if official:
         labelled = load_source(official)
@@ -78,12 +78,9 @@ def main(argv):
     from tf_instcls.data import LabelledSplits
     from tf_instcls.eval import evaluators, runner
 
-    models = [model]
-    if FLAGS.baselines:
-        models += [common.load_random_init_model(mesh), ec.RawPixels(model.image_size)]
     # the classes of the whole labelled split, whichever images the subset holds
     splits = LabelledSplits(labelled, evaluation, seed=data["seed"], description=data,
-                            classes=LabelledSplits(train, evaluation).num_classes)
+                            classes=splits.num_classes)
     evaluator = evaluators.FinetuneEvaluator(
         label_fraction=FLAGS.label_fraction, epochs=FLAGS.epochs,
         batch_size=FLAGS.finetune_batch_size, backbone_lr=backbone_lr,
