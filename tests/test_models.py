@@ -122,3 +122,50 @@ def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypa
     assert logs["step"] == 4 and np.isfinite(logs["loss"])
     restored = export.restore_encoder(str(tmp_path / "run"))
     assert restored.encoder(tf.zeros([1, 16, 16, 3]))["features"].shape == (1, 8)
+
+
+def test_head_output_bn_centres_the_embeddings_and_the_run_restores_it(tmp_path):
+    """``ModelConfig.head_output_bn``: in training the head's output has zero batch mean
+    and unit variance per dimension (the paper's head does not); a run with it restores
+    and exports the same architecture, with the same embeddings as in memory."""
+    from tf_instcls import export, parallel, pretrain
+    from tf_instcls.data import ImageSource
+    from tf_instcls.parallel import layouts
+    from tf_instcls.parallel.features import extract_features
+    from tf_instcls.training import loop
+
+    images = tf.random.stateless_uniform([16, 16, 16, 3], seed=[1, 2])
+    for output_bn in (False, True):
+        encoder = models.build_encoder("convnet_small", 16, embedding_dim=8,
+                                       head_hidden_dim=16, backbone_width=4,
+                                       head_output_bn=output_bn)
+        emb = encoder(images, training=True)["embedding"].numpy().astype(np.float64)
+        centred = np.abs(emb.mean(0)).max() < 1e-5 and np.allclose(emb.std(0), 1, atol=1e-3)
+        assert centred == output_bn
+    with pytest.raises(ValueError, match="needs the MLP head"):
+        models.build_encoder("convnet_small", 16, use_head=False, head_output_bn=True)
+
+    configs = dict(
+        data=loop.DataConfig(dataset="synthetic:64:16", image_size=16),
+        model=loop.ModelConfig(backbone="convnet_small", backbone_width=4, embedding_dim=8,
+                               head_hidden_dim=16, head_output_bn=True),
+        optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
+        train=loop.TrainConfig(epochs=1, batch_size=16, verbose=0, knn_every_epochs=0,
+                               num_hard_negatives=4),
+    )
+    mesh = parallel.build_mesh(2)
+    model_dir = str(tmp_path / "run")
+    logs = pretrain.run_pretraining(model_dir, **configs, mesh=mesh)
+    assert logs["step"] == 4 and np.isfinite(logs["loss"])
+    state = loop.build_state(model_dir, **configs, mesh=mesh)
+    pixels = np.random.RandomState(0).randint(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    source = ImageSource(name="check", num_images=6, image_size=(16, 16), images=pixels)
+    want = extract_features(state.encoder, source, 16, mesh, batch_size=2)["embedding"]
+    restored = export.restore_encoder(model_dir)
+    assert any("head_out_bn" in v.path for v in restored.encoder.variables)
+    layouts.replicate_model_variables(restored.encoder, mesh)
+    got = extract_features(restored.encoder, source, 16, mesh, batch_size=2)["embedding"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="head_output_bn = True needs the MLP head"):
+        loop.validate_configs(configs["data"], loop.ModelConfig(use_head=False,
+                              head_output_bn=True), configs["optim"], configs["train"])

@@ -49,6 +49,12 @@ declare -A probes=(
   [npid_nce_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 400"
   [npid_nce_step_30ep]="30|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 400|TrainConfig.knn_every_epochs = 5"
   [npid_full_30ep]="30|npid|ModelConfig.npid_noise = 0|TrainConfig.knn_every_epochs = 5"
+  # the recipe as it is (8-100% crops), its early epochs: the loss rises above log N
+  # after the warm-up epoch (session of 2026-11-30, fourth)
+  [r12_base]="12|recipe|TrainConfig.knn_every_epochs = 4"
+  [r12_nosmooth]="12|recipe|TrainConfig.knn_every_epochs = 4|TrainConfig.smoothing = 0.0"
+  [r12_warm5]="12|recipe|TrainConfig.knn_every_epochs = 4|OptimConfig.warmup_epochs = 5"
+  [r12_headbn]="12|recipe|TrainConfig.knn_every_epochs = 4|ModelConfig.head_output_bn = True"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!probes[@]}")
@@ -67,6 +73,7 @@ for name in "${names[@]}"; do
                              "OptimConfig.weight_decay = 1e-4") ;;
     simclr) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/simclr.gin") ;;
     npid) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/npid.gin") ;;
+    recipe) bindings=() ;;
   esac
   bindings+=("${parts[@]:2}")
   run=$name

@@ -9,13 +9,22 @@ from tf_instcls import defaults
 from tf_instcls.models.backbones import create_backbone
 
 
-def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int) -> keras.Model:
-    """Linear -> BN -> ReLU -> Linear, the paper's MLP head to D (128)."""
+def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int, *,
+                          output_bn: bool = False) -> keras.Model:
+    """Linear -> BN -> ReLU -> Linear, the paper's MLP head to D (128).
+
+    ``output_bn`` (beyond the paper; SimSiam's and MoCo v3's projectors end the same
+    way): a BatchNormalization without scale and shift after the last layer, so the
+    embeddings are centred over the batch instead of sitting in a cone.
+    """
     inputs = keras.Input([in_dim])
     x = layers.Dense(hidden_dim, use_bias=False, name="head_fc1")(inputs)
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn")(x)
     x = layers.ReLU(name="head_relu")(x)
-    x = layers.Dense(out_dim, name="head_fc2")(x)
+    x = layers.Dense(out_dim, use_bias=not output_bn, name="head_fc2")(x)
+    if output_bn:
+        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=False, scale=False,
+                                      name="head_out_bn")(x)
     return keras.Model(inputs, x, name="projection_head")
 
 
@@ -31,6 +40,7 @@ def build_encoder(
     use_head: bool = True,
     backbone_width: int | None = None,
     precision: str = "float32",
+    head_output_bn: bool = False,
 ) -> keras.Model:
     """Keras model ``images -> {"features": [B, F], "embedding": [B, D]}``.
 
@@ -40,6 +50,7 @@ def build_encoder(
     ``precision``: the Keras dtype policy of the backbone and head ("mixed_bfloat16",
     "mixed_float16": float32 variables, 16-bit compute). Inputs and both outputs stay
     float32 (the classifier, W and the softmax are always float32).
+    ``head_output_bn``: the head ends in a BatchNormalization (``build_projection_head``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
@@ -50,8 +61,11 @@ def build_encoder(
         features = net.output
         in_dim = features.shape[-1]
         if use_head:
-            head = build_projection_head(in_dim, head_hidden_dim, embedding_dim)
+            head = build_projection_head(in_dim, head_hidden_dim, embedding_dim,
+                                         output_bn=head_output_bn)
         else:
+            if head_output_bn:
+                raise ValueError("head_output_bn needs the MLP head (use_head=True)")
             inputs = keras.Input([in_dim])
             head = keras.Model(inputs, layers.Dense(embedding_dim, name="head_linear")(inputs),
                                name="linear_head")

@@ -60,6 +60,10 @@ class ModelConfig:
     backbone_width: int | None = None
     use_head: bool = True
     head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM
+    # Beyond the paper: the head ends in a BatchNormalization without scale and shift
+    # (SimSiam's / MoCo v3's projector), so embeddings and the prior's rows of W are
+    # centred instead of sitting in a cone. False: the paper's head.
+    head_output_bn: bool = False
     embedding_dim: int = defaults.EMBEDDING_DIM
     # Every method's temperature: the cosine softmax's, NPID's (0.07: npid.gin) and
     # SimCLR's NT-Xent (0.5: simclr.gin). One knob, so none is silently ignored.
@@ -260,6 +264,8 @@ def validate_configs(data: DataConfig, model: ModelConfig, optim: OptimConfig,
     need(train.smoothing == 0 or train.num_hard_negatives >= 1, "TrainConfig.smoothing = "
          f"{train.smoothing} needs hard negatives: set TrainConfig.num_hard_negatives >= 1 "
          "(the paper: 100) or smoothing = 0")
+    need(model.use_head or not model.head_output_bn, "ModelConfig.head_output_bn = True "
+         "needs the MLP head (ModelConfig.use_head = True)")
     need(model.method == "full" or train.smoothing == 0,
          f"ModelConfig.method = {model.method!r} has no label smoothing: set "
          "TrainConfig.smoothing = 0")
@@ -340,6 +346,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         "batch_size": train.batch_size, "seed": train.seed, "init_mode": train.init_mode,
         "num_hard_negatives": train.num_hard_negatives if train.smoothing > 0 else 0,
         "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
+        "head_output_bn": model.head_output_bn,
         "method": model.method,
         # what the evaluation tools need to rebuild the same train / held-out split
         "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
@@ -350,6 +357,7 @@ def build_state(model_dir, data: DataConfig, model: ModelConfig, optim: OptimCon
         model.backbone, data.image_size, embedding_dim=model.embedding_dim,
         head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
         backbone_width=model.backbone_width, precision=model.precision,
+        head_output_bn=model.head_output_bn,
     )
     encoder_variables = layouts.replicate_model_variables(encoder, mesh)
     classifier = parallel.InstanceClassifier(

@@ -85,6 +85,7 @@ def build_run_encoder(run_info: dict, head_hidden_dim: int) -> keras.Model:
         run_info["backbone"], int(run_info["image_size"]),
         embedding_dim=int(run_info["embedding_dim"]), head_hidden_dim=head_hidden_dim,
         use_head=bool(run_info["use_head"]), backbone_width=run_info.get("backbone_width"),
+        head_output_bn=bool(run_info.get("head_output_bn", False)),
     )
 
 
