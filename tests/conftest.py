@@ -33,8 +33,9 @@ def tiny_run(tmp_path_factory):
         data=loop.DataConfig(image_size=16),
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
-        train=loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0,
-                               num_hard_negatives=8, checkpoint_every_steps=2),
+        train=loop.TrainConfig(epochs=1, batch_size=256, verbose=0, checkpoint_every_steps=2),
+        method=loop.MethodConfig(num_hard_negatives=8),
+        monitor=loop.MonitorConfig(k=10),
     )
     pretrain.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))
     return model_dir, configs

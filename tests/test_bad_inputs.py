@@ -14,8 +14,8 @@ from tf_instcls import parallel
 from tf_instcls.training import loop, restore
 
 TINY_MODEL = loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16)
-TINY_TRAIN = loop.TrainConfig(epochs=1, batch_size=64, verbose=0, num_hard_negatives=8,
-                              knn_every_epochs=0)
+TINY_TRAIN = loop.TrainConfig(epochs=1, batch_size=64, verbose=0)
+TINY_METHOD = loop.MethodConfig(num_hard_negatives=8)
 
 
 def _npz(tmp_path, name="d.npz", n=200, **arrays):
@@ -33,11 +33,12 @@ def _png(path, size, value=128):
     tf.io.write_file(str(path), tf.io.encode_png(image))
 
 
-def _build(tmp_path, *, data=None, model=TINY_MODEL, train=TINY_TRAIN, devices=1,
-           model_dir=None):
+def _build(tmp_path, *, data=None, model=TINY_MODEL, train=TINY_TRAIN, method=TINY_METHOD,
+           devices=1, model_dir=None):
     data = data or loop.DataConfig(dataset=f"npz:{_npz(tmp_path)}", image_size=16)
     return loop.build_state(model_dir or str(tmp_path / "run"), data, model,
-                            loop.OptimConfig(), train, parallel.build_mesh(devices))
+                            loop.OptimConfig(), train, parallel.build_mesh(devices),
+                            method=method, monitor=loop.MonitorConfig(every_epochs=0))
 
 
 def _with(config, **changes):
@@ -79,18 +80,17 @@ CASES = [
         t, train=_with(TINY_TRAIN, batch_size=2), devices=4),
      ValueError, r"batch_size 2 is not divisible by the 4 devices.*\(or fewer devices\)"),
     ("num_sampled >= N", lambda t: _build(
-        t, model=_with(TINY_MODEL, method="sampled", num_sampled=65536),
-        train=_with(TINY_TRAIN, smoothing=0.0)),
+        t, method=_with(TINY_METHOD, name="sampled", num_sampled=65536, smoothing=0.0)),
      ValueError, r"N = 200 training images.*num_sampled = 65536 must be < N"),
     ("npid_noise >= N", lambda t: _build(
-        t, model=_with(TINY_MODEL, method="npid", npid_noise=4096, use_head=False),
-        train=_with(TINY_TRAIN, smoothing=0.0), devices=2),
+        t, model=_with(TINY_MODEL, use_head=False), devices=2,
+        method=_with(TINY_METHOD, name="npid", npid_noise=4096, smoothing=0.0)),
      ValueError, r"N = 200 training images.*npid_noise = 4096 must be < N"),
-    ("K >= N", lambda t: _build(t, train=_with(TINY_TRAIN, num_hard_negatives=200)),
+    ("K >= N", lambda t: _build(t, method=_with(TINY_METHOD, num_hard_negatives=200)),
      ValueError, r"N = 200 training images.*num_hard_negatives = 200 must be < N"),
     ("smoothing without K", lambda t: _build(
-        t, train=_with(TINY_TRAIN, num_hard_negatives=0, smoothing=0.2)),
-     ValueError, r"smoothing = 0.2 needs hard negatives: set TrainConfig.num_hard_negatives "
+        t, method=_with(TINY_METHOD, num_hard_negatives=0, smoothing=0.2)),
+     ValueError, r"smoothing = 0.2 needs hard negatives: set MethodConfig.num_hard_negatives "
                  r">= 1"),
     ("zero epochs", lambda t: _build(t, train=_with(TINY_TRAIN, epochs=0)),
      ValueError, r"TrainConfig.epochs must be >= 1; got 0"),
@@ -143,8 +143,8 @@ def test_a_model_dir_of_another_run_is_refused_and_left_intact(what, tiny_run, t
         model = _with(model, backbone_width=8)
         expected = r"holds a run with a different configuration.*backbone_width.*\(4, 8\)"
     with pytest.raises(ValueError, match=expected + r".*Use a new --model_dir"):
-        loop.build_state(model_dir, data, model, configs["optim"], configs["train"],
-                         parallel.build_mesh(2))
+        loop.build_state(model_dir, **{**configs, "data": data, "model": model},
+                         mesh=parallel.build_mesh(2))
     assert _digest(model_dir) == before
 
 

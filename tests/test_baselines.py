@@ -223,16 +223,17 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
 
     mesh = parallel.build_mesh(2)
     base = dict(data=loop.DataConfig(image_size=16),
-                optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.03))
-    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, smoothing=0.0,
-                             init_mode="gaussian", knn_k=10)
-    npid = loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False,
-                            method="npid", npid_noise=64, npid_z_estimate="epoch")
-    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=train,
-                                mesh=mesh)
+                optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.03),
+                classifier=loop.ClassifierConfig(init_mode="gaussian"),
+                monitor=loop.MonitorConfig(k=10))
+    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0)
+    npid = dict(model=loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False),
+                method=loop.MethodConfig(name="npid", npid_noise=64, npid_z_estimate="epoch",
+                                         smoothing=0.0))
+    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, **npid, train=train,
+                                    mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["knn_top1"] > 20
-    state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=train,
-                             mesh=mesh)
+    state = loop.build_state(str(tmp_path / "npid"), **base, **npid, train=train, mesh=mesh)
     bank = state.classifier.class_weights
     assert not state.optimizer.has_slot(bank)  # the bank is not an optimised variable
     # NCE's Z is part of the checkpoint: estimated (finite, > log N) at epoch 0
@@ -243,18 +244,18 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     visited = np.isclose(norms, 1.0, atol=1e-4).sum()
     assert visited >= 5 * 256  # 5 steps of 256 instances were written by the memory rule
     again = loop.TrainConfig(**{**train.__dict__, "epochs": 2})
-    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, model=npid, train=again,
-                                mesh=mesh)
+    logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, **npid, train=again,
+                                    mesh=mesh)
     assert logs["step"] == 10 and np.isfinite(logs["loss"])
-    state = loop.build_state(str(tmp_path / "npid"), **base, model=npid, train=again,
-                             mesh=mesh)
+    state = loop.build_state(str(tmp_path / "npid"), **base, **npid, train=again, mesh=mesh)
     new_log_z, z_epoch = _nce_z(state)
     assert z_epoch == 1 and new_log_z != log_z  # "epoch": re-estimated in epoch 1
 
-    sampled = loop.ModelConfig(backbone_width=4, embedding_dim=16, head_hidden_dim=16,
-                               method="sampled", num_sampled=128)
-    logs = pretrain.run_pretraining(str(tmp_path / "sampled"), **base, model=sampled,
-                                train=train, mesh=mesh)
+    sampled = dict(model=loop.ModelConfig(backbone_width=4, embedding_dim=16,
+                                          head_hidden_dim=16),
+                   method=loop.MethodConfig(name="sampled", num_sampled=128, smoothing=0.0))
+    logs = pretrain.run_pretraining(str(tmp_path / "sampled"), **base, **sampled, train=train,
+                                    mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
 
 
@@ -274,7 +275,7 @@ def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
            *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
                                              "ModelConfig.backbone_width = 4",
                                              "ModelConfig.head_hidden_dim = 16",
-                                             "TrainConfig.knn_k = 20")]]
+                                             "MonitorConfig.k = 20")]]
     first = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
                            timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -315,7 +316,7 @@ def test_run_ablation_calls_an_effect_only_beyond_the_seed_spread():
     runs = {r.name: r for r in ablation.grid("baselines")}
     for name in ("npid", "npid_nce", "simclr"):  # each method's own gin recipe, layered
         assert len(runs[name].gin_files) == 1 and os.path.exists(runs[name].gin_files[0])
-    assert runs["npid_nce"].bindings == ["ModelConfig.npid_noise = 400"]  # < N of 4k images
+    assert runs["npid_nce"].bindings == ["MethodConfig.npid_noise = 400"]  # < N of 4k images
     # rows are the shipped gin/ablations files, not strings repeating them
     for name, gin in (("no_head", "no_head"), ("no_prior", "no_prior"),
                       ("no_smoothing", "no_smoothing"), ("sampled_1024", "sampled")):
@@ -337,12 +338,14 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
     from tf_instcls.training import loop
 
     configs = dict(data=loop.DataConfig(image_size=16),
-                   model=loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False,
-                                          method="npid", npid_noise=64, temperature=0.07),
+                   model=loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False),
+                   method=loop.MethodConfig(name="npid", npid_noise=64, temperature=0.07,
+                                            smoothing=0.0),
+                   classifier=loop.ClassifierConfig(init_mode="gaussian"),
+                   monitor=loop.MonitorConfig(k=10),
                    optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.03))
-    assert configs["model"].npid_z_estimate == "step"
-    train = loop.TrainConfig(epochs=1, batch_size=128, verbose=0, smoothing=0.0,
-                             init_mode="gaussian", knn_k=10, log_steps=True)
+    assert configs["method"].npid_z_estimate == "step"
+    train = loop.TrainConfig(epochs=1, batch_size=128, verbose=0, log_steps=True)
     mesh = parallel.build_mesh(1)
     logs = pretrain.run_pretraining(str(tmp_path), **configs, train=train, mesh=mesh)
     steps = [json.loads(line)["loss"] for line in open(tmp_path / "steps.jsonl")]

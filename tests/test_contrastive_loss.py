@@ -72,12 +72,13 @@ def test_simclr_trains_without_w_and_resumes(tmp_path):
     mesh = parallel.build_mesh(2)
     configs = dict(data=loop.DataConfig(image_size=16),
                    model=loop.ModelConfig(backbone_width=4, embedding_dim=16,
-                                          head_hidden_dim=16, method="simclr",
-                                          temperature=0.5),
+                                          head_hidden_dim=16),
+                   method=loop.MethodConfig(name="simclr", temperature=0.5, smoothing=0.0),
+                   classifier=loop.ClassifierConfig(init_mode="gaussian"),
+                   monitor=loop.MonitorConfig(k=10),
                    optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.06,
                                           base_batch_size=128))
-    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, smoothing=0.0,
-                             init_mode="gaussian", knn_k=10, log_steps=True)
+    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, log_steps=True)
     model_dir = str(tmp_path / "simclr")
     logs = pretrain.run_pretraining(model_dir, **configs, train=train, mesh=mesh)
     import json

@@ -216,7 +216,7 @@ def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
         data=loop.DataConfig(dataset="synthetic:320:16:4", image_size=16),
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
-        train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0, num_hard_negatives=8,
-                               knn_k=10))
+        train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
+        method=loop.MethodConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
     logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
     assert logs["step"] == 4 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100

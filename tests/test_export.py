@@ -35,7 +35,7 @@ def run(tiny_run, tmp_path_factory):
     """The tiny run exported; the in-memory encoder's outputs on the mesh."""
     model_dir, c = tiny_run
     mesh = parallel.build_mesh(2)
-    state = loop.build_state(model_dir, c["data"], c["model"], c["optim"], c["train"], mesh)
+    state = loop.build_state(model_dir, **c, mesh=mesh)
     images = _odd_sized_images()
     source = ImageSource(name="odd", num_images=len(images), image_size=(23, 29),
                          images=images)

@@ -26,13 +26,15 @@ TINY = dict(
     data=loop.DataConfig(image_size=16),
     model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
     optim=loop.OptimConfig(warmup_epochs=0),
+    method=loop.MethodConfig(num_hard_negatives=8),
+    monitor=loop.MonitorConfig(every_epochs=0),
 )
-TRAIN = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, num_hard_negatives=8,
-                         checkpoint_every_steps=1, knn_every_epochs=0)
+TRAIN = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, checkpoint_every_steps=1)
+SKIP = loop.FaultConfig(nonfinite="skip")
 CLI_TINY = ["--gin_bindings=DataConfig.image_size = 16",
             "--gin_bindings=ModelConfig.backbone_width = 8",
             "--gin_bindings=ModelConfig.head_hidden_dim = 32",
-            "--gin_bindings=TrainConfig.knn_every_epochs = 0",
+            "--gin_bindings=MonitorConfig.every_epochs = 0",
             "--gin_bindings=TrainConfig.checkpoint_every_steps = 1",
             "--batch_size=64"]
 
@@ -113,9 +115,8 @@ def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
 
 def test_nonfinite_skip_mode_skips_the_step_and_goes_on(tmp_path):
     mesh = parallel.build_mesh(2)
-    train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip"})
-    logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
-                                callbacks=[InjectNaN(at=2, heal=True)])
+    logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh,
+                                    callbacks=[InjectNaN(at=2, heal=True)], fault=SKIP)
     assert logs["step"] == 5 and np.isfinite(logs["loss"])
     w = tf.train.load_checkpoint(str(tmp_path / "checkpoints" / "ckpt-5")).get_tensor(
         checkpoints.W_KEY)
@@ -148,10 +149,11 @@ def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_p
     from tf_instcls.eval.analysis import read_metrics
 
     mesh = parallel.build_mesh(2)
-    train = loop.TrainConfig(**{**TRAIN.__dict__, "nonfinite": "skip", "epochs": 3,
-                                "max_consecutive_skips": 20})
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 3})
     logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=train, mesh=mesh,
-                                callbacks=[PoisonEpoch(1)])
+                                    callbacks=[PoisonEpoch(1)],
+                                    fault=loop.FaultConfig(nonfinite="skip",
+                                                           max_consecutive_skips=20))
     records = {r["epoch"]: r for r in read_metrics(str(tmp_path))}
     assert np.isfinite(records[0]["loss"]) and "skipped_steps" not in records[0]
     assert "loss" not in records[1] and "instance_acc" not in records[1]  # not 0.0
@@ -179,13 +181,14 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
 
 
 def test_bad_config_values_fail_before_any_work(tmp_path):
-    bad = dict(TINY, model=loop.ModelConfig(classifier_layout="rows", temperature=0))
-    with pytest.raises(ValueError, match="classifier_layout.*temperature must be > 0"):
+    bad = dict(TINY, classifier=loop.ClassifierConfig(layout="rows"),
+               method=loop.MethodConfig(temperature=0))
+    with pytest.raises(ValueError, match="ClassifierConfig.layout.*temperature must be > 0"):
         loop.build_state(str(tmp_path / "x"), **bad, train=TRAIN, mesh=parallel.build_mesh(1))
     assert not os.path.exists(tmp_path / "x")
-    with pytest.raises(ValueError, match="nonfinite must be"):
+    with pytest.raises(ValueError, match="FaultConfig.nonfinite must be"):
         loop.validate_configs(TINY["data"], TINY["model"], TINY["optim"],
-                              loop.TrainConfig(nonfinite="ignore"))
+                              fault=loop.FaultConfig(nonfinite="ignore"))
 
 
 @pytest.mark.slow
@@ -249,7 +252,7 @@ def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
          *[f"--gin_bindings={b}" for b in (
              "DataConfig.image_size = 16", "ModelConfig.backbone_width = 8",
              "ModelConfig.head_hidden_dim = 32", "TrainConfig.epochs = 2",
-             "TrainConfig.batch_size = 64", "TrainConfig.knn_every_epochs = 0")]],
+             "TrainConfig.batch_size = 64", "MonitorConfig.every_epochs = 0")]],
         env=subprocess_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.load(open(tmp_path / "soak.json"))

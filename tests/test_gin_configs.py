@@ -1,5 +1,6 @@
 """Every gin config parses and finalizes (with tiny overrides), and bad bindings fail."""
 
+import dataclasses
 import glob
 import os
 
@@ -20,22 +21,23 @@ def _parse(files, bindings=()):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
 def test_config_parses_with_tiny_overrides(path):
-    data, model, optim, train = _parse([path], ["TrainConfig.epochs = 1",
-                                                "TrainConfig.batch_size = 8"])
+    config = _parse([path], ["TrainConfig.epochs = 1", "TrainConfig.batch_size = 8"])
+    data, model, optim, train = config.data, config.model, config.optim, config.train
     assert train.epochs == 1 and train.batch_size == 8
     assert optim.momentum == 0.9
     # the paper's D = 128, except the scale runs' (issue 15: the classifier dominates)
     assert model.embedding_dim == (32 if os.path.basename(path) == "scale_synthetic.gin"
                                    else 128)
     if os.path.basename(path) == "cifar10_subset_npz.gin":  # issue 14's small-data recipe
-        assert model.temperature == 0.1 and optim.weight_decay == 5e-4
+        assert config.method.temperature == 0.1 and optim.weight_decay == 5e-4
     else:  # the paper's values
-        assert model.temperature == 0.15 and optim.weight_decay == 1e-4
+        assert config.method.temperature == 0.15 and optim.weight_decay == 1e-4
     assert data.dataset
 
 
 def test_imagenet_config_is_the_papers_recipe():
-    data, model, optim, train = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    config = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    data, model, optim, train = config.data, config.model, config.optim, config.train
     assert model.backbone == "resnet50" and train.batch_size == 4096
     assert optim.base_learning_rate == 0.48 and optim.warmup_epochs == 10
     assert data.crop_scale == (0.08, 1.0) and data.blur_prob == 0.5 and data.image_size == 224
@@ -46,42 +48,63 @@ def test_unknown_binding_fails():
         _parse([os.path.join(GIN_DIR, "digits.gin")], ["TrainConfig.epochz = 3"])
 
 
+def test_a_binding_renamed_by_the_split_fails_with_its_new_name(tmp_path):
+    """The configs were split by owner: a user's old binding (flag or gin file) fails and
+    the error names the new one."""
+    digits = os.path.join(GIN_DIR, "digits.gin")
+    with pytest.raises(ValueError, match=r"renamed.*TrainConfig.knn_every_epochs -> "
+                                         r"MonitorConfig.every_epochs"):
+        _parse([digits], ["TrainConfig.knn_every_epochs = 0"])
+    old = tmp_path / "old.gin"
+    old.write_text("ModelConfig.method = 'npid'\nTrainConfig.smoothing = 0.0\n")
+    with pytest.raises(ValueError, match=r"ModelConfig.method -> MethodConfig.name \(in "
+                                         r".*old.gin\).*TrainConfig.smoothing -> "
+                                         r"MethodConfig.smoothing"):
+        _parse([digits, str(old)])
+    config = _parse([digits], ["MonitorConfig.every_epochs = 0", "MethodConfig.name = 'npid'"])
+    assert config.monitor.every_epochs == 0 and config.method.name == "npid"
+    assert config.model.backbone == "convnet_small"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.method.name = "full"  # each part is frozen
+
+
 ABLATIONS = sorted(glob.glob(os.path.join(GIN_DIR, "ablations", "*.gin")))
 
 
 @pytest.mark.parametrize("path", ABLATIONS, ids=os.path.basename)
 def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
-    data, model, optim, train = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin"), path])
-    loop.validate_configs(data, model, optim, train)
+    config = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin"), path])
+    loop.validate(config)
+    model, method, optim = config.model, config.method, config.optim
     name = os.path.basename(path)
     if name == "npid.gin":
-        assert model.method == "npid" and model.npid_noise == 4096 and not model.use_head
-        assert model.temperature == 0.07 and train.init_mode == "gaussian"
+        assert method.name == "npid" and method.npid_noise == 4096 and not model.use_head
+        assert method.temperature == 0.07 and config.classifier.init_mode == "gaussian"
     if name == "sampled.gin":
-        assert model.method == "sampled" and model.num_sampled == 1024
+        assert method.name == "sampled" and method.num_sampled == 1024
     if name == "no_head.gin":
         assert not model.use_head
     if name == "simclr.gin":
-        assert model.method == "simclr" and model.temperature == 0.5
-        assert train.smoothing == 0 and optim.base_learning_rate == 0.06
+        assert method.name == "simclr" and method.temperature == 0.5
+        assert method.smoothing == 0 and optim.base_learning_rate == 0.06
 
 
 def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
     """The CIFAR-subset recipe moves W (unit-norm rows, own lr and decay); the paper's
     ImageNet config keeps the single optimizer and free W."""
-    _, model, optim, _ = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")])
-    assert model.unit_norm_classifier and optim.classifier_lr_scale == 128.0
-    assert optim.classifier_weight_decay == 0.0
-    _, model, optim, _ = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
-    assert not model.unit_norm_classifier and optim.classifier_lr_scale == 1.0
-    assert optim.classifier_weight_decay is None and model.temperature == 0.15
+    config = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")])
+    assert config.classifier.unit_norm and config.optim.classifier_lr_scale == 128.0
+    assert config.optim.classifier_weight_decay == 0.0
+    config = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    assert not config.classifier.unit_norm and config.optim.classifier_lr_scale == 1.0
+    assert config.optim.classifier_weight_decay is None and config.method.temperature == 0.15
 
 
 def test_sampled_with_smoothing_is_refused():
-    data, model, optim, train = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
-                                       ["ModelConfig.method = 'sampled'"])
+    config = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
+                    ["MethodConfig.name = 'sampled'"])
     with pytest.raises(ValueError, match="has no label smoothing"):
-        loop.validate_configs(data, model, optim, train)
+        loop.validate(config)
 
 
 def test_every_augmentation_value_is_settable_from_gin_and_defaults_follow_the_size():
@@ -90,9 +113,9 @@ def test_every_augmentation_value_is_settable_from_gin_and_defaults_follow_the_s
     from tf_instcls import data as data_lib
     from tf_instcls.data import augment as augment_lib
 
-    data, *_ = _parse([os.path.join(GIN_DIR, "digits.gin")],
+    data = _parse([os.path.join(GIN_DIR, "digits.gin")],
                       ["DataConfig.jitter_prob = 0.0", "DataConfig.grayscale_prob = 1.0",
-                       "DataConfig.jitter_strength = (0.1, 0.2, 0.3, 0.05)"])
+                       "DataConfig.jitter_strength = (0.1, 0.2, 0.3, 0.05)"]).data
     augment = data.augment_config()
     assert augment.grayscale_prob == 1.0 and augment.jitter_prob == 0.0
     assert augment.jitter_strength == (0.1, 0.2, 0.3, 0.05)
@@ -110,14 +133,14 @@ def test_every_augmentation_value_is_settable_from_gin_and_defaults_follow_the_s
 def test_bad_augmentation_values_fail_in_validation_with_the_field_named():
     bad = loop.DataConfig(jitter_strength=(0.4, 0.4, 0.4, 0.9))  # hue beyond 0.5
     with pytest.raises(ValueError, match=r"DataConfig augmentation: jitter_strength must be"):
-        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+        loop.validate_configs(bad)
     bad = loop.DataConfig(jitter_strength=(0.4, 0.4, 0.4))  # three values: the wrong type
     with pytest.raises(ValueError, match=r"wrong type.*DataConfig.jitter_strength must be "
                                          r"tuple\[float, float, float, float\] \| None"):
-        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+        loop.validate_configs(bad)
     bad = loop.DataConfig(grayscale_prob=1.5)
     with pytest.raises(ValueError, match=r"grayscale_prob must be in \[0, 1\]"):
-        loop.validate_configs(bad, loop.ModelConfig(), loop.OptimConfig(), loop.TrainConfig())
+        loop.validate_configs(bad)
 
 
 def test_an_include_found_on_the_search_path_logs_no_error(caplog):

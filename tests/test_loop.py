@@ -44,11 +44,12 @@ class Recorder(keras.callbacks.Callback):
 @pytest.mark.slow
 def test_run_pretraining_drives_user_callbacks_and_refuses_other_configs(tmp_path):
     mesh = parallel.build_mesh(2)
-    train = loop.TrainConfig(epochs=1, batch_size=256, knn_k=10, verbose=0)
+    train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0)
+    monitor = loop.MonitorConfig(k=10)
     recorder = Recorder()
 
     logs = pretrain.run_pretraining(str(tmp_path), TINY["data"], TINY["model"], TINY["optim"],
-                                train, mesh, callbacks=[recorder])
+                                train, mesh, callbacks=[recorder], monitor=monitor)
     steps = 1527 // 256
     assert recorder.events == (["train_begin", "epoch_begin:0"] + ["batch"] * steps
                                + ["epoch_end:0", "train_end"])

@@ -48,12 +48,13 @@ def test_a_new_method_is_one_class_and_one_registry_entry(tmp_path, monkeypatch)
     mesh = parallel.build_mesh(2)
     configs = dict(
         data=loop.DataConfig(dataset="synthetic:128:16", image_size=16),
-        model=loop.ModelConfig(method="align", backbone_width=4, embedding_dim=8,
-                               head_hidden_dim=16),
+        model=loop.ModelConfig(backbone_width=4, embedding_dim=8, head_hidden_dim=16),
+        method=loop.MethodConfig(name="align", smoothing=0.0),
+        classifier=loop.ClassifierConfig(init_mode="gaussian"),
+        monitor=loop.MonitorConfig(every_epochs=0),
         optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
     )
-    train = loop.TrainConfig(epochs=2, batch_size=32, verbose=0, smoothing=0.0,
-                             init_mode="gaussian", knn_every_epochs=0)
+    train = loop.TrainConfig(epochs=2, batch_size=32, verbose=0)
     logs = pretrain.run_pretraining(str(tmp_path / "run"), **configs, train=train, mesh=mesh)
     assert logs["step"] == 8 and np.isfinite(logs["loss"]) and logs["loss"] < 1.0
     # its state went into the checkpoint, through the method, and comes back on resume

@@ -114,9 +114,10 @@ def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypa
         model=loop.ModelConfig(backbone="tiny_mlp", backbone_width=8, embedding_dim=8,
                                head_hidden_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
+        method=loop.MethodConfig(num_hard_negatives=4),
+        monitor=loop.MonitorConfig(every_epochs=0),
     )
-    train = loop.TrainConfig(epochs=1, batch_size=16, verbose=0, knn_every_epochs=0,
-                             num_hard_negatives=4)
+    train = loop.TrainConfig(epochs=1, batch_size=16, verbose=0)
     logs = pretrain.run_pretraining(str(tmp_path / "run"), **configs, train=train,
                                     mesh=parallel.build_mesh(2))
     assert logs["step"] == 4 and np.isfinite(logs["loss"])
@@ -150,8 +151,9 @@ def test_head_output_bn_centres_the_embeddings_and_the_run_restores_it(tmp_path)
         model=loop.ModelConfig(backbone="convnet_small", backbone_width=4, embedding_dim=8,
                                head_hidden_dim=16, head_output_bn=True),
         optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
-        train=loop.TrainConfig(epochs=1, batch_size=16, verbose=0, knn_every_epochs=0,
-                               num_hard_negatives=4),
+        train=loop.TrainConfig(epochs=1, batch_size=16, verbose=0),
+        method=loop.MethodConfig(num_hard_negatives=4),
+        monitor=loop.MonitorConfig(every_epochs=0),
     )
     mesh = parallel.build_mesh(2)
     model_dir = str(tmp_path / "run")
@@ -168,4 +170,4 @@ def test_head_output_bn_centres_the_embeddings_and_the_run_restores_it(tmp_path)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="head_output_bn = True needs the MLP head"):
         loop.validate_configs(configs["data"], loop.ModelConfig(use_head=False,
-                              head_output_bn=True), configs["optim"], configs["train"])
+                              head_output_bn=True))

@@ -68,7 +68,7 @@ TRAIN_TINY = ["--gin_bindings=DataConfig.image_size = 16",
               "--gin_bindings=ModelConfig.head_hidden_dim = 32",
               "--gin_bindings=TrainConfig.deterministic = True",
               "--gin_bindings=TrainConfig.log_steps = True",
-              "--gin_bindings=TrainConfig.knn_k = 20",
+              "--gin_bindings=MonitorConfig.k = 20",
               "--batch_size=64"]
 
 
@@ -140,7 +140,7 @@ def test_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
 
     model_dir = tmp_path / "run"
     extra = ["--epochs=20", "--gin_bindings=TrainConfig.checkpoint_every_steps = 5",
-             "--gin_bindings=TrainConfig.knn_every_epochs = 0"]
+             "--gin_bindings=MonitorConfig.every_epochs = 0"]
     procs = _start_train_clients(model_dir, extra)
     deadline = time.time() + 300
     while time.time() < deadline and not glob.glob(str(model_dir / "checkpoints" / "*.index")):
@@ -159,7 +159,7 @@ def test_dead_worker_stops_the_survivor_and_a_restart_resumes(tmp_path):
     assert "WorkerLostError" in stderr and "lost contact with another process" in stderr
     latest = checkpoints.newest_valid(str(model_dir / "checkpoints"), move_damaged=False)
     checkpoints.verify(latest)
-    no_knn = "--gin_bindings=TrainConfig.knn_every_epochs = 0"
+    no_knn = "--gin_bindings=MonitorConfig.every_epochs = 0"
     outs = _finish(_start_train_clients(model_dir, ["--epochs=2", no_knn]))
     for stdout, stderr in outs:
         assert "resumed from" in stdout and "done" in stdout, stderr[-3000:]

@@ -22,8 +22,9 @@ def written(tmp_path_factory):
         data=loop.DataConfig(dataset=f"npz:{root / 'data.npz'}", image_size=16),
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=8),
         optim=loop.OptimConfig(warmup_epochs=0),
-        train=loop.TrainConfig(epochs=1, batch_size=24, verbose=0, num_hard_negatives=4,
-                               knn_every_epochs=0),
+        train=loop.TrainConfig(epochs=1, batch_size=24, verbose=0),
+        method=loop.MethodConfig(num_hard_negatives=4),
+        monitor=loop.MonitorConfig(every_epochs=0),
     )
     model_dir = root / "t4"
     pretrain.run_pretraining(str(model_dir), **configs, mesh=parallel.build_mesh(4))
@@ -47,9 +48,8 @@ def _snapshot(state):
 
 
 def _load(model_dir, configs, mesh, layout="sharded"):
-    model = loop.ModelConfig(**{**configs["model"].__dict__, "classifier_layout": layout})
-    return loop.build_state(str(model_dir), configs["data"], model, configs["optim"],
-                            configs["train"], mesh)
+    return loop.build_state(str(model_dir), **{**configs, "classifier":
+                            loop.ClassifierConfig(layout=layout)}, mesh=mesh)
 
 
 @pytest.mark.slow
@@ -74,7 +74,7 @@ def test_restore_on_another_device_count_or_layout(written, tmp_path, devices, l
     assert not padded[N:].any()  # new padding rows are zero
     # and training goes on from there on the new mesh
     train = loop.TrainConfig(**{**configs["train"].__dict__, "epochs": 2})
-    model = loop.ModelConfig(**{**configs["model"].__dict__, "classifier_layout": layout})
-    logs = pretrain.run_pretraining(str(copy), configs["data"], model, configs["optim"], train,
-                                parallel.build_mesh(devices))
+    logs = pretrain.run_pretraining(str(copy), **{**configs, "train": train, "classifier":
+                                    loop.ClassifierConfig(layout=layout)},
+                                    mesh=parallel.build_mesh(devices))
     assert logs["step"] == 2 and np.isfinite(logs["loss"])

@@ -15,10 +15,12 @@ CONFIGS = dict(
     model=loop.ModelConfig(backbone="convnet_small", backbone_width=4, head_hidden_dim=16,
                            embedding_dim=16),
     optim=loop.OptimConfig(warmup_epochs=0),
+    method=loop.MethodConfig(num_hard_negatives=8),
+    monitor=loop.MonitorConfig(every_epochs=0),
 )
 # 600 images at batch 128: 4 steps an epoch, 3 epochs = 12 steps
-TRAIN = loop.TrainConfig(epochs=3, batch_size=128, verbose=0, num_hard_negatives=8,
-                         knn_every_epochs=0, log_steps=True, deterministic=True)
+TRAIN = loop.TrainConfig(epochs=3, batch_size=128, verbose=0, log_steps=True,
+                         deterministic=True)
 
 
 def _losses(model_dir):
@@ -63,12 +65,12 @@ def test_max_steps_stops_inside_an_epoch_and_the_rerun_continues_exactly(tmp_pat
 def test_stages_record_time_memory_and_bytes_of_every_stage(tmp_path):
     mesh = parallel.build_mesh(2)
     model_dir = str(tmp_path / "run")
-    train = _with(TRAIN, epochs=2, knn_every_epochs=1, max_steps=6)
+    train = _with(TRAIN, epochs=2, max_steps=6)
     # labelled (id % 4): 512 to train (4 steps an epoch), 128 held out for the kNN monitor
     data = _with(CONFIGS["data"], dataset="synthetic:640:16:4", holdout_fraction=0.2)
-    pretrain.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"], train, mesh)
-    pretrain.run_pretraining(model_dir, data, CONFIGS["model"], CONFIGS["optim"],
-                         _with(train, max_steps=0), mesh)
+    configs = {**CONFIGS, "data": data, "monitor": loop.MonitorConfig(every_epochs=1)}
+    pretrain.run_pretraining(model_dir, **configs, train=train, mesh=mesh)
+    pretrain.run_pretraining(model_dir, **configs, train=_with(train, max_steps=0), mesh=mesh)
     records = stages.read(model_dir)
     names = [r["stage"] for r in records]
     # first process: startup, the prior, kNN at init, mining, steps, checkpoints, a stop

@@ -20,7 +20,7 @@ TINY = [
     "--gin_bindings=TrainConfig.deterministic = True",
     "--gin_bindings=TrainConfig.log_steps = True",
     "--gin_bindings=TrainConfig.checkpoint_every_steps = 5",
-    "--gin_bindings=TrainConfig.knn_k = 20",
+    "--gin_bindings=MonitorConfig.k = 20",
     "--epochs=2", "--batch_size=64", "--virtual_devices=2",
 ]
 

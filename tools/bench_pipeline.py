@@ -44,13 +44,14 @@ def main(argv):
     from tf_instcls.training import loop
     from tf_instcls.training.step import make_train_step
 
-    data, model, optim, train = common.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    config = common.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    data, model, train = config.data, config.model, config.train
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)
     # A fresh model_dir: a shared one would hold another config's run (refused) or a
     # checkpoint of this one (silently restored).
-    state = loop.build_state(tempfile.mkdtemp(prefix="bench_pipeline_"), data, model, optim,
-                             train, mesh)
+    state = loop.build_state(tempfile.mkdtemp(prefix="bench_pipeline_"), config=config,
+                             mesh=mesh)
     augment = data.augment_config()
     dataset = data_lib.make_train_dataset(state.train_source, augment,
                                           global_batch_size=train.batch_size, epoch=0,

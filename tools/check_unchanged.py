@@ -61,14 +61,14 @@ def _cases() -> dict:
         "digits": digits + ["--epochs=3"],
         "cifar_eq3": ["--gin_file=gin/cifar10_subset_npz.gin", f"--dataset=npz:{FLAGS.cifar}",
                       "--virtual_devices=4", "--epochs=2",
-                      "--gin_bindings=TrainConfig.knn_every_epochs = 0"],
+                      "--gin_bindings=MonitorConfig.every_epochs = 0"],
         "padded_eq3": ["--gin_file=gin/scale_synthetic.gin", "--dataset=synthetic:1026:16",
                        "--virtual_devices=4", "--epochs=2",
                        "--gin_bindings=TrainConfig.batch_size = 64"],
         "npid": digits + ["--gin_file=gin/ablations/npid.gin", "--epochs=2",
-                          "--gin_bindings=ModelConfig.npid_noise = 400"],
+                          "--gin_bindings=MethodConfig.npid_noise = 400"],
         "sampled": digits + ["--gin_file=gin/ablations/sampled.gin", "--epochs=2",
-                             "--gin_bindings=ModelConfig.num_sampled = 256"],
+                             "--gin_bindings=MethodConfig.num_sampled = 256"],
         "simclr": digits + ["--gin_file=gin/ablations/simclr.gin", "--epochs=2"],
     }
 
@@ -110,10 +110,27 @@ def _eval_tools(dirs: list, work: str) -> dict:
     return out
 
 
+def _for_checkout(code_dir: str, args: list) -> list:
+    """``args`` in the binding names of ``code_dir``: a checkout from before the configs
+    were split by owner (no tf_instcls/training/config.py) gets the old names back."""
+    if os.path.exists(os.path.join(code_dir, "tf_instcls", "training", "config.py")):
+        return list(args)
+    from tf_instcls.training.config import RENAMED
+
+    old_names = {new: old for old, new in RENAMED.items()}
+    out = []
+    for arg in args:
+        if arg.startswith("--gin_bindings="):
+            name, _, value = arg[len("--gin_bindings="):].partition("=")
+            arg = f"--gin_bindings={old_names.get(name.strip(), name.strip())} ={value}"
+        out.append(arg)
+    return out
+
+
 def _run(code_dir: str, args: list, model_dir: str) -> list:
     env = dict(os.environ, PYTHONPATH=code_dir, TF_CPP_MIN_LOG_LEVEL="2")
     cmd = [sys.executable, os.path.join(code_dir, "tools", "train.py"),
-           f"--model_dir={model_dir}", *args,
+           f"--model_dir={model_dir}", *_for_checkout(code_dir, args),
            "--gin_bindings=TrainConfig.deterministic = True",
            "--gin_bindings=TrainConfig.log_steps = True"]
     out = subprocess.run(cmd, cwd=code_dir, env=env, capture_output=True, text=True)

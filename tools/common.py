@@ -3,7 +3,9 @@ analyze): which model, which data, which mesh, where results go."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 
 from absl import app, flags
 
@@ -133,28 +135,39 @@ def _splits(model):
 
 
 # -- gin, at the edge: the library never imports it ------------------------------------
-def gin_config_classes():
-    """Registers the four config dataclasses with gin (once); returns the configurables.
-
-    The returned callables (not the plain classes) read the gin bindings.
-    """
+def gin_config_classes() -> dict:
+    """Registers the run's config dataclasses with gin (once); returns
+    {RunConfig field: configurable}. The configurables (not the plain classes) read
+    the gin bindings."""
     import gin
-    from tf_instcls.training import loop
+    from tf_instcls.training import config
 
     registered = getattr(gin_config_classes, "_done", None)
     if registered is None:
-        registered = tuple(gin.external_configurable(getattr(loop, name), name=name)
-                           for name in loop.CONFIG_CLASSES)
+        fields = [f.name for f in dataclasses.fields(config.RunConfig)]
+        registered = {field: gin.external_configurable(getattr(config, name), name=name)
+                      for field, name in zip(fields, config.CONFIG_CLASSES)}
         gin_config_classes._done = registered
     return registered
 
 
-def configs_from_gin(files, bindings=(), *, search_path: str | None = GIN_DIR) -> tuple:
-    """Parses and finalizes gin ``files`` + ``bindings``; returns
-    (DataConfig, ModelConfig, OptimConfig, TrainConfig) built from them."""
+def renamed_bindings(text: str) -> list[str]:
+    """The renamed bindings (``training.config.RENAMED``) that ``text`` (a gin file or
+    binding) uses, each as "old -> new"."""
+    from tf_instcls.training.config import RENAMED
+
+    return [f"{old} -> {new}" for old, new in RENAMED.items()
+            if re.search(rf"(^|[^\w.]){re.escape(old)}\s*=", text, re.MULTILINE)]
+
+
+def configs_from_gin(files, bindings=(), *, search_path: str | None = GIN_DIR):
+    """Parses and finalizes gin ``files`` + ``bindings``; returns the
+    ``training.config.RunConfig`` built from them. A binding renamed when the configs
+    were split by owner fails with its new name."""
     import logging as std_logging
 
     import gin
+    from tf_instcls.training.config import RunConfig
 
     if search_path:
         gin.add_config_file_search_path(search_path)
@@ -168,9 +181,21 @@ def configs_from_gin(files, bindings=(), *, search_path: str | None = GIN_DIR) -
     root_logger.addFilter(probe)
     try:
         gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=True)
+    except ValueError as err:
+        old = renamed_bindings("\n".join(bindings))
+        for path in files:
+            for candidate in (path, os.path.join(search_path or "", path)):
+                if os.path.isfile(candidate):
+                    with open(candidate) as f:
+                        old += [f"{o} (in {path})" for o in renamed_bindings(f.read())]
+                    break
+        if not old:
+            raise
+        raise ValueError(f"{err}\nThese bindings were renamed when the configs were split by "
+                         "owner (WORKSPACE.md, 'Configuration'): " + "; ".join(old)) from None
     finally:
         root_logger.removeFilter(probe)
-    return tuple(make() for make in configurables)
+    return RunConfig(**{field: make() for field, make in configurables.items()})
 
 
 class _GinProbeFilter:

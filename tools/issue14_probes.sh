@@ -16,11 +16,11 @@ out=${1:?usage: issue14_probes.sh OUT_DIR [PROBE ...]}
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
 # the recipe before issue 14: tau 0.15, the paper's single optimizer, lr 1.0 / 256
-paper=("ModelConfig.temperature = 0.15" "ModelConfig.unit_norm_classifier = False"
+paper=("MethodConfig.temperature = 0.15" "ClassifierConfig.unit_norm = False"
        "OptimConfig.classifier_lr_scale = 1.0" "OptimConfig.classifier_weight_decay = None"
        "OptimConfig.base_learning_rate = 1.0" "OptimConfig.weight_decay = 1e-4"
-       "TrainConfig.knn_every_epochs = 1")
-unit=("${paper[@]}" "ModelConfig.unit_norm_classifier = True")
+       "MonitorConfig.every_epochs = 1")
+unit=("${paper[@]}" "ClassifierConfig.unit_norm = True")
 # unit-norm W, lr 0.03 at batch 128, weight decay 5e-4, W lr x 133, W not decayed
 tracked=("${unit[@]}" "OptimConfig.base_learning_rate = 0.06"
          "OptimConfig.weight_decay = 5e-4" "OptimConfig.classifier_lr_scale = 133.0"
@@ -31,30 +31,30 @@ declare -A probes=(
   [unit_w_lrx8_10ep]="10|unit|OptimConfig.classifier_lr_scale = 8.0"
   [unit_w_lr003_wx133_10ep]="10|tracked"
   [simclr_lr05_10ep]="10|simclr_paper"
-  [unit_w_lr003_wx133_50ep]="50|tracked|TrainConfig.knn_every_epochs = 5"
-  [simclr_lightly_50ep]="50|simclr|TrainConfig.knn_every_epochs = 5"
-  [q25_base]="25|tracked|TrainConfig.knn_every_epochs = 25"
-  [q25_a04]="25|tracked|TrainConfig.knn_every_epochs = 25|TrainConfig.smoothing = 0.4"
-  [q25_t01]="25|tracked|TrainConfig.knn_every_epochs = 25|ModelConfig.temperature = 0.1"
-  [q25_s33]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.classifier_lr_scale = 33.0"
-  [q25_lr2]="25|tracked|TrainConfig.knn_every_epochs = 25|OptimConfig.base_learning_rate = 0.12"
+  [unit_w_lr003_wx133_50ep]="50|tracked|MonitorConfig.every_epochs = 5"
+  [simclr_lightly_50ep]="50|simclr|MonitorConfig.every_epochs = 5"
+  [q25_base]="25|tracked|MonitorConfig.every_epochs = 25"
+  [q25_a04]="25|tracked|MonitorConfig.every_epochs = 25|MethodConfig.smoothing = 0.4"
+  [q25_t01]="25|tracked|MonitorConfig.every_epochs = 25|MethodConfig.temperature = 0.1"
+  [q25_s33]="25|tracked|MonitorConfig.every_epochs = 25|OptimConfig.classifier_lr_scale = 33.0"
+  [q25_lr2]="25|tracked|MonitorConfig.every_epochs = 25|OptimConfig.base_learning_rate = 0.12"
   # m ~ N: these ran with npid.gin's m = 4096 before m < N (4,068) was enforced
-  [npid_nce_first_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'|ModelConfig.npid_noise = 4067"
-  [npid_nce_epoch_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 4067"
-  [npid_nce_step_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 4067"
+  [npid_nce_first_8ep]="8|npid|MethodConfig.npid_z_estimate = 'first'|MethodConfig.npid_noise = 4067"
+  [npid_nce_epoch_8ep]="8|npid|MethodConfig.npid_z_estimate = 'epoch'|MethodConfig.npid_noise = 4067"
+  [npid_nce_step_8ep]="8|npid|MethodConfig.npid_z_estimate = 'step'|MethodConfig.npid_noise = 4067"
   # m = 400: NPID's m / N (4096 / 50,000 on CIFAR-10) is about 8%; 400 / 4,068 is 10%
-  [npid_nce_step_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 400"
-  [npid_nce_first_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'first'|ModelConfig.npid_noise = 400"
-  [npid_full_8ep]="8|npid|ModelConfig.npid_noise = 0"
-  [npid_nce_m400_8ep]="8|npid|ModelConfig.npid_z_estimate = 'epoch'|ModelConfig.npid_noise = 400"
-  [npid_nce_step_30ep]="30|npid|ModelConfig.npid_z_estimate = 'step'|ModelConfig.npid_noise = 400|TrainConfig.knn_every_epochs = 5"
-  [npid_full_30ep]="30|npid|ModelConfig.npid_noise = 0|TrainConfig.knn_every_epochs = 5"
+  [npid_nce_step_m400_8ep]="8|npid|MethodConfig.npid_z_estimate = 'step'|MethodConfig.npid_noise = 400"
+  [npid_nce_first_m400_8ep]="8|npid|MethodConfig.npid_z_estimate = 'first'|MethodConfig.npid_noise = 400"
+  [npid_full_8ep]="8|npid|MethodConfig.npid_noise = 0"
+  [npid_nce_m400_8ep]="8|npid|MethodConfig.npid_z_estimate = 'epoch'|MethodConfig.npid_noise = 400"
+  [npid_nce_step_30ep]="30|npid|MethodConfig.npid_z_estimate = 'step'|MethodConfig.npid_noise = 400|MonitorConfig.every_epochs = 5"
+  [npid_full_30ep]="30|npid|MethodConfig.npid_noise = 0|MonitorConfig.every_epochs = 5"
   # the recipe as it is (8-100% crops), its early epochs: the loss rises above log N
   # after the warm-up epoch (session of 2026-11-30, fourth)
-  [r12_base]="12|recipe|TrainConfig.knn_every_epochs = 4"
-  [r12_nosmooth]="12|recipe|TrainConfig.knn_every_epochs = 4|TrainConfig.smoothing = 0.0"
-  [r12_warm5]="12|recipe|TrainConfig.knn_every_epochs = 4|OptimConfig.warmup_epochs = 5"
-  [r12_headbn]="12|recipe|TrainConfig.knn_every_epochs = 4|ModelConfig.head_output_bn = True"
+  [r12_base]="12|recipe|MonitorConfig.every_epochs = 4"
+  [r12_nosmooth]="12|recipe|MonitorConfig.every_epochs = 4|MethodConfig.smoothing = 0.0"
+  [r12_warm5]="12|recipe|MonitorConfig.every_epochs = 4|OptimConfig.warmup_epochs = 5"
+  [r12_headbn]="12|recipe|MonitorConfig.every_epochs = 4|ModelConfig.head_output_bn = True"
 )
 names=("$@")
 [ ${#names[@]} -eq 0 ] && names=("${!probes[@]}")
@@ -71,8 +71,8 @@ for name in "${names[@]}"; do
     simclr_paper) bindings=("${paper[@]}"); files+=(--gin_file="$root/gin/ablations/simclr.gin")
                   bindings+=("OptimConfig.base_learning_rate = 1.0" "OptimConfig.base_batch_size = 256"
                              "OptimConfig.weight_decay = 1e-4") ;;
-    simclr) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/simclr.gin") ;;
-    npid) bindings=("TrainConfig.knn_every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/npid.gin") ;;
+    simclr) bindings=("MonitorConfig.every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/simclr.gin") ;;
+    npid) bindings=("MonitorConfig.every_epochs = 1"); files+=(--gin_file="$root/gin/ablations/npid.gin") ;;
     recipe) bindings=() ;;
   esac
   bindings+=("${parts[@]:2}")

@@ -28,7 +28,7 @@ flags.DEFINE_integer("k", 100, "K hard negatives.")
 flags.DEFINE_integer("global_batch", 4096, "Instances per step (two views each).")
 flags.DEFINE_integer("backbone_params", 28_000_000, "Backbone + head parameters: "
                      "ResNet-50 without its fc (23.5M) + the 2048-2048-128 MLP head (4.5M).")
-flags.DEFINE_integer("chunk", 512, "ModelConfig.chunk_size for the chunked column: logits of "
+flags.DEFINE_integer("chunk", 512, "ClassifierConfig.chunk_size for the chunked column: logits of "
                      "this many rows at a time.")
 flags.DEFINE_integer("mining_block", 4096, "Query rows per mining block.")
 flags.DEFINE_float("gpu_tflops", 14.0, "Sustained float32 TFLOP/s of one GPU for the "

@@ -108,29 +108,29 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                 gin_files=ablation("sampled")),
             Run("npid", "NPID: memory bank, full non-parametric softmax (m = 0), t = 0.07, "
                 "linear head, NPID's lr 0.03 / 256 and wd 5e-4 (gin/ablations/npid.gin)",
-                ["ModelConfig.npid_noise = 0"], gin_files=ablation("npid")),
+                ["MethodConfig.npid_noise = 0"], gin_files=ablation("npid")),
             Run("npid_nce", f"NPID with NCE: m = {_flag('npid_noise')} noise samples, "
-                "npid.gin's Z estimate", [f"ModelConfig.npid_noise = {_flag('npid_noise')}"],
+                "npid.gin's Z estimate", [f"MethodConfig.npid_noise = {_flag('npid_noise')}"],
                 gin_files=ablation("npid")),
             Run("simclr", "SimCLR: NT-Xent over the 2B views, no W (gin/ablations/simclr.gin)",
                 [], gin_files=ablation("simclr")),
         ]
     if name == "table3":
         runs = [Run(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
-                    [f"ModelConfig.num_sampled = {2 ** p}"],
+                    [f"MethodConfig.num_sampled = {2 ** p}"],
                     gin_files=ablation("no_prior", "sampled"), reference="full")
                 for p in (10, 12, 14, 16)]
         return [Run("full", "full softmax (no prior, no smoothing)", [],
                     gin_files=ablation("no_prior", "no_smoothing")), *runs]
     if name == "table4":
         return [Run(f"{mode}_{e}ep", f"{mode} W, {e} epochs",
-                    [f"TrainConfig.init_mode = '{mode}'"], int(e),
+                    [f"ClassifierConfig.init_mode = '{mode}'"], int(e),
                     gin_files=ablation("no_smoothing"), reference=f"gaussian_{e}ep")
                 for e in (table4_epochs or _flag("table4_epochs"))
                 for mode in ("gaussian", "prior_running_bn")]
     if name == "table5":
         return [Run(f"k{k}_a{a:g}", f"K = {k}, alpha = {a:g}",
-                    [f"TrainConfig.num_hard_negatives = {k}", f"TrainConfig.smoothing = {a}"])
+                    [f"MethodConfig.num_hard_negatives = {k}", f"MethodConfig.smoothing = {a}"])
                 for k, a in ((0, 0.0), (100, 0.1), (100, 0.2), (100, 0.3), (50, 0.2),
                              (200, 0.2))]
     raise app.UsageError(f"unknown --grid {name!r}")

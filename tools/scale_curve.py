@@ -43,7 +43,7 @@ flags.DEFINE_string("runs_dir", "runs/scale_curve", "Where the runs' model_dirs 
 flags.DEFINE_multi_string("reuse", [], "N:MODEL_DIR of a finished scale run (e.g. the "
                           "million-way run of tools/run_scale.py) to take N's stages from "
                           "instead of training again; the classifier benchmark still runs.")
-flags.DEFINE_integer("large_chunk_size", 0, "ModelConfig.chunk_size for --large_ns, in the "
+flags.DEFINE_integer("large_chunk_size", 0, "ClassifierConfig.chunk_size for --large_ns, in the "
                      "run and the classifier benchmark (0: unchunked): bounds the [2B, N/T] "
                      "logits per device.", lower_bound=0)
 flags.DEFINE_string("out_dir", "results/issue15/curve", "JSON, Markdown and PNG go here.")
@@ -72,10 +72,10 @@ def measure(n: int, large: bool, reuse: str | None = None) -> dict:
     model_dir = os.path.join(FLAGS.runs_dir, f"n{n}")
     bindings = list(FLAGS.gin_bindings)
     if large:
-        bindings += ["TrainConfig.init_mode = 'gaussian'", "TrainConfig.smoothing = 0.0",
-                     "TrainConfig.num_hard_negatives = 0"]
+        bindings += ["ClassifierConfig.init_mode = 'gaussian'", "MethodConfig.smoothing = 0.0",
+                     "MethodConfig.num_hard_negatives = 0"]
         if FLAGS.large_chunk_size:
-            bindings.append(f"ModelConfig.chunk_size = {FLAGS.large_chunk_size}")
+            bindings.append(f"ClassifierConfig.chunk_size = {FLAGS.large_chunk_size}")
     train = train_command(model_dir, f"synthetic:{n}:{FLAGS.image_size}",
                           virtual_devices=FLAGS.virtual_devices, max_steps=FLAGS.max_steps,
                           batch_size=FLAGS.batch_size, gin_files=FLAGS.gin_file,

@@ -44,7 +44,6 @@ flags.DEFINE_bool("multi_client", False, "Join a DTensor multi-client run config
 
 def _parse_gin():
     import gin
-    from tf_instcls.training import loop
 
     bindings = list(FLAGS.gin_bindings)
     if FLAGS.dataset is not None:
@@ -59,27 +58,29 @@ def _parse_gin():
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")
     try:
-        configs = common.configs_from_gin(FLAGS.gin_file, bindings)
+        config = common.configs_from_gin(FLAGS.gin_file, bindings)
     except (ValueError, SyntaxError, KeyError) as err:
         raise app.UsageError(f"bad gin config or binding: {err}") from err
-    return gin, loop, configs
+    return gin, config
 
 
-def _config_block(data, model, optim, train, mesh, model_dir) -> str:
+def _config_block(config, mesh, model_dir) -> str:
     """The run's configuration in one block (the full gin config: model_dir/config.gin)."""
+    data, model, optim, train = config.data, config.model, config.optim, config.train
+    method, classifier = config.method, config.classifier
     width = f", width {model.backbone_width}" if model.backbone_width else ""
     head = f"MLP head {model.head_hidden_dim} -> {model.embedding_dim}" if model.use_head \
         else f"linear head -> {model.embedding_dim}"
-    smoothing = (f"smoothing alpha {train.smoothing}, K {train.num_hard_negatives}"
-                 if train.smoothing else "no smoothing")
+    smoothing = (f"smoothing alpha {method.smoothing}, K {method.num_hard_negatives}"
+                 if method.smoothing else "no smoothing")
     return "\n".join([
-        f"tf_instcls: {model.method} on {data.dataset} ({data.image_size} px)",
-        f"  model   {model.backbone}{width}, {head}, tau {model.temperature}, "
+        f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px)",
+        f"  model   {model.backbone}{width}, {head}, tau {method.temperature}, "
         f"{model.precision}",
         f"  train   {train.epochs} epochs x batch {train.batch_size}, base lr "
         f"{optim.base_learning_rate} per {optim.base_batch_size}, wd {optim.weight_decay}, "
-        f"init {train.init_mode}, {smoothing}",
-        f"  mesh    {mesh.size} {mesh.device_type()} device(s); W {model.classifier_layout}",
+        f"init {classifier.init_mode}, {smoothing}",
+        f"  mesh    {mesh.size} {mesh.device_type()} device(s); W {classifier.layout}",
         f"  output  {model_dir} (config.gin, metrics.jsonl, checkpoints/, tb/)"])
 
 
@@ -94,20 +95,20 @@ def main(argv):
         parallel.configure_virtual_devices(FLAGS.virtual_devices)
     if FLAGS.multi_client:
         parallel.initialize_multi_client("CPU" if FLAGS.virtual_devices else None)
-    gin, loop, (data, model, optim, train) = _parse_gin()
+    gin, config = _parse_gin()
     name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
     model_dir = FLAGS.model_dir or os.path.join("runs", name)
     # multi-client: one mesh over every device of every process
     local = None if FLAGS.multi_client else (FLAGS.virtual_devices or None)
     mesh = parallel.build_mesh(local, device_type="CPU" if FLAGS.virtual_devices else None)
-    print(_config_block(data, model, optim, train, mesh, model_dir), flush=True)
+    print(_config_block(config, mesh, model_dir), flush=True)
     os.makedirs(model_dir, exist_ok=True)
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "config.gin"), "w") as f:
             f.write(gin.config_str())
     from tf_instcls import pretrain
 
-    logs = pretrain.run_pretraining(model_dir, data, model, optim, train, mesh)
+    logs = pretrain.run_pretraining(model_dir, config=config, mesh=mesh)
     if not parallel.is_multi_client() or _client_id() == 0:
         with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
@@ -115,7 +116,7 @@ def main(argv):
         pass  # the loop said where it stopped and how to go on
     elif not logs:  # resumed at the end: no epoch ran
         print(f"nothing to do: the run in {model_dir} has already finished its "
-              f"{train.epochs} epochs (results in its metrics.jsonl)", flush=True)
+              f"{config.train.epochs} epochs (results in its metrics.jsonl)", flush=True)
     elif "knn_top1" in logs:
         init = logs.get("knn_top1_at_init")
         extra = f" (at initialisation: {init:.2f}%)" if init is not None else ""

@@ -9,9 +9,9 @@ from tf_instcls.callbacks.progress import ProgressLogger
 from tf_instcls.callbacks.summaries import ScalarSummaries
 
 
-def default_callbacks(state, train, knn_evaluator=None) -> list:
-    """The run's own callbacks for ``state`` (a ``training.TrainState``) and ``train``
-    (its ``TrainConfig``); the kNN monitor runs ``knn_evaluator`` when the run has a
+def default_callbacks(state, config, knn_evaluator=None) -> list:
+    """The run's own callbacks for ``state`` (a ``training.TrainState``) and ``config``
+    (its ``RunConfig``); the kNN monitor runs ``knn_evaluator`` when the run has a
     labelled eval split (``pretrain.run_pretraining`` passes the kNN evaluator). Each
     callback is given only what it reads: live objects, ``step()`` (the global step)
     and ``state.epoch_results`` (the loop's dict of this epoch's results, cleared at
@@ -24,21 +24,22 @@ def default_callbacks(state, train, knn_evaluator=None) -> list:
     checkpoint, so a kill between the two replays the step instead of losing its line.
     """
     step, results, model_dir = (lambda: state.step), state.epoch_results, state.model_dir
+    train, monitor = config.train, config.monitor
     own = [ContrastivePrior(encoder=state.encoder, classifier=state.classifier,
                             source=state.train_source, image_size=state.image_size,
-                            mesh=state.mesh, step=step, mode=train.init_mode,
+                            mesh=state.mesh, step=step, mode=config.classifier.init_mode,
                             model_dir=model_dir)]
     if state.hard_table is not None:
         own.append(HardNegativeMiner(classifier=state.classifier, table=state.hard_table,
                                      table_epoch=state.hard_table_epoch, results=results,
-                                     period=train.mining_period, model_dir=model_dir))
+                                     period=config.method.mining_period, model_dir=model_dir))
     if (knn_evaluator is not None and state.eval_source is not None
-            and state.train_source.labels is not None and train.knn_every_epochs > 0):
+            and state.train_source.labels is not None and monitor.every_epochs > 0):
         own.append(KNNMonitor(evaluator=knn_evaluator, encoder=state.encoder,
                               classifier=state.classifier, train_source=state.train_source,
                               eval_source=state.eval_source, image_size=state.image_size,
                               mesh=state.mesh, epochs=state.epochs, step=step,
-                              results=results, every_epochs=train.knn_every_epochs,
+                              results=results, every_epochs=monitor.every_epochs,
                               model_dir=model_dir))
     return own + [
         MetricsWriter(model_dir=model_dir, step=step, log_steps=train.log_steps),

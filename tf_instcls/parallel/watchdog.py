@@ -52,7 +52,7 @@ class Watchdog:
             idle = time.monotonic() - self.last
             if idle > self.timeout_s:
                 message = (
-                    f"no training progress for {idle:.0f} s (TrainConfig.step_timeout_s = "
+                    f"no training progress for {idle:.0f} s (FaultConfig.step_timeout_s = "
                     f"{self.timeout_s:g}): another process of this run is probably dead, "
                     f"stopped or unreachable, and a collective is waiting for it. "
                     f"{self.describe()} Stopping (exit code {EXIT_CODE}); restart every "

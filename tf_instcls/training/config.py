@@ -1,0 +1,364 @@
+"""A run's configuration, by owner: one small frozen dataclass for each part it sets.
+
+| class | owns | read by |
+|---|---|---|
+| ``DataConfig`` | images, split, augmentation | ``data`` |
+| ``ModelConfig`` | backbone + head (the encoder) | ``models`` |
+| ``ClassifierConfig`` | W: layout, chunking, unit rows, initialisation | ``parallel``, the prior |
+| ``MethodConfig`` | the method, its loss: temperature, Eq. 3, NPID, sampled | ``methods`` |
+| ``OptimConfig`` | SGD, schedule, W's own step, loss scaling | ``training.optimizer`` |
+| ``TrainConfig`` | the loop: epochs, batch, seed, checkpoints, console | ``training.loop`` |
+| ``MonitorConfig`` | the kNN monitor | ``callbacks.KNNMonitor`` |
+| ``FaultConfig`` | non-finite steps, the watchdog | ``training.loop`` |
+
+``RunConfig`` holds one of each. Every default is written once (``tf_instcls.defaults``
+for the ones shared with evaluation). gin stays at the edge (``tools/common.py``
+registers these classes); the library never imports it. Renamed bindings (this split
+moved fields out of ``ModelConfig`` and ``TrainConfig``) are listed in ``RENAMED``; the
+gin glue turns an old name into an error that names the new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tf_instcls import data as data_lib
+from tf_instcls import defaults, models
+from tf_instcls.methods import METHODS
+from tf_instcls.training.prior import INIT_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are augmented."""
+
+    dataset: str = "digits"  # digits | npz:PATH | folder:PATH | tfds:NAME[:SPLIT]
+    eval_dataset: str | None = None  # labelled kNN queries; None: hold out a part
+    # used when eval_dataset is None and labels exist
+    holdout_fraction: float = defaults.HOLDOUT_FRACTION
+    image_size: int = 32
+    # Augmentation. None: the paper's default for the image size (data.default_config:
+    # crops of 20-100% and no blur below 96 px; 8-100% and blur p = 0.5 from 96 px).
+    crop_scale: tuple[float, float] | None = None
+    blur_prob: float | None = None
+    jitter_strength: tuple[float, float, float, float] | None = None  # (0.4, 0.4, 0.4, 0.1)
+    jitter_prob: float | None = None  # 0.8
+    grayscale_prob: float | None = None  # 0.2
+    skip_corrupt_images: bool = False
+
+    def augment_config(self) -> data_lib.AugmentConfig:
+        """The training views' augmentation: the size's defaults, then the values set."""
+        overrides = {name: tuple(value) if isinstance(value, list) else value
+                     for name in ("crop_scale", "blur_prob", "jitter_strength", "jitter_prob",
+                                  "grayscale_prob")
+                     if (value := getattr(self, name)) is not None}
+        return dataclasses.replace(data_lib.default_config(self.image_size), **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The encoder: backbone and projection head."""
+
+    backbone: str = "convnet_small"
+    backbone_width: int | None = None
+    use_head: bool = True
+    head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM
+    # Beyond the paper: the head ends in a BatchNormalization without scale and shift
+    # (SimSiam's / MoCo v3's projector), so embeddings and the prior's rows of W are
+    # centred instead of sitting in a cone. False: the paper's head.
+    head_output_bn: bool = False
+    embedding_dim: int = defaults.EMBEDDING_DIM
+    # The backbone and head's compute dtype (Keras mixed-precision policy): "float32",
+    # "mixed_bfloat16" (bfloat16 compute, float32 variables) or "mixed_float16" (float16
+    # compute with dynamic loss scaling: OptimConfig.initial_loss_scale). W, its
+    # momentum, the softmax and both encoder outputs stay float32, so checkpoints,
+    # evaluation and the export are float32 whatever is set here.
+    precision: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """W [N, D]: its layout on the mesh, the loss's chunking, its rows, its start."""
+
+    layout: str = "sharded"  # sharded (DHP) | replicated (DDP)
+    chunk_size: int | None = None  # rows of the batch per chunk of the loss; None: one
+    # Keep W's rows at unit norm (after the prior and after every step); see
+    # InstanceClassifier(unit_norm_rows). False: the paper's unconstrained W.
+    unit_norm: bool = False
+    init_mode: str = "prior_running_bn"  # gaussian | prior_fixed_bn | prior_running_bn
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig:
+    """The pretraining method and its loss."""
+
+    # full: the paper's full instance classification; sampled: softmax over the batch's
+    # classes + num_sampled uniform ones (Table 3); npid: memory bank + NCE (NPID);
+    # simclr: NT-Xent over the views of the global batch, no W
+    name: str = "full"
+    # Every method's temperature: the cosine softmax's, NPID's (0.07: npid.gin) and
+    # SimCLR's NT-Xent (0.5: simclr.gin). One knob, so none is silently ignored.
+    temperature: float = defaults.TEMPERATURE
+    smoothing: float = 0.2  # alpha of Eq. 2-3; 0 disables smoothing
+    num_hard_negatives: int = 100  # K of Eq. 2; 0: no mining (needs smoothing = 0)
+    mining_period: int = 1  # epochs between hard-negative mining (the paper: 1)
+    num_sampled: int = 1024  # S of "sampled"
+    npid_noise: int = 4096  # m of NCE; 0: the full non-parametric softmax
+    npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
+    npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
+    # NCE's normalising constant Z: "step" (default) uses every step's own estimate
+    # (self-normalised NCE: the gradient is bounded by 2 / t); "first" estimates it once,
+    # on the first step, as NPID's code; "epoch" re-estimates it on each epoch's first
+    # step. Measured on the 4,068-image split (WORKSPACE.md, NPID with NCE): "first"
+    # diverges (the bank fills in 32 steps, Z stays that of a random bank), "epoch"
+    # collapses the features to one direction, "step" neither.
+    npid_z_estimate: str = "step"
+
+    @property
+    def mines(self) -> bool:
+        """Eq. 3 is on: the run keeps a mined table of hard negatives."""
+        return self.smoothing > 0 and self.num_hard_negatives > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The paper's optimizer: SGD m=0.9, wd=1e-4, lr 0.48 per 4096, warm-up + cosine."""
+
+    base_learning_rate: float = 0.48
+    base_batch_size: int = 4096
+    warmup_epochs: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    # W's own step: lr * classifier_lr_scale, decay classifier_weight_decay (None: the
+    # same as the backbone's). Defaults: the paper's single optimizer.
+    classifier_lr_scale: float = 1.0
+    classifier_weight_decay: float | None = None
+    # mixed_float16 only: dynamic loss scaling (Keras' LossScaleOptimizer defaults). A step
+    # whose scaled gradients overflow is skipped and halves the scale (never below 1);
+    # loss_scale_growth_steps finite steps in a row double it.
+    initial_loss_scale: float = 32768.0
+    loss_scale_growth_steps: int = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The epoch loop."""
+
+    epochs: int = 200
+    batch_size: int = 256  # instances per step (each gives two views)
+    seed: int = 0
+    checkpoint_every_steps: int = 0  # 0: only at epoch ends
+    keep_checkpoints: int = 3
+    deterministic: bool = False
+    log_steps: bool = False  # write steps.jsonl (one line per step)
+    verbose: int = 1
+    # Stop (with a checkpoint) once the global step reaches this; 0: no limit. The
+    # schedule is still that of `epochs`, so rerunning with a larger max_steps (or 0)
+    # continues the same run exactly: scale runs and smoke tests of long configs.
+    max_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitorConfig:
+    """The kNN monitor (labelled data only): weighted kNN of the backbone features."""
+
+    k: int = defaults.KNN_K
+    temperature: float = defaults.KNN_TEMPERATURE
+    every_epochs: int = 1  # 0: no kNN monitor
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultConfig:
+    """What a run does when a step goes wrong or stops making progress."""
+
+    nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop | skip (the step)
+    max_consecutive_skips: int = 10  # "skip": stop after this many non-finite steps in a row
+    step_timeout_s: float = 900.0  # exit with an error after this long without progress; 0: off
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One of each part (each defaults to its class' defaults)."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
+    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    fault: FaultConfig = dataclasses.field(default_factory=FaultConfig)
+
+    @classmethod
+    def of(cls, data=None, model=None, optim=None, train=None, *, classifier=None,
+           method=None, monitor=None, fault=None) -> RunConfig:
+        """From the parts given (None: that part's defaults)."""
+        given = dict(data=data, model=model, optim=optim, train=train,
+                     classifier=classifier, method=method, monitor=monitor, fault=fault)
+        return cls(**{k: v for k, v in given.items() if v is not None})
+
+    def parts(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+
+CONFIG_CLASSES = ("DataConfig", "ModelConfig", "ClassifierConfig", "MethodConfig",
+                  "OptimConfig", "TrainConfig", "MonitorConfig", "FaultConfig")
+
+# Bindings renamed when the configs were split by owner: old -> new.
+RENAMED = {
+    "ModelConfig.temperature": "MethodConfig.temperature",
+    "ModelConfig.method": "MethodConfig.name",
+    "ModelConfig.num_sampled": "MethodConfig.num_sampled",
+    "ModelConfig.npid_noise": "MethodConfig.npid_noise",
+    "ModelConfig.npid_momentum": "MethodConfig.npid_momentum",
+    "ModelConfig.npid_proximal": "MethodConfig.npid_proximal",
+    "ModelConfig.npid_z_estimate": "MethodConfig.npid_z_estimate",
+    "ModelConfig.classifier_layout": "ClassifierConfig.layout",
+    "ModelConfig.chunk_size": "ClassifierConfig.chunk_size",
+    "ModelConfig.unit_norm_classifier": "ClassifierConfig.unit_norm",
+    "TrainConfig.init_mode": "ClassifierConfig.init_mode",
+    "TrainConfig.smoothing": "MethodConfig.smoothing",
+    "TrainConfig.num_hard_negatives": "MethodConfig.num_hard_negatives",
+    "TrainConfig.mining_period": "MethodConfig.mining_period",
+    "TrainConfig.knn_k": "MonitorConfig.k",
+    "TrainConfig.knn_temperature": "MonitorConfig.temperature",
+    "TrainConfig.knn_every_epochs": "MonitorConfig.every_epochs",
+    "TrainConfig.nonfinite": "FaultConfig.nonfinite",
+    "TrainConfig.max_consecutive_skips": "FaultConfig.max_consecutive_skips",
+    "TrainConfig.step_timeout_s": "FaultConfig.step_timeout_s",
+}
+
+
+def _type_problems(config) -> list[str]:
+    """Fields whose value does not have the annotated type (a gin binding can set any
+    value: ``TrainConfig.epochs = '10'`` must fail here, not deep inside training)."""
+    import types
+    import typing
+
+    def accepts(kind, value) -> bool:
+        if kind is typing.Any:
+            return True
+        origin = typing.get_origin(kind)
+        if origin in (typing.Union, types.UnionType):
+            return any(accepts(k, value) for k in typing.get_args(kind))
+        if kind is type(None):
+            return value is None
+        if kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if origin is tuple:  # gin writes tuples; a list is accepted too
+            args = typing.get_args(kind)
+            return (isinstance(value, (tuple, list)) and len(value) == len(args)
+                    and all(accepts(k, v) for k, v in zip(args, value)))
+        if origin is not None:
+            return isinstance(value, origin)
+        return isinstance(value, kind)
+
+    hints = typing.get_type_hints(type(config))
+    problems = []
+    for field in dataclasses.fields(config):
+        kind, value = hints[field.name], getattr(config, field.name)
+        if not accepts(kind, value):
+            problems.append(f"{type(config).__name__}.{field.name} must be "
+                            f"{getattr(kind, '__name__', kind)}; got {value!r}")
+    return problems
+
+
+def validate(config: RunConfig) -> None:
+    """Fails before any work on values that would only break later (a gin binding or
+    flag can set any of them): first the types, then the values."""
+    wrong = [p for part in config.parts() for p in _type_problems(part)]
+    if wrong:
+        raise ValueError("bad configuration (wrong type): " + "; ".join(wrong))
+    data, model, classifier, method, optim, train, monitor, fault = config.parts()
+    problems = []
+
+    def need(ok, message):
+        if not ok:
+            problems.append(message)
+
+    need(train.epochs >= 1, f"TrainConfig.epochs must be >= 1; got {train.epochs}")
+    try:
+        data.augment_config()
+    except (ValueError, TypeError) as err:
+        need(False, f"DataConfig augmentation: {err}")
+    need(train.batch_size >= 1, f"TrainConfig.batch_size must be >= 1; got {train.batch_size}")
+    need(0 <= method.smoothing < 1, f"MethodConfig.smoothing must be in [0, 1); got "
+         f"{method.smoothing}")
+    need(method.num_hard_negatives >= 0, "MethodConfig.num_hard_negatives must be >= 0")
+    need(classifier.init_mode in INIT_MODES, f"ClassifierConfig.init_mode must be one of "
+         f"{INIT_MODES}; got {classifier.init_mode!r}")
+    need(fault.nonfinite in ("stop", "skip"), "FaultConfig.nonfinite must be 'stop' or "
+         f"'skip'; got {fault.nonfinite!r}")
+    need(train.keep_checkpoints >= 1, "TrainConfig.keep_checkpoints must be >= 1")
+    need(train.checkpoint_every_steps >= 0, "TrainConfig.checkpoint_every_steps must be >= 0")
+    need(method.mining_period >= 1, "MethodConfig.mining_period must be >= 1")
+    need(fault.step_timeout_s >= 0, "FaultConfig.step_timeout_s must be >= 0")
+    need(train.max_steps >= 0, "TrainConfig.max_steps must be >= 0 (0: no limit)")
+    need(monitor.every_epochs >= 0, "MonitorConfig.every_epochs must be >= 0")
+    need(monitor.k >= 1, f"MonitorConfig.k must be >= 1; got {monitor.k}")
+    need(monitor.temperature > 0, f"MonitorConfig.temperature must be > 0; got "
+         f"{monitor.temperature}")
+    need(classifier.layout in ("sharded", "replicated"), "ClassifierConfig.layout "
+         f"must be 'sharded' or 'replicated'; got {classifier.layout!r}")
+    need(method.temperature > 0, f"MethodConfig.temperature must be > 0; got "
+         f"{method.temperature}")
+    need(method.name in METHODS, f"MethodConfig.name must be one of {tuple(METHODS)}; got "
+         f"{method.name!r}")
+    need(method.num_sampled >= 1, "MethodConfig.num_sampled must be >= 1")
+    need(method.npid_noise >= 0, "MethodConfig.npid_noise must be >= 0")
+    need(method.npid_z_estimate in ("first", "epoch", "step"), "MethodConfig.npid_z_estimate "
+         f"must be 'first', 'epoch' or 'step'; got {method.npid_z_estimate!r}")
+    need(0 <= method.npid_momentum < 1, "MethodConfig.npid_momentum must be in [0, 1)")
+    need(method.smoothing == 0 or method.num_hard_negatives >= 1, "MethodConfig.smoothing = "
+         f"{method.smoothing} needs hard negatives: set MethodConfig.num_hard_negatives >= 1 "
+         "(the paper: 100) or smoothing = 0")
+    need(model.use_head or not model.head_output_bn, "ModelConfig.head_output_bn = True "
+         "needs the MLP head (ModelConfig.use_head = True)")
+    need(method.name == "full" or method.smoothing == 0,
+         f"MethodConfig.name = {method.name!r} has no label smoothing: set "
+         "MethodConfig.smoothing = 0")
+    need(model.precision in ("float32", "mixed_bfloat16", "mixed_float16"),
+         "ModelConfig.precision must be 'float32', 'mixed_bfloat16' or 'mixed_float16'; "
+         f"got {model.precision!r}")
+    need(optim.initial_loss_scale >= 1, "OptimConfig.initial_loss_scale must be >= 1")
+    need(optim.loss_scale_growth_steps >= 1, "OptimConfig.loss_scale_growth_steps must be "
+         ">= 1")
+    need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
+    need(classifier.chunk_size is None or classifier.chunk_size >= 1,
+         "ClassifierConfig.chunk_size must be None or >= 1")
+    need(optim.base_learning_rate > 0, "OptimConfig.base_learning_rate must be > 0")
+    need(0 <= optim.momentum < 1, f"OptimConfig.momentum must be in [0, 1); got "
+         f"{optim.momentum}")
+    need(optim.weight_decay >= 0, "OptimConfig.weight_decay must be >= 0")
+    need(optim.warmup_epochs >= 0, "OptimConfig.warmup_epochs must be >= 0")
+    need(optim.classifier_lr_scale > 0, "OptimConfig.classifier_lr_scale must be > 0; got "
+         f"{optim.classifier_lr_scale}")
+    need(optim.classifier_weight_decay is None or optim.classifier_weight_decay >= 0,
+         "OptimConfig.classifier_weight_decay must be None or >= 0; got "
+         f"{optim.classifier_weight_decay}")
+    need(data.image_size >= 8, f"DataConfig.image_size must be >= 8; got {data.image_size}")
+    need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
+    need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
+         f"{models.backbone_names()}; got {model.backbone!r}")
+    if problems:
+        raise ValueError("bad configuration: " + "; ".join(problems))
+
+
+def validate_against_data(config: RunConfig, n: int) -> None:
+    """The values that must be smaller than the number of training images N."""
+    method = config.method
+    problems = []
+    if method.smoothing > 0 and method.num_hard_negatives >= n:
+        problems.append(f"MethodConfig.num_hard_negatives = {method.num_hard_negatives} must "
+                        "be < N (each image has N - 1 others)")
+    if method.name == "sampled" and method.num_sampled >= n:
+        problems.append(f"MethodConfig.num_sampled = {method.num_sampled} must be < N: a "
+                        "sample that size covers every class, which is method 'full'")
+    if method.name == "npid" and method.npid_noise >= n:
+        problems.append(f"MethodConfig.npid_noise = {method.npid_noise} must be < N (NPID "
+                        "draws m << N noise samples; m = 0 is the full non-parametric softmax)")
+    if problems:
+        raise ValueError(f"bad configuration for {config.data.dataset} (N = {n} training "
+                         "images): " + "; ".join(problems))
