@@ -67,6 +67,14 @@ class CosineSoftmax:
         self.factor2 = int(math.ceil(math.sqrt(self.local_rows)))
         self.factor1 = int(math.ceil(self.local_rows / self.factor2))
         self.chunks = ChunkGrid(placement, batch_shards, spec.batch, spec.chunk)
+        # W whole on the one device, the batch in one piece: the label term of the
+        # gradient goes through the K' targets' rows (a gather and a segment sum, O(c K'
+        # D)) instead of a [c, N] label matrix and a residual pass over it. Elsewhere W is
+        # row-sharded or the batch is split, and DTensor has no scatter into a sharded
+        # tensor (WORKSPACE.md, "No scatter into a row-sharded tensor"), so the label
+        # matrix stays.
+        self.sparse_labels = (placement.row_shards == 1 and batch_shards == 1
+                              and self.chunks.num_chunks == 1)
         # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
         self.fixed_shift = spec.inv_temperature <= 20.0
         self.num_padding = spec.num_classes - spec.valid
@@ -217,6 +225,25 @@ class CosineSoftmax:
         grad_w_t = tf.matmul(x_chunk * row, residual, transpose_a=True)  # [D, N]
         return grad_x, grad_w_t
 
+    def _sparse_label_gradient(self, parts, upstream, x_chunk, w_unit, t_chunk):
+        """The gradient of :meth:`_chunk_gradient` with the label term kept sparse:
+        dJ/dz = row_b exp(z) - g_bk at the K' targets, g_bk = row_b denom_b q_bk. Returns
+        (dJ/dx [c, D], the dense part of dW^T [D, N], the label part of dW [N, D])."""
+        expo, inv_denom, posterior = parts[:3]
+        row = tf.reshape(inv_denom, [-1]) * upstream * self.spec.inv_temperature  # [c]
+        g = posterior / tf.reshape(inv_denom, [-1, 1]) * tf.expand_dims(row, 1)  # [c, K']
+        expo = tf.reshape(expo, [-1, self.spec.num_classes])  # [c, N], no pass over it
+        row = tf.expand_dims(row, 1)
+        targets_w = tf.gather(w_unit, t_chunk)  # [c, K', D]
+        grad_x = tf.matmul(expo, w_unit) * row - tf.reduce_sum(
+            tf.expand_dims(g, 2) * targets_w, axis=1)
+        dense_t = tf.matmul(x_chunk * row, expo, transpose_a=True)  # [D, N]
+        updates = tf.expand_dims(g, 2) * tf.expand_dims(x_chunk, 1)  # [c, K', D]
+        label_w = tf.math.unsorted_segment_sum(
+            tf.reshape(updates, [-1, self.spec.dim]), tf.reshape(t_chunk, [-1]),
+            self.spec.num_classes)  # [N, D]; repeated targets add up, as in Q
+        return grad_x, dense_t, label_w
+
     def __call__(self, x_unit, class_weights):
         """Loss (and hit) of unit embeddings ``x_unit`` [B, D] against W [N, D]."""
         shard_ids = layouts.shard_index(self.placement)
@@ -239,6 +266,10 @@ class CosineSoftmax:
                     grad_x, grad_w = self._chunked_backward(
                         upstream, saved, grids, w_unit, shard_ids, valid
                     )
+                elif self.sparse_labels:
+                    grad_x, dense_t, label_w = self._sparse_label_gradient(
+                        parts, upstream, x_unit, w_unit, self.targets)
+                    grad_w = tf.transpose(dense_t) - label_w
                 else:
                     grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
                     grad_w = tf.transpose(grad_w_t)
