@@ -19,7 +19,7 @@ for round in $(seq 1 "$rounds"); do
         --layouts=sharded --num_instances=262144 --dim=128 --batch_size=1024 \
         --smoothing=$smoothing --num_hard=100 --steps=5 --warmup=2 --torch_peer=false \
         --json="$out/${tag}_${eq}_round${round}.json" > "$out/${tag}_${eq}_round${round}.log" 2>&1
-      echo "$tag $eq round $round: $(grep -h -m1 -o '"step_ms": [0-9.]*' "$out/${tag}_${eq}_round${round}.json")"
+      echo "$tag $eq round $round: $(grep -h -m1 -o '"step_ms_median": [0-9.]*' "$out/${tag}_${eq}_round${round}.json")"
     done
   done
 done
