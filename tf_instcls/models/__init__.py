@@ -1,9 +1,10 @@
 """Backbones (registry) and the encoder with its projection head."""
 
 from tf_instcls.models.backbones import backbone_names, create_backbone, register_backbone
-from tf_instcls.models.encoder import build_encoder, build_projection_head
+from tf_instcls.models.encoder import PRECISIONS, build_encoder, build_projection_head
 
 __all__ = [
+    "PRECISIONS",
     "backbone_names",
     "build_encoder",
     "build_projection_head",

@@ -319,9 +319,8 @@ def validate(config: RunConfig) -> None:
     need(method.name == "full" or method.smoothing == 0,
          f"MethodConfig.name = {method.name!r} has no label smoothing: set "
          "MethodConfig.smoothing = 0")
-    need(model.precision in ("float32", "mixed_bfloat16", "mixed_float16"),
-         "ModelConfig.precision must be 'float32', 'mixed_bfloat16' or 'mixed_float16'; "
-         f"got {model.precision!r}")
+    need(model.precision in models.PRECISIONS, "ModelConfig.precision must be one of "
+         f"{models.PRECISIONS}; got {model.precision!r}")
     need(optim.initial_loss_scale >= 1, "OptimConfig.initial_loss_scale must be >= 1")
     need(optim.loss_scale_growth_steps >= 1, "OptimConfig.loss_scale_growth_steps must be "
          ">= 1")

@@ -68,7 +68,6 @@ class TrainState:
     hard_table_epoch: tf.Variable | None = None  # the epoch the table was mined at
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
-    config: RunConfig | None = None
     method: Method | None = None  # its loss, post-update and own state (NPID's Z)
     loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
 
@@ -126,7 +125,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed,
         "init_mode": classifier_cfg.init_mode,
-        "num_hard_negatives": method_cfg.num_hard_negatives if method_cfg.smoothing > 0 else 0,
+        "num_hard_negatives": method_cfg.num_hard_negatives if method_cfg.mines else 0,
         "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
         "head_output_bn": model.head_output_bn,
         "method": method_cfg.name,
@@ -198,8 +197,8 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=train.epochs, image_size=data.image_size, run_info=run_info,
-        hard_table=hard_table, hard_table_epoch=hard_table_epoch, config=config,
-        method=method, loss_scale=loss_scale,
+        hard_table=hard_table, hard_table_epoch=hard_table_epoch, method=method,
+        loss_scale=loss_scale,
     )
 
 
