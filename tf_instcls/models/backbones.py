@@ -10,6 +10,8 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from tf_instcls.models.batchnorm import BatchNorm
+
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
 
@@ -36,7 +38,7 @@ def create_backbone(name: str, image_size: int, width: int | None = None) -> ker
 
 def _conv_bn_relu(x, filters, stride=1, name=""):
     x = layers.Conv2D(filters, 3, stride, padding="same", use_bias=False, name=name + "conv")(x)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "bn")(x)
+    x = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "bn")(x)
     return layers.ReLU(name=name + "relu")(x)
 
 
@@ -55,10 +57,10 @@ def _basic_block(x, filters, stride, name):
     shortcut = x
     y = _conv_bn_relu(x, filters, stride, name=name + "a_")
     y = layers.Conv2D(filters, 3, 1, padding="same", use_bias=False, name=name + "b_conv")(y)
-    y = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "b_bn")(y)
+    y = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "b_bn")(y)
     if stride != 1 or shortcut.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, stride, use_bias=False, name=name + "sc_conv")(x)
-        shortcut = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name + "sc_bn")(
+        shortcut = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "sc_bn")(
             shortcut
         )
     return layers.ReLU(name=name + "out")(layers.Add(name=name + "add")([y, shortcut]))

@@ -7,6 +7,7 @@ from keras import layers
 
 from tf_instcls import defaults
 from tf_instcls.models.backbones import create_backbone
+from tf_instcls.models.batchnorm import BatchNorm
 
 
 def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int, *,
@@ -19,11 +20,11 @@ def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int, *,
     """
     inputs = keras.Input([in_dim])
     x = layers.Dense(hidden_dim, use_bias=False, name="head_fc1")(inputs)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="head_bn")(x)
+    x = BatchNorm(momentum=0.9, epsilon=1e-5, name="head_bn")(x)
     x = layers.ReLU(name="head_relu")(x)
     x = layers.Dense(out_dim, use_bias=not output_bn, name="head_fc2")(x)
     if output_bn:
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=False, scale=False,
+        x = BatchNorm(momentum=0.9, epsilon=1e-5, center=False, scale=False,
                                       name="head_out_bn")(x)
     return keras.Model(inputs, x, name="projection_head")
 

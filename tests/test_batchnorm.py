@@ -1,0 +1,113 @@
+"""The BatchNorm with the closed-form training gradient against Keras' layer and a float64
+numpy reference, on 1, 2 and 4 devices (statistics over the global batch)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_instcls import parallel
+from tf_instcls.models.batchnorm import BatchNorm, _normalize
+from tf_instcls.parallel import layouts
+
+EPS = 1e-5
+
+
+def _reference(x, w, gamma, beta):
+    """float64 BN over all but the last axis and the gradient of sum(y * w)."""
+    axes = tuple(range(x.ndim - 1))
+    mean, var = x.mean(axes), x.var(axes)
+    inv = 1.0 / np.sqrt(var + EPS)
+    xhat = (x - mean) * inv
+    y = xhat * gamma + beta
+    dx = gamma * inv * (w - w.mean(axes) - xhat * (w * xhat).mean(axes))
+    return y, dx, (w * xhat).sum(axes), w.sum(axes), mean, var
+
+
+def _data(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, shape)
+    x[: shape[0] // 2] += 4.0  # halves of the batch with different means
+    channels = shape[-1]
+    return (x, rng.normal(size=shape), np.linspace(0.5, 2.0, channels),
+            np.linspace(-1.0, 1.0, channels))
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 5, 6), (16, 7)])
+def test_same_function_gradient_and_moving_statistics_as_keras_in_float64(shape):
+    x, w, gamma, beta = _data(shape)
+    results = {}
+    for cls in (keras.layers.BatchNormalization, BatchNorm):
+        bn = cls(momentum=0.9, epsilon=EPS, dtype="float64")
+        bn.build(shape)
+        bn.gamma.assign(gamma)
+        bn.beta.assign(beta)
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = bn(xt, training=True)
+            loss = tf.reduce_sum(y * w) + tf.reduce_sum(tf.square(y))
+        grads = tape.gradient(loss, [xt, bn.gamma, bn.beta])
+        results[cls] = [y.numpy()] + [g.numpy() for g in grads] + [
+            bn.moving_mean.numpy(), bn.moving_variance.numpy(),
+            bn(xt, training=False).numpy()]
+    for keras_value, ours in zip(results[keras.layers.BatchNormalization], results[BatchNorm]):
+        np.testing.assert_allclose(ours, keras_value, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("devices", [1, 2, 4])
+def test_statistics_and_gradient_over_the_global_batch_on_a_mesh(devices):
+    """Batch-sharded x on T devices: y and the gradients equal the float64 reference
+    of the whole batch (each device's rows have a different mean, so local statistics
+    would be wrong)."""
+    mesh = parallel.build_mesh(devices)
+    x, w, gamma, beta = _data((8, 3, 3, 4), seed=devices)
+    shard = layouts.batch_layout(mesh, 4)
+    replicated = layouts.replicated_layout(mesh, 1)
+    xd, wd = parallel.pack_sharded(x, shard), parallel.pack_sharded(w, shard)
+    gd, bd = (tf.experimental.dtensor.copy_to_mesh(tf.constant(v), replicated)
+              for v in (gamma, beta))
+
+    @tf.function
+    def run(x, w, gamma, beta):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            y, mean, variance = _normalize(x, gamma, beta, [0, 1, 2], EPS)
+            loss = tf.reduce_sum(y * w)
+        return (y, *tape.gradient(loss, [x, gamma, beta]), mean, variance)
+
+    got = [parallel.to_numpy(t) for t in run(xd, wd, gd, bd)]
+    for value, want in zip(got, _reference(x, w, gamma, beta)):
+        np.testing.assert_allclose(value, want, rtol=1e-9, atol=1e-9)
+
+
+def test_mixed_bfloat16_normalises_in_float32_like_keras():
+    x, w, gamma, beta = _data((8, 4, 4, 6))
+    outs = []
+    for cls in (keras.layers.BatchNormalization, BatchNorm):
+        bn = cls(momentum=0.9, epsilon=EPS, dtype="mixed_bfloat16")
+        bn.build(x.shape)
+        bn.gamma.assign(gamma.astype(np.float32))
+        y = bn(tf.constant(x, tf.bfloat16), training=True)
+        assert y.dtype == tf.bfloat16 and bn.moving_mean.dtype == tf.float32
+        outs.append((tf.cast(y, tf.float32).numpy(), bn.moving_mean.numpy()))
+    np.testing.assert_allclose(outs[1][0], outs[0][0], atol=0.05)  # bfloat16 rounding
+    np.testing.assert_allclose(outs[1][1], outs[0][1], rtol=1e-5)
+
+
+def test_other_configurations_take_keras_own_path():
+    """No centre / no scale (the head's output BN) is Keras' code, unchanged."""
+    x = tf.constant(_data((16, 5))[0], tf.float32)
+    ours = BatchNorm(center=False, scale=False)
+    theirs = keras.layers.BatchNormalization(center=False, scale=False)
+    np.testing.assert_allclose(ours(x, training=True), theirs(x, training=True), atol=1e-6)
+    assert not ours.trainable_variables
+
+
+def test_saved_and_loaded_as_a_keras_layer(tmp_path):
+    inputs = keras.Input([4])
+    model = keras.Model(inputs, BatchNorm(name="bn")(inputs))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded.get_layer("bn"), BatchNorm)
