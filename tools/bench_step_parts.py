@@ -12,6 +12,10 @@ over rounds:
   plain         forward + backward + SGD of a fresh encoder of the same shape built
                 outside DTensor (plain Keras variables): what ``bench_backbone.py`` times
 
+With ``--profile`` the first part of each precision is also run under TensorFlow's
+profiler and its self time is reported per op type (convolutions, BN's elementwise
+ops, casts, ...).
+
   python tools/bench_step_parts.py --gin_file=gin/cifar10_subset_npz.gin \
       --precisions=float32,mixed_bfloat16 --rounds=3 --steps=10 --json=OUT.json
 """
@@ -41,6 +45,8 @@ flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "ModelConfig.prec
 flags.DEFINE_list("parts", ["step", "encoder", "encoder_fwd", "plain"], "Parts to time.")
 flags.DEFINE_integer("steps", 10, "Timed calls per part and round.", lower_bound=1)
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_bool("profile", False, "Also profile 5 calls of each precision's first part "
+                  "with TensorFlow's profiler and report self time per op type.")
 flags.DEFINE_string("json", None, "Write the result here.")
 
 PARTS = ("step", "encoder", "encoder_fwd", "plain")
@@ -118,6 +124,32 @@ def _parts(base, precision):
     return calls
 
 
+def _profile(call, calls=5):
+    """Self time (us) per op type over ``calls`` calls, from TensorFlow's profiler."""
+    import collections
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    logdir = tempfile.mkdtemp(prefix="bench_parts_profile_")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(calls):
+        call()
+    tf.profiler.experimental.stop()
+    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"the profiler's op stats could not be read from {logdir}")
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    totals = collections.Counter()
+    for row in table["rows"]:
+        values = dict(zip(columns, [c.get("v") for c in row["c"]]))
+        totals[values["type"]] += values["total_self_time"]
+    return dict(totals)
+
+
 def main(argv):
     del argv
     unknown = set(FLAGS.parts) - set(PARTS)
@@ -138,8 +170,16 @@ def main(argv):
     for (p, k), v in times.items():
         rows.append({"precision": p, "part": k, "median_ms": statistics.median(v),
                      "min_ms": min(v), "max_ms": max(v), "rounds_ms": v})
+    profiles = {p: _profile(calls[p][FLAGS.parts[0]]) for p in calls} if FLAGS.profile else {}
+    for p, ops in profiles.items():
+        busy = sum(t for k, t in ops.items() if k != "IDLE")
+        print(f"{p} / {FLAGS.parts[0]}, self time by op type (share of non-idle time):")
+        for k, t in sorted(ops.items(), key=lambda kv: -kv[1])[:14]:
+            if k != "IDLE":
+                print(f"  {k:34s} {t / 1e3:8.1f} ms  {100 * t / busy:5.1f}%")
     result = {"gin_file": FLAGS.gin_file, "gin_bindings": FLAGS.gin_bindings,
-              "steps": FLAGS.steps, "rounds": FLAGS.rounds, "rows": rows}
+              "steps": FLAGS.steps, "rounds": FLAGS.rounds, "rows": rows,
+              "profiles_us": profiles}
     print(f"{'precision':16s} {'part':12s} {'median ms':>10s} {'range':>14s}")
     for row in rows:
         print(f"{row['precision']:16s} {row['part']:12s} {row['median_ms']:10.1f} "
