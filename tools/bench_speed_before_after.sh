@@ -13,7 +13,7 @@ set -euo pipefail
 before=${1:?usage: bench_speed_before_after.sh BEFORE_DIR AFTER_DIR OUT_DIR SPLIT_NPZ [ROUNDS]}
 after=$(cd "${2:?}" && pwd)
 out=${3:?}
-split=${4:?}
+split=$(cd "$(dirname "${4:?}")" && pwd)/$(basename "$4")
 rounds=${5:-2}
 mkdir -p "$out"
 copy=$(mktemp -d)/before
@@ -24,9 +24,11 @@ for round in $(seq 1 "$rounds"); do
   for tag in before after; do
     dir=$copy; [ "$tag" = after ] && dir=$after
     (cd "$dir" && PYTHONPATH=$dir python tools/bench_step_parts.py --gin_file=$gin \
+      --gin_bindings="DataConfig.dataset = 'npz:$split'" \
       --precisions=float32,mixed_bfloat16 --parts=step,plain --rounds=1 --steps=10 --profile \
       --json="$out/${tag}_parts_round${round}.json") > "$out/${tag}_parts_round${round}.log" 2>&1
     (cd "$dir" && PYTHONPATH=$dir python tools/bench_pipeline.py --gin_file=$gin \
+      --gin_bindings="DataConfig.dataset = 'npz:$split'" \
       --virtual_devices=0 --batches=30 --json="$out/${tag}_pipeline_round${round}.json") \
       > "$out/${tag}_pipeline_round${round}.log" 2>&1
     echo "$tag round $round: parts $(grep -h -A5 'median ms' "$out/${tag}_parts_round${round}.log" | tail -4 | tr -s ' ' | tr '\n' ';')" \
