@@ -94,136 +94,58 @@ def random_resized_crop(image, seed, config: AugmentConfig):
     return tf.image.resize(crop, [config.image_size, config.image_size], antialias=True)
 
 
-def sample_view_params(seed, config: AugmentConfig) -> dict:
-    """The random draws of one view's photometric ops (scalars; ``order`` [4]).
-
-    Drawn from the view's seed exactly as TensorFlow's ``stateless_random_brightness``
-    / ``_contrast`` / ``_saturation`` / ``_hue`` draw them, so the draws do not depend
-    on how the images are later batched.
-    """
-    seeds = _split(seed, 7)
-    jitter = _split(seeds[3], 5)
+def color_jitter(image, seed, config: AugmentConfig):
+    """Brightness, contrast, saturation, hue (SimCLR's strengths), in a random order."""
     b, c, s, h = config.jitter_strength
-    return {
-        "jitter": _uniform(seeds[2]) < config.jitter_prob,
-        "brightness": _uniform(jitter[0], -b, b),
-        "contrast": _uniform(jitter[1], 1 - c, 1 + c),
-        "saturation": _uniform(jitter[2], 1 - s, 1 + s),
-        "hue": _uniform(jitter[3], -h, h),
-        "order": tf.cast(tf.argsort(tf.random.stateless_uniform([4], jitter[4])), tf.int32),
-        "grayscale": _uniform(seeds[4]) < config.grayscale_prob,
-        "blur": _uniform(seeds[5]) < config.blur_prob,
-        "sigma": _uniform(seeds[6], *config.blur_sigma),
-    }
+    seeds = _split(seed, 5)
+    ops = [
+        lambda x: tf.image.stateless_random_brightness(x, b, seeds[0]) if b else x,
+        lambda x: tf.image.stateless_random_contrast(x, 1 - c, 1 + c, seeds[1]) if c else x,
+        lambda x: tf.image.stateless_random_saturation(x, 1 - s, 1 + s, seeds[2]) if s else x,
+        lambda x: tf.image.stateless_random_hue(x, h, seeds[3]) if h else x,
+    ]
+    order = tf.argsort(tf.random.stateless_uniform([4], seeds[4]))
+    for position in range(4):
+        image = tf.switch_case(order[position],
+                               [lambda op=op, image=image: op(image) for op in ops])
+        image = tf.clip_by_value(image, 0.0, 1.0)
+    return image
 
 
-def crop_flip(image_uint8, seed, config: AugmentConfig):
-    """One view's geometric part, per image: random resized crop and flip, [0, 1] float."""
+def gaussian_blur(image, seed, config: AugmentConfig):
+    """Separable Gaussian blur, kernel 10% of the image side, sigma ~ U(blur_sigma)."""
+    sigma = _uniform(seed, *config.blur_sigma)
+    radius = max(1, int(math.ceil(config.image_size * 0.1 / 2)))
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-(x**2) / (2.0 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    horizontal = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), [1, 1, 3, 1])
+    vertical = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
+    batch = image[tf.newaxis]
+    batch = tf.pad(batch, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    batch = tf.nn.depthwise_conv2d(batch, horizontal, [1, 1, 1, 1], "VALID")
+    batch = tf.nn.depthwise_conv2d(batch, vertical, [1, 1, 1, 1], "VALID")
+    return batch[0]
+
+
+def augment_view(image_uint8, seed, config: AugmentConfig):
+    """One augmented view, float32 [S, S, 3] normalised with the ImageNet mean/std."""
     seeds = _split(seed, 7)
     image = tf.image.convert_image_dtype(image_uint8, tf.float32)
     image = random_resized_crop(image, seeds[0], config)
     if config.flip:
         image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    return image
-
-
-def _per_image(values, images):
-    """[n] -> [n, 1, 1, 1], broadcast against images [n, h, w, c]."""
-    return tf.reshape(tf.cast(values, images.dtype), [-1, 1, 1, 1])
-
-
-def _brightness(images, delta):
-    return images + _per_image(delta, images)
-
-
-def _contrast(images, factor):
-    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
-    return (images - mean) * _per_image(factor, images) + mean
-
-
-def _saturation(images, factor):
-    hsv = tf.image.rgb_to_hsv(images)
-    hue, sat, value = tf.unstack(hsv, axis=-1)
-    sat = tf.clip_by_value(sat * _per_image(factor, images)[..., 0], 0.0, 1.0)
-    return tf.image.hsv_to_rgb(tf.stack([hue, sat, value], axis=-1))
-
-
-def _hue(images, delta):
-    hsv = tf.image.rgb_to_hsv(images)
-    hue, sat, value = tf.unstack(hsv, axis=-1)
-    hue = tf.math.floormod(hue + _per_image(delta, images)[..., 0], 1.0)
-    return tf.image.hsv_to_rgb(tf.stack([hue, sat, value], axis=-1))
-
-
-def color_jitter(images, params, config: AugmentConfig):
-    """Brightness, contrast, saturation, hue (SimCLR's strengths) in each image's own
-    random order, on the images whose ``params["jitter"]`` is set; a batch [n, h, w, 3].
-
-    At each of the four positions the batch is partitioned by the op that comes there
-    (a fifth part: the images without jitter), each part gets its op in one batched
-    call, and the parts are stitched back in order: every image gets exactly its own
-    ops, and the per-image graph overhead (a switch per op) is paid once per batch.
-    """
-    strengths = config.jitter_strength
-    ops = [(_brightness, "brightness"), (_contrast, "contrast"), (_saturation, "saturation"),
-           (_hue, "hue")]
-    positions = tf.range(tf.shape(images)[0])
-    for position in range(4):
-        which = tf.where(params["jitter"], params["order"][:, position], 4)
-        parts = tf.dynamic_partition(images, which, 5)
-        indices = tf.dynamic_partition(positions, which, 5)
-        out = []
-        for k, (op, key) in enumerate(ops):
-            part = parts[k]
-            if strengths[k]:
-                part = op(part, tf.gather(params[key], indices[k]))
-            out.append(tf.clip_by_value(part, 0.0, 1.0))
-        out.append(parts[4])
-        images = tf.dynamic_stitch(indices, out)
-    return images
-
-
-def gaussian_blur(images, sigma, config: AugmentConfig):
-    """Separable Gaussian blur of a batch [n, h, w, 3], kernel 10% of the image side,
-    each image with its own sigma [n] (reflected borders)."""
-    radius = max(1, int(math.ceil(config.image_size * 0.1 / 2)))
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    sigma = tf.reshape(tf.cast(sigma, tf.float32), [-1, 1])
-    kernel = tf.exp(-(x**2) / (2.0 * sigma**2))  # [n, 2r + 1]
-    kernel /= tf.reduce_sum(kernel, axis=1, keepdims=True)
-    taps = 2 * radius + 1
-    batch = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]],
-                   mode="REFLECT")
-    width = tf.shape(images)[2]
-    height = tf.shape(images)[1]
-    horizontal = sum(batch[:, :, k : k + width, :] * tf.reshape(kernel[:, k], [-1, 1, 1, 1])
-                     for k in range(taps))
-    return sum(horizontal[:, k : k + height, :, :] * tf.reshape(kernel[:, k], [-1, 1, 1, 1])
-               for k in range(taps))
-
-
-def photometric(images, params, config: AugmentConfig):
-    """The photometric part of a batch of views [n, h, w, 3] ([0, 1] float, from
-    :func:`crop_flip`) with their stacked :func:`sample_view_params`: colour jitter,
-    grayscale, blur, then the mean/std normalisation. Batched: the train pipeline runs
-    it once per batch, after ``Dataset.batch``."""
     if config.jitter_prob > 0:
-        images = color_jitter(images, params, config)
+        image = tf.cond(_uniform(seeds[2]) < config.jitter_prob,
+                        lambda: color_jitter(image, seeds[3], config), lambda: image)
     if config.grayscale_prob > 0:
-        gray = tf.tile(tf.image.rgb_to_grayscale(images), [1, 1, 1, 3])
-        images = tf.where(_per_image(params["grayscale"], images) > 0, gray, images)
+        image = tf.cond(_uniform(seeds[4]) < config.grayscale_prob,
+                        lambda: tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]),
+                        lambda: image)
     if config.blur_prob > 0:
-        blurred = gaussian_blur(images, params["sigma"], config)
-        images = tf.where(_per_image(params["blur"], images) > 0, blurred, images)
-    return normalize(images)
-
-
-def augment_view(image_uint8, seed, config: AugmentConfig):
-    """One augmented view, float32 [S, S, 3] normalised with the ImageNet mean/std:
-    :func:`crop_flip`, then :func:`photometric` as a batch of one (the same code the
-    train pipeline runs on whole batches)."""
-    params = {k: v[tf.newaxis] for k, v in sample_view_params(seed, config).items()}
-    return photometric(crop_flip(image_uint8, seed, config)[tf.newaxis], params, config)[0]
+        image = tf.cond(_uniform(seeds[5]) < config.blur_prob,
+                        lambda: gaussian_blur(image, seeds[6], config), lambda: image)
+    return normalize(image)
 
 
 def normalize(image_float):

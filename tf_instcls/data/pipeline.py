@@ -9,15 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tf_instcls.data.augment import (
-    AugmentConfig,
-    augment_view,
-    crop_flip,
-    eval_view,
-    photometric,
-    sample_view_params,
-    view_seed,
-)
+from tf_instcls.data.augment import AugmentConfig, augment_view, eval_view, view_seed
 from tf_instcls.data.sources import ImageSource, resize_uint8
 
 
@@ -103,30 +95,16 @@ def make_train_dataset(
         return tf.data.Dataset.from_tensor_slices(ids).map(lambda i: (e, i))
 
     def two_views(e, instance_id):
-        # Per image: the crops, the flips and every random draw. The photometric ops
-        # run after batching (``augment.photometric``), once per batch.
         image = load(instance_id)
-        seeds = [view_seed(seed, e, instance_id, v) for v in range(2)]
-        params = [sample_view_params(s, config) for s in seeds]
-        return {"images": tf.stack([crop_flip(image, s, config) for s in seeds]),
-                "ids": instance_id,
-                "params": {k: tf.stack([p[k] for p in params]) for k in params[0]}}
+        views = [augment_view(image, view_seed(seed, e, instance_id, v), config)
+                 for v in range(2)]
+        return {"images": tf.stack(views), "ids": instance_id}
 
-    def photometric_views(batch):
-        size = config.image_size
-        views = tf.reshape(batch["images"], [-1, size, size, 3])  # [2b, ...]
-        params = {k: tf.reshape(v, tf.concat([[-1], tf.shape(v)[2:]], 0))
-                  for k, v in batch["params"].items()}
-        views = photometric(views, params, config)
-        return {"images": tf.reshape(views, [-1, 2, size, size, 3]), "ids": batch["ids"]}
-
-    parallel = num_parallel_calls or tf.data.AUTOTUNE
     dataset = tf.data.Dataset.range(epoch, last_epoch).flat_map(pairs)
-    dataset = dataset.map(two_views, num_parallel_calls=parallel, deterministic=True)
+    dataset = dataset.map(two_views, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+                          deterministic=True)
     # every epoch holds whole local batches, so no batch straddles two epochs
-    dataset = dataset.batch(local, drop_remainder=True)
-    dataset = dataset.map(photometric_views, num_parallel_calls=parallel, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_preprocess(images_uint8, image_size: int):
