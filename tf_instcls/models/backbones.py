@@ -60,9 +60,7 @@ def _basic_block(x, filters, stride, name):
     y = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "b_bn")(y)
     if stride != 1 or shortcut.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, stride, use_bias=False, name=name + "sc_conv")(x)
-        shortcut = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "sc_bn")(
-            shortcut
-        )
+        shortcut = BatchNorm(momentum=0.9, epsilon=1e-5, name=name + "sc_bn")(shortcut)
     return layers.ReLU(name=name + "out")(layers.Add(name=name + "add")([y, shortcut]))
 
 

@@ -25,7 +25,7 @@ def build_projection_head(in_dim: int, hidden_dim: int, out_dim: int, *,
     x = layers.Dense(out_dim, use_bias=not output_bn, name="head_fc2")(x)
     if output_bn:
         x = BatchNorm(momentum=0.9, epsilon=1e-5, center=False, scale=False,
-                                      name="head_out_bn")(x)
+                      name="head_out_bn")(x)
     return keras.Model(inputs, x, name="projection_head")
 
 
