@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 from absl import app, flags
+
+if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "tools"
+
+from . import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backbone", "resnet18_cifar", "Backbone name.")
@@ -42,17 +49,7 @@ def make_step(precision, batch, jit):
                                    head_hidden_dim=FLAGS.head_hidden_dim,
                                    backbone_width=FLAGS.width, precision=precision)
     images = tf.random.normal([batch, FLAGS.image_size, FLAGS.image_size, 3])
-    variables = encoder.trainable_variables
-
-    @tf.function(jit_compile=jit)
-    def step(x):
-        with tf.GradientTape() as tape:
-            out = encoder(x, training=True)
-            loss = tf.reduce_mean(tf.square(tf.cast(out["embedding"], tf.float32)))
-        grads = tape.gradient(loss, variables)
-        for v, g in zip(variables, grads):
-            v.assign_sub(0.01 * tf.cast(g, v.dtype))
-        return loss
+    step = common.encoder_sgd_step(encoder, encoder.trainable_variables, jit_compile=jit)
 
     step(images).numpy()  # trace + warm up
     step(images).numpy()

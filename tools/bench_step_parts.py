@@ -52,24 +52,6 @@ flags.DEFINE_string("json", None, "Write the result here.")
 PARTS = ("step", "encoder", "encoder_fwd", "plain")
 
 
-def _sgd_step(encoder, variables):
-    """tf.function: forward + backward + plain SGD of ``encoder`` (loss = mean squared
-    embedding) on ``variables`` (the encoder's own, or their DTensor handles)."""
-    import tensorflow as tf
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            out = encoder(x, training=True)
-            loss = tf.reduce_mean(tf.square(tf.cast(out["embedding"], tf.float32)))
-        grads = tape.gradient(loss, variables)
-        for v, g in zip(variables, grads):
-            v.assign_sub(0.01 * tf.cast(g, v.dtype))
-        return loss
-
-    return step
-
-
 def _parts(base, precision):
     import dataclasses
 
@@ -98,7 +80,7 @@ def _parts(base, precision):
                            state.method)
     handles = [layouts.variable_handle(v) for v in state.encoder.trainable_variables]
 
-    encoder_step = _sgd_step(state.encoder, handles)
+    encoder_step = common.encoder_sgd_step(state.encoder, handles)
 
     @tf.function
     def encoder_fwd(x):
@@ -110,7 +92,7 @@ def _parts(base, precision):
                                  backbone_width=config.model.backbone_width,
                                  precision=precision)
     plain_x = tf.constant(tf.reshape(batch["images"], [-1, size, size, 3]))
-    plain_step = _sgd_step(plain, plain.trainable_variables)
+    plain_step = common.encoder_sgd_step(plain, plain.trainable_variables)
 
     calls = {
         "step": lambda: parallel.to_numpy(step(images, ids, state.global_step)["loss"]),
