@@ -24,17 +24,17 @@ def assert_close(actual, expected, rtol=1e-5, name="value"):
     assert err < rtol, f"{name}: relative error {err:.3g} >= {rtol}"
 
 
+def pack_batch(mesh, *arrays):
+    """Each array (or None) batch-sharded on ``mesh``, or a plain tensor when it is None."""
+    if mesh is None:
+        return [None if a is None else tf.constant(a) for a in arrays]
+    return [None if a is None else
+            parallel.pack_sharded(a, parallel.batch_layout(mesh, np.ndim(a))) for a in arrays]
+
+
 def loss_and_grads(mesh, class_weights, x, ids, hard, upstream, **loss_kwargs):
     """Loss [B], dL/dx, dL/dW of sum(upstream * loss), inside a tf.function on ``mesh``."""
-    if mesh is None:
-        to = tf.constant
-        xd, idd, ud = to(x), to(ids), to(upstream)
-        hd = None if hard is None else to(hard)
-    else:
-        xd = parallel.pack_sharded(x, parallel.batch_layout(mesh, 2))
-        idd = parallel.pack_sharded(ids, parallel.batch_layout(mesh, 1))
-        ud = parallel.pack_sharded(upstream, parallel.batch_layout(mesh, 1))
-        hd = None if hard is None else parallel.pack_sharded(hard, parallel.batch_layout(mesh, 2))
+    xd, idd, hd, ud = pack_batch(mesh, x, ids, hard, upstream)
 
     @tf.function
     def step(xd, idd, hd, ud):

@@ -25,15 +25,17 @@ def test_bench_records_and_chunked_memory_bound(tmp_path):
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "bench_classifier.py"),
          "--virtual_devices=2", "--num_instances=8192", "--dim=16", "--batch_size=1024",
-         "--layouts=sharded,replicated", "--chunk_size=0,64", "--steps=1", "--warmup=1",
+         "--layouts=sharded,replicated", "--chunk_size=0,64", "--reductions=none,mean",
+         "--steps=1", "--warmup=1",
          "--matmul_size=128", "--torch_peer=false", f"--json={out}"],
         env=subprocess_env(), capture_output=True, text=True, timeout=600, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| layout | T | N |" in proc.stdout  # the Markdown table
+    assert "| layout (reduction) | T | N |" in proc.stdout  # the Markdown table
     records = json.loads(out.read_text())
-    assert [(r["layout"], r["chunk_size"]) for r in records] == [
-        ("sharded", 0), ("sharded", 64), ("replicated", 0), ("replicated", 64)
+    assert [(r["layout"], r["chunk_size"], r["reduction"]) for r in records] == [
+        (layout, chunk, reduction) for layout in ("sharded", "replicated")
+        for chunk in (0, 64) for reduction in ("none", "mean")
     ]
     for r in records:
         assert "error" not in r, r
@@ -41,10 +43,12 @@ def test_bench_records_and_chunked_memory_bound(tmp_path):
             assert field in r, field
         assert r["devices"] == 2 and r["alloc_peak_bytes"] > r["alloc_resident_bytes"] > 0
         assert r["largest_n_in_budget"] > 0
-    by = {(r["layout"], r["chunk_size"]): r for r in records}
+    by = {(r["layout"], r["chunk_size"], r["reduction"]): r for r in records}
     for layout in ("sharded", "replicated"):
-        full = by[(layout, 0)]["alloc_peak_bytes"]
-        chunked = by[(layout, 64)]["alloc_peak_bytes"]
-        assert full >= 4 * chunked, (layout, full / 2**20, chunked / 2**20)
+        for reduction in ("none", "mean"):  # two passes, and the mean's one pass
+            full = by[(layout, 0, reduction)]["alloc_peak_bytes"]
+            chunked = by[(layout, 64, reduction)]["alloc_peak_bytes"]
+            assert full >= 4 * chunked, (layout, reduction, full / 2**20, chunked / 2**20)
     # Sharding W halves each device's rows: its bytes model is below replicated's.
-    assert by[("sharded", 0)]["per_device_bytes"] < by[("replicated", 0)]["per_device_bytes"]
+    assert (by[("sharded", 0, "none")]["per_device_bytes"]
+            < by[("replicated", 0, "none")]["per_device_bytes"])

@@ -9,7 +9,7 @@ from tf_instcls import parallel
 from tf_instcls.losses import instance_classification_loss
 from tf_instcls.training import MomentumSGD
 
-from helpers import assert_close
+from helpers import assert_close, pack_batch
 from reference import cosine_softmax_loss
 
 N, D = 13, 6
@@ -90,9 +90,7 @@ def test_training_steps_match_numpy_momentum_sgd(devices, layout):
     x = rng.normal(size=(8, D)).astype(np.float32)
     ids = rng.integers(0, N, 8).astype(np.int32)
     hard = rng.integers(0, N, (8, 3)).astype(np.int32)
-    xd = parallel.pack_sharded(x, parallel.batch_layout(mesh, 2))
-    idd = parallel.pack_sharded(ids, parallel.batch_layout(mesh, 1))
-    hd = parallel.pack_sharded(hard, parallel.batch_layout(mesh, 2))
+    xd, idd, hd = pack_batch(mesh, x, ids, hard)
 
     @tf.function
     def step(xd, idd, hd):

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tf_instcls import parallel
 from tf_instcls.losses import instance_classification_loss
 
-from helpers import assert_close, loss_and_grads
+from helpers import assert_close, loss_and_grads, pack_batch
 from reference import cosine_softmax_loss
 
 B, N, D, K = 8, 13, 6, 3  # N = 13: not divisible by 2, 4 or 8 -> padding is exercised
@@ -50,6 +50,74 @@ def test_matches_float64_reference_on_mesh(devices, layout, smoothing, chunk_siz
     assert_close(grad_x, ref_x, name="dL/dx")
     assert_close(grad_w, ref_w, name="dL/dW")
     assert np.all(grad_w[N:] == 0), "padding rows must get exactly zero gradient"
+
+
+MEAN_CASES = [  # (smoothing, chunk_size, temperature): chunked = the one-pass path
+    (0.0, 3, 0.15),
+    (0.2, 3, 0.15),
+    (0.2, 5, 0.03),  # the row-max path (tau < 0.05): Q, not the in-place scatter
+    (0.2, None, 0.15),  # unchunked: the per-row loss, then its mean
+]
+
+
+def _mean_loss_and_grads(mesh, class_weights, x, ids, hard, scale, **loss_kwargs):
+    """Mean loss, hits, and the gradients of scale * mean loss."""
+    from tf_instcls.losses import instance_classification_loss_and_accuracy
+
+    @tf.function
+    def step(xd, idd, hd):
+        with tf.GradientTape() as tape:
+            tape.watch(xd)
+            loss, hit = instance_classification_loss_and_accuracy(
+                xd, idd, class_weights, hard_negatives=hd, reduction="mean", **loss_kwargs)
+            total = loss * scale
+        grad_x, grad_w = tape.gradient(total, [xd, class_weights])
+        return loss, hit, grad_x, grad_w
+
+    return [parallel.to_numpy(v) for v in step(*pack_batch(mesh, x, ids, hard))]
+
+
+@pytest.mark.parametrize("devices,layout", [(1, "sharded"), (2, "sharded"),
+                                            (4, "sharded"), (4, "replicated")])
+@pytest.mark.parametrize("smoothing,chunk_size,temperature", MEAN_CASES)
+def test_mean_reduction_matches_float64_reference(devices, layout, smoothing, chunk_size,
+                                                  temperature):
+    """reduction="mean": the chunked one-pass gradient (in place on 1 device, with Q
+    elsewhere) equals the reference's gradient of the mean, and the hits the argmax."""
+    x, ids, hard, _ = _problem(20 + devices)
+    ids[::3] = [np.argmax(x[i] @ np.ones(D)) % N for i in range(0, B, 3)]  # some repeats
+    hard[1] = [ids[1], 4, 4]  # the true class and a repeat among the hard negatives
+    mesh = parallel.build_mesh(devices)
+    clf = parallel.InstanceClassifier(N, D, mesh=mesh, layout=layout, seed=devices)
+    w = parallel.to_numpy(clf.class_weights)
+    loss, hit, grad_x, grad_w = _mean_loss_and_grads(
+        mesh, clf.class_weights, x, ids, hard, 3.0, smoothing=smoothing,
+        chunk_size=chunk_size, temperature=temperature, valid_classes=N)
+    ref_loss, ref_x, ref_w = cosine_softmax_loss(
+        x, ids, w, temperature=temperature, hard_negatives=hard, smoothing=smoothing,
+        valid_classes=N, upstream=np.full(B, 3.0 / B))
+    assert np.shape(loss) == ()
+    assert_close(loss, ref_loss.mean(), name="mean loss")
+    assert_close(grad_x, ref_x, name="dL/dx")
+    assert_close(grad_w, ref_w, name="dL/dW")
+    assert np.all(grad_w[N:] == 0), "padding rows must get exactly zero gradient"
+    wn = w[:N] / np.linalg.norm(w[:N], axis=1, keepdims=True)
+    np.testing.assert_array_equal(hit, ids == np.argmax(x @ wn.T, axis=1))
+
+
+def test_mean_reduction_on_plain_tensors_and_bad_reduction():
+    x, ids, hard, _ = _problem(30)
+    w = np.random.default_rng(3).normal(size=(N, D)).astype(np.float32)
+    loss, _, grad_x, grad_w = _mean_loss_and_grads(
+        None, tf.Variable(w), x, ids, hard, 1.0, smoothing=0.2, chunk_size=3)
+    ref_loss, ref_x, ref_w = cosine_softmax_loss(
+        x, ids, w, hard_negatives=hard, smoothing=0.2, upstream=np.full(B, 1.0 / B))
+    assert_close(loss, ref_loss.mean(), name="mean loss")
+    assert_close(grad_x, ref_x, name="dL/dx")
+    assert_close(grad_w, ref_w, name="dL/dW")
+    with pytest.raises(ValueError, match="reduction must be 'none' or 'mean'; got 'sum'"):
+        instance_classification_loss(tf.constant(x), tf.constant(ids), tf.constant(w),
+                                     reduction="sum")
 
 
 @pytest.mark.parametrize("smoothing,chunk_size", CASES)

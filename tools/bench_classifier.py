@@ -47,6 +47,9 @@ flags.DEFINE_integer("num_instances", 262144, "N, rows of W (instances).")
 flags.DEFINE_integer("dim", 128, "D, embedding dimension.")
 flags.DEFINE_integer("batch_size", 1024, "B, embeddings per step.")
 flags.DEFINE_list("chunk_size", ["0"], "Loss chunk sizes to try; 0 = unchunked.")
+flags.DEFINE_list("reductions", ["none"], "The loss's reduction to time: none (the [B] "
+                  "losses, then their mean: two passes when chunked) and / or mean (one "
+                  "pass when chunked; see instance_classification_loss).")
 flags.DEFINE_float("smoothing", 0.0, "alpha; > 0 also draws --num_hard random hard negatives.")
 flags.DEFINE_integer("num_hard", 100, "K hard negatives per example when smoothing > 0.")
 flags.DEFINE_integer("steps", 5, "Timed steps per configuration.")
@@ -156,7 +159,7 @@ def _run_worker(config: dict) -> dict:
             tape.watch(x)
             loss = instance_classification_loss(
                 x, ids, w, hard_negatives=hard, smoothing=config["smoothing"],
-                chunk_size=chunk, valid_classes=n,
+                chunk_size=chunk, valid_classes=n, reduction=config.get("reduction", "none"),
             )
             mean = tf.reduce_mean(loss)
         grad_x, grad_w = tape.gradient(mean, [x, w])
@@ -199,6 +202,7 @@ def _run_worker(config: dict) -> dict:
         "dim": d,
         "batch_size": b,
         "chunk_size": chunk or 0,
+        "reduction": config.get("reduction", "none"),
         "smoothing": config["smoothing"],
         "step_ms_median": 1000 * median,
         "step_ms_all": [1000 * s for s in times],
@@ -376,7 +380,7 @@ def largest_n(layout: str, devices: int, dim: int, batch: int, chunk: int, budge
 
 
 def _markdown(records) -> str:
-    head = ("| layout | T | N | D | B | chunk | step ms (median) | per-device MiB "
+    head = ("| layout (reduction) | T | N | D | B | chunk | step ms (median) | per-device MiB "
             "(W+grad+slot+logits) | alloc peak MiB | peak RSS growth MiB | GFLOP/s | "
             "% of matmul peak |")
     lines = [head, "|" + "---|" * 12]
@@ -387,7 +391,8 @@ def _markdown(records) -> str:
             continue
         per_dev = r.get("per_device_bytes")
         lines.append(
-            f"| {r['layout']} | {r['devices']} | {r['num_instances']} | {r['dim']} | "
+            f"| {r['layout']} ({r.get('reduction', 'none')}) | {r['devices']} | "
+            f"{r['num_instances']} | {r['dim']} | "
             f"{r['batch_size']} | {r['chunk_size'] or '-'} | {r['step_ms_median']:.0f} | "
             f"{per_dev / 2**20:.1f} | " if per_dev else
             f"| {r['layout']} | {r['devices']} | {r['num_instances']} | {r['dim']} | "
@@ -428,6 +433,9 @@ def main(argv):
     chunks = [int(c) for c in FLAGS.chunk_size]
     if any(c < 0 for c in chunks):
         raise app.UsageError("--chunk_size values must be >= 0")
+    for reduction in FLAGS.reductions:
+        if reduction not in ("none", "mean"):
+            raise app.UsageError(f"--reductions: {reduction!r} is not none or mean")
     peak = _spawn({"kind": "peak", "devices": 0, "matmul_size": FLAGS.matmul_size})
     if "error" in peak:
         raise RuntimeError(f"matmul peak measurement failed: {peak}")
@@ -439,18 +447,19 @@ def main(argv):
                   num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
                   disable_grappler=FLAGS.disable_grappler, cpu_allocator=FLAGS.cpu_allocator,
                   trace_memory_mib=FLAGS.trace_memory_mib)
-    configs = [(layout, chunk) for layout in FLAGS.layouts for chunk in chunks]
+    configs = [(layout, chunk, reduction) for layout in FLAGS.layouts for chunk in chunks
+               for reduction in FLAGS.reductions]
     runs = {config: [] for config in configs}
     for repeat in range(FLAGS.repeats):  # interleaved, so slow spells hit every config
-        for layout, chunk in configs:
-            logging.info("running layout=%s chunk=%s (run %d of %d) ...", layout, chunk,
-                         repeat + 1, FLAGS.repeats)
-            config = dict(base_config, layout=layout, chunk_size=chunk)
+        for layout, chunk, reduction in configs:
+            logging.info("running layout=%s chunk=%s reduction=%s (run %d of %d) ...", layout,
+                         chunk, reduction, repeat + 1, FLAGS.repeats)
+            config = dict(base_config, layout=layout, chunk_size=chunk, reduction=reduction)
             if repeat:  # the record keeps the first run's trace: trace only once
                 config["trace_memory_mib"] = 0.0
-            runs[(layout, chunk)].append(_spawn(config))
-    for layout, chunk in configs:
-        record = _combine_runs(runs[(layout, chunk)])
+            runs[(layout, chunk, reduction)].append(_spawn(config))
+    for layout, chunk, reduction in configs:
+        record = _combine_runs(runs[(layout, chunk, reduction)])
         # The peak is the best of the driver's and the worker's own measurement.
         record["matmul_peak_gflops"] = max(
             peak["matmul_peak_gflops"], record.get("worker_matmul_peak_gflops", 0.0)
@@ -476,7 +485,8 @@ def main(argv):
     for r in records:
         trace = r.get("live_at_peak")
         if trace:
-            print(f"\nlayout={r['layout']} chunk={r['chunk_size'] or '-'}: the step's own "
+            print(f"\nlayout={r['layout']} chunk={r['chunk_size'] or '-'} reduction="
+                  f"{r.get('reduction', 'none')}: the step's own "
                   f"allocations peak at {trace['peak_step_bytes'] / 2**20:.0f} MiB; alive then:")
             for buf in trace["buffers"]:
                 print(f"  {buf['mib']:8.1f} MiB  {buf['shape']}  {buf['op']}")

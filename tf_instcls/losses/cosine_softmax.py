@@ -40,6 +40,7 @@ class LossSpec:
     use_hard: bool  # Eq. 3: the K hard negatives are targets too
     label_weights: tuple  # y over the K' = 1 (+ K) targets: (1,) or (1 - a, a / K, ...)
     chunk: int | None  # requested rows per chunk (None: the whole batch at once)
+    mean: bool = False  # return the mean over the B rows (a scalar), not the [B] losses
 
 
 class CosineSoftmax:
@@ -73,10 +74,16 @@ class CosineSoftmax:
         # row-sharded or the batch is split, and DTensor has no scatter into a sharded
         # tensor (WORKSPACE.md, "No scatter into a row-sharded tensor"), so the label
         # matrix stays.
-        self.sparse_labels = (placement.row_shards == 1 and batch_shards == 1
-                              and self.chunks.num_chunks == 1)
+        one_piece = placement.row_shards == 1 and batch_shards == 1
+        self.sparse_labels = one_piece and self.chunks.num_chunks == 1
         # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
         self.fixed_shift = spec.inv_temperature <= 20.0
+        # The mean over the batch, in chunks: each chunk's gradient is taken in the same
+        # pass as its loss (``_fused_mean``). W whole and the batch in one piece: the
+        # label term is scattered into exp(z) in place, so a chunk holds one [c, N]
+        # buffer; elsewhere the label matrix Q is a second one.
+        self.fused = spec.mean and self.chunks.num_chunks > 1
+        self.fused_in_place = self.fused and one_piece and self.fixed_shift
         self.num_padding = spec.num_classes - spec.valid
         self.log_label_weights = tf.constant(np.log(spec.label_weights), tf.float32)
 
@@ -250,6 +257,8 @@ class CosineSoftmax:
         valid = self._column_masks(shard_ids)
         w_unit = l2_normalize_rows(class_weights, self._row_mask(shard_ids))
         chunked = self.chunks.num_chunks > 1
+        if self.fused:
+            return self._fused_mean(x_unit, w_unit, shard_ids, valid)
 
         @tf.custom_gradient
         def cosine_softmax(x_unit, w_unit):
@@ -277,7 +286,12 @@ class CosineSoftmax:
 
             return outputs, grad
 
-        return cosine_softmax(x_unit, w_unit)
+        outputs = cosine_softmax(x_unit, w_unit)
+        if not self.spec.mean:
+            return outputs
+        if self.with_accuracy:
+            return tf.reduce_mean(outputs[0]), outputs[1]
+        return tf.reduce_mean(outputs)
 
     # -- chunks: one loop for the forward pass, one for the backward (losses/chunks.py) --
     def _pin_dw(self, value):
@@ -333,3 +347,103 @@ class CosineSoftmax:
             self._pin_dw(tf.broadcast_to(zero, [dim, num])),
         ])
         return chunks.ungrid(grad_x_grid), tf.transpose(grad_w_t)
+
+    # -- the mean in chunks, one pass: loss and gradient of each chunk together --------
+    def _fused_mean(self, x_unit, w_unit, shard_ids, valid):
+        """The mean loss (and the [B] hits) with chunks, the gradient taken chunk by chunk
+        in the forward loop and kept: dJ/dx [B, D] and dW^T [D, N], scaled by the scalar
+        upstream gradient in the backward pass.
+
+        The upstream gradient of a mean is the same for every row, which is what lets a
+        chunk's dW be summed in the pass that computes its logits: no second loop and no
+        recomputed logits (one [c, D] x [D, N] matmul and one exp per chunk fewer than the
+        per-row loss's two loops), at the cost of holding the [D, N] sum from the start.
+        With W whole and the batch in one piece (``fused_in_place``) the label term
+        stays sparse, as in :meth:`_sparse_label_gradient`: each chunk keeps its [c, K']
+        label weights, and one segment sum after the loop adds them to dW.
+        """
+        chunks = self.chunks
+        b, dim, num = self.spec.batch, self.spec.dim, self.spec.num_classes
+        x_grid, t_grid = chunks.grid(x_unit), chunks.grid(self.targets)
+        # Each real row's share of the mean; the grid's padding rows get 0.
+        share = chunks.grid(tf.fill([b], 1.0 / b))
+        sparse = self.fused_in_place
+
+        @tf.custom_gradient
+        def cosine_softmax_mean(x_unit, w_unit):
+            p, n, c = chunks.batch_shards, chunks.num_chunks, chunks.chunk
+            rows = chunks.pin(tf.zeros([p, n, c]))
+            first = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
+            if sparse:  # the label weights g [c, K'] of every chunk
+                first.append(chunks.pin(tf.zeros(t_grid.shape)))
+            # A zero that depends on the input: a plain tf.zeros([D, N]) is folded by
+            # DTensor's MLIR passes into a constant kept alive for good (_chunked_backward).
+            zero = tf.math.multiply_no_nan(tf.reduce_sum(x_grid[:1, :1, :1, :1]), 0.0)
+            sums = [chunks.pin(tf.broadcast_to(zero, x_grid.shape)),
+                    self._pin_dw(tf.broadcast_to(zero, [dim, num]))]
+
+            def body(i, *state):
+                x_chunk = chunks.take(x_grid, i)
+                values, g_x, g_w_t = self._fused_chunk(
+                    x_chunk, chunks.take(t_grid, i), chunks.take(share, i), w_unit,
+                    shard_ids, valid)
+                grids = [chunks.put(g, i, v) for g, v in zip(state, values + [g_x])]
+                return [i + 1] + grids + [self._pin_dw(state[-1] + g_w_t)]
+
+            state = chunks.loop(body, first + sums)
+            loss = tf.reduce_mean(chunks.ungrid(state[0]))
+            outputs = (loss, chunks.ungrid(state[1])) if self.with_accuracy else loss
+            grad_x, grad_w_t = chunks.ungrid(state[-2]), state[-1]
+            label_w = None
+            if sparse:  # sum_b g_bk x_b into row t_bk of dW (repeated targets add up)
+                g = chunks.ungrid(state[-3])  # [B, K']
+                updates = tf.expand_dims(g, 2) * tf.expand_dims(x_unit, 1)  # [B, K', D]
+                label_w = tf.math.unsorted_segment_sum(
+                    tf.reshape(updates, [-1, dim]), tf.reshape(self.targets, [-1]), num)
+
+            def grad(upstream, *unused_hit_grad):
+                grad_w = tf.transpose(grad_w_t)
+                if label_w is not None:
+                    grad_w = grad_w - label_w
+                return grad_x * upstream, grad_w * upstream
+
+            return outputs, grad
+
+        return cosine_softmax_mean(x_unit, w_unit)
+
+    def _fused_chunk(self, x_chunk, t_chunk, share, w_unit, shard_ids, valid):
+        """([loss [c], (hit [c]), (g [c, K'])], dJ/dx [c, D], dW^T [D, N]) of one chunk
+        for the row weights ``share`` [c] (1 / B, 0 on padding rows). With
+        ``fused_in_place`` dW^T leaves out the label term, -g_bk at row t_bk."""
+        if not self.fused_in_place:
+            out, parts, _ = self._forward_chunk(x_chunk, t_chunk, w_unit, shard_ids, valid)
+            values = list(out) if self.with_accuracy else [out]
+            return (values, *self._chunk_gradient(parts, share, x_chunk, w_unit))
+        n = self.spec.num_classes
+        z = tf.reshape(self._logits(x_chunk, w_unit), [-1, n])  # [c, N]
+        # exp() is the logits' only reader, so it reuses their buffer, and the targets
+        # are read from exp(z). (Read from z, the gather and exp() could run in either
+        # order: DTensor drops the control edge, and a second [c, N] buffer was held.)
+        expo = tf.exp(z)  # no shift: |z| <= 1 / tau <= 20 (see _exp)
+        picked = tf.gather(expo, t_chunk, batch_dims=1)  # [c, K']
+        denom = tf.reduce_sum(expo, axis=1)  # [c]
+        if self.num_padding:  # padded rows of W are 0: exp(0) = 1 each
+            denom = denom - float(self.num_padding)
+        weighted = tf.math.log(picked) + tf.expand_dims(self.log_label_weights, 0)
+        values = [tf.math.log(denom) - tf.reduce_logsumexp(weighted, axis=1)]
+        if self.with_accuracy:
+            masked = expo
+            if valid is not None:
+                masked = tf.where(tf.reshape(valid, [1, n]), expo, 0.0)
+            best = tf.reduce_max(masked, axis=1)  # exp is monotonic: the argmax of z
+            values.append(tf.cast(picked[:, 0] >= best, tf.float32))
+        row = share * self.spec.inv_temperature / denom  # [c]
+        # dJ/dz = row_b exp(z) - g_bk at the targets, g_bk = row_b denom_b q_bk.
+        g = tf.nn.softmax(weighted, axis=1) * tf.expand_dims(row * denom, 1)  # [c, K']
+        values.append(g)
+        row = tf.expand_dims(row, 1)
+        targets_w = tf.gather(w_unit, t_chunk)  # [c, K', D]
+        grad_x = tf.matmul(expo, w_unit) * row - tf.reduce_sum(
+            tf.expand_dims(g, 2) * targets_w, axis=1)
+        grad_w_t = tf.matmul(x_chunk * row, expo, transpose_a=True)  # [D, N]
+        return values, grad_x, grad_w_t

@@ -31,6 +31,9 @@ recomputes each chunk's logits from those and sums dW in place, so at its peak a
 holds two [c, N/S] buffers (exp(z), reused for the residual, and Q) and a few [N/S, D]
 ones (normalised W, the dW sum, one chunk's dW), whatever B is. Control dependencies
 cannot give this order: DTensor's MLIR passes drop them between stateless ops.
+With ``reduction="mean"`` (what training uses) the upstream gradient is one scalar, so
+each chunk's gradient is taken in the forward loop itself: one pass, no recomputed
+logits; on one device the label term stays sparse there too (one [c, N] buffer).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def instance_classification_loss(
     smoothing: float = 0.0,
     chunk_size: int | None = None,
     valid_classes: int | None = None,
+    reduction: str = "none",
 ):
     """Per-example cosine-softmax instance classification loss, [B] float32.
 
@@ -70,14 +74,19 @@ def instance_classification_loss(
         the logits chunk by chunk. Same values and gradients as unchunked.
       valid_classes: rows at or beyond this index are padding (DTensor needs N
         divisible by the shard count): excluded from every softmax, zero gradient.
+      reduction: "none" (the [B] losses) or "mean" (their mean, a scalar). With
+        ``chunk_size``, "mean" takes each chunk's gradient in the same pass as its loss
+        (the upstream gradient of a mean is the same for every row), so the logits are
+        not recomputed; and on one device (W whole, the batch in one piece) a chunk
+        holds a single [c, N] buffer instead of two.
 
     Returns:
-      [B] float32 loss per example. On a mesh it is a DTensor: replicated when W is
-      row-sharded, batch-sharded when W is replicated.
+      [B] float32 loss per example (a scalar with ``reduction="mean"``). On a mesh it is
+      a DTensor: replicated when W is row-sharded, batch-sharded when W is replicated.
     """
     return _instance_classification(
         embeddings, instance_ids, class_weights, temperature, hard_negatives, smoothing,
-        chunk_size, valid_classes, with_accuracy=False,
+        chunk_size, valid_classes, reduction, with_accuracy=False,
     )
 
 
@@ -91,23 +100,24 @@ def instance_classification_loss_and_accuracy(
     smoothing: float = 0.0,
     chunk_size: int | None = None,
     valid_classes: int | None = None,
+    reduction: str = "none",
 ):
     """Like :func:`instance_classification_loss`, plus a bool [B]: does the argmax of
     the logits (over the valid classes) equal the instance id? (Costs one reduce-max.)"""
     loss, hit = _instance_classification(
         embeddings, instance_ids, class_weights, temperature, hard_negatives, smoothing,
-        chunk_size, valid_classes, with_accuracy=True,
+        chunk_size, valid_classes, reduction, with_accuracy=True,
     )
     return loss, tf.stop_gradient(hit) > 0.5
 
 
 def _instance_classification(
     embeddings, instance_ids, class_weights, temperature, hard_negatives, smoothing,
-    chunk_size, valid_classes, *, with_accuracy,
+    chunk_size, valid_classes, reduction, *, with_accuracy,
 ):
     spec = _validate(
         embeddings, instance_ids, class_weights, temperature, hard_negatives,
-        smoothing, chunk_size, valid_classes,
+        smoothing, chunk_size, valid_classes, reduction,
     )
     placement = layouts.class_weight_placement(class_weights)
     x = tf.cast(embeddings, tf.float32)
@@ -141,7 +151,8 @@ def _instance_classification(
     return core(l2_normalize_rows(x), tf.convert_to_tensor(class_weights))
 
 
-def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, valid):
+def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, valid,
+              reduction="none"):
     def shape_of(value, name, rank):
         shape = tf.TensorShape(value.shape)
         if shape.rank != rank:
@@ -189,12 +200,14 @@ def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, val
         valid = num_classes
     if not (isinstance(valid, (int, np.integer)) and 1 <= valid <= num_classes):
         raise ValueError(f"valid_classes must be in [1, {num_classes}]; got {valid!r}")
+    if reduction not in ("none", "mean"):
+        raise ValueError(f"reduction must be 'none' or 'mean'; got {reduction!r}")
     use_hard = smoothing > 0
     label_weights = [1.0] if not use_hard else [1.0 - smoothing] + [smoothing / num_hard] * num_hard
     return LossSpec(
         batch=batch, dim=dim, num_classes=num_classes, valid=int(valid),
         inv_temperature=1.0 / float(temperature), use_hard=use_hard,
-        label_weights=tuple(label_weights), chunk=chunk,
+        label_weights=tuple(label_weights), chunk=chunk, mean=reduction == "mean",
     )
 
 

@@ -57,7 +57,7 @@ class Method:
         return {}
 
     def loss(self, batch: Batch):
-        """(loss [2b], hit [2b]) of one step."""
+        """(loss [2b] or its mean, hit [2b]) of one step (the step takes the mean)."""
         raise NotImplementedError
 
     def post_update(self, batch: Batch, finite) -> None:

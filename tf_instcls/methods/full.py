@@ -8,15 +8,17 @@ from tf_instcls.methods.base import Batch, Method
 
 
 def cosine_softmax_loss(batch: Batch, classifier, smoothing: float = 0.0):
-    """(loss, hit) of the cosine softmax over all rows of the classifier's W: Eq. 3 with
-    the batch's hard negatives when ``smoothing`` > 0 and the batch has them, else Eq. 1
-    (also NPID's full non-parametric softmax over its bank)."""
+    """(mean loss, hit [2b]) of the cosine softmax over all rows of the classifier's W:
+    Eq. 3 with the batch's hard negatives when ``smoothing`` > 0 and the batch has them,
+    else Eq. 1 (also NPID's full non-parametric softmax over its bank). The mean lets a
+    chunked loss take each chunk's gradient in one pass (``reduction="mean"``)."""
     hard = batch.hard if smoothing > 0 else None
     return instance_classification_loss_and_accuracy(
         batch.embedding, batch.view_ids, classifier.class_weights,
         temperature=classifier.temperature, hard_negatives=hard,
         smoothing=smoothing if hard is not None else 0.0,
-        chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances)
+        chunk_size=classifier.chunk_size, valid_classes=classifier.num_instances,
+        reduction="mean")
 
 
 class Full(Method):
