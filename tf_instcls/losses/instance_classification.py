@@ -127,16 +127,19 @@ def _instance_classification(
     else:
         targets = tf.expand_dims(ids, 1)  # [B, K'] with K' = K + 1 or 1
     batch_shards = 1
+    gate = 0.0
+    if placement.distributed and placement.mesh.size > 1:
+        mesh = placement.mesh
+        targets = layouts.relayout(targets, layouts.replicated_layout(mesh, 2))
+        # gate = 0.0 once the check passed: x's all-gathers below wait for it.
+        targets, gate = _check_targets_on_mesh(targets, spec.valid, spec.use_hard, mesh)
+    else:
+        targets = _check_targets(targets, spec.valid, spec.use_hard)
     if placement.distributed:
         mesh = placement.mesh
-        # Every device checks every id, so all of them fail the same assertion instead of
-        # one failing and the others reporting a cancelled collective.
-        targets = layouts.relayout(targets, layouts.replicated_layout(mesh, 2))
-    targets = _check_targets(targets, spec.valid, spec.use_hard)
-    if placement.distributed:
         if placement.sharded:
             # DHP step 2: gather the features of every device.
-            x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
+            x = layouts.relayout(x + gate, layouts.replicated_layout(mesh, 2))
             targets = layouts.relayout(targets, layouts.replicated_layout(mesh, 2))
         elif mesh.size > 1 and spec.batch % mesh.size == 0:
             # DDP: each device classifies its own slice of the batch against all of W.
@@ -145,7 +148,7 @@ def _instance_classification(
             targets = layouts.relayout(targets, layouts.batch_layout(mesh, 2))
         else:
             # One device, or a batch that does not split: every device does all of it.
-            x = layouts.relayout(x, layouts.replicated_layout(mesh, 2))
+            x = layouts.relayout(x + gate, layouts.replicated_layout(mesh, 2))
 
     core = CosineSoftmax(spec, placement, batch_shards, targets, with_accuracy)
     return core(l2_normalize_rows(x), tf.convert_to_tensor(class_weights))
@@ -211,15 +214,39 @@ def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, val
     )
 
 
+def _target_messages(valid, use_hard):
+    what = "instance_ids / hard_negatives" if use_hard else "instance_ids"
+    return (f"{what} must be >= 0",
+            f"{what} must be < the number of (valid) classes {valid}")
+
+
+def _check_targets_on_mesh(targets, valid, use_hard, mesh):
+    """(targets, 0.0) on a mesh of several devices: fails with a clear message when an
+    id or hard negative (replicated ``targets``) is outside [0, valid).
+
+    Only the first device fails, and every later collective of the loss waits for the
+    check through the returned zero (DTensor drops control edges; this is data). When
+    every device failed its own assertion, a device still finishing the targets'
+    all-gather could be cancelled by another's failure first, and the error raised was
+    that CancelledError instead of this message.
+    """
+    from tensorflow.experimental import dtensor
+
+    first = tf.equal(dtensor.relayout(tf.range(mesh.size), layouts.batch_layout(mesh, 1)), 0)
+    gate = tf.constant(0.0)
+    bad = (tf.reduce_any(targets < 0), tf.reduce_any(targets >= valid))
+    for flag, message in zip(bad, _target_messages(valid, use_hard)):
+        poison = tf.where(tf.logical_and(first, flag), float("nan"), 0.0)  # [T], sharded
+        gate = gate + tf.reduce_sum(tf.debugging.check_numerics(poison, message))
+    return targets + tf.cast(gate, tf.int32), gate
+
+
 def _check_targets(targets, valid, use_hard):
     """Fails with a clear message when an id or hard negative is outside [0, valid)."""
-    what = "instance_ids / hard_negatives" if use_hard else "instance_ids"
+    low, high = _target_messages(valid, use_hard)
     checks = [
-        tf.debugging.assert_non_negative(targets, message=f"{what} must be >= 0"),
-        tf.debugging.assert_less(
-            targets, tf.constant(valid, tf.int32),
-            message=f"{what} must be < the number of (valid) classes {valid}",
-        ),
+        tf.debugging.assert_non_negative(targets, message=low),
+        tf.debugging.assert_less(targets, tf.constant(valid, tf.int32), message=high),
     ]
     with tf.control_dependencies(checks):
         return tf.identity(targets)
