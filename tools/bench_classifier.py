@@ -16,7 +16,10 @@ its fragmentation and the runtime's own growth, not what the step holds. The all
 statistic is what the step holds at its peak (W, momentum, temporaries, logits), the
 number GPU users read from ``tf.config.experimental.get_memory_info``.
 Also: the largest N each layout fits in --budget_gib per device (the analogue of the
-paper's Fig. 3), and the same step in plain PyTorch on one device if torch imports.
+paper's Fig. 3), and the same Eq. 1 step in PyTorch on one device, eager and / or
+``torch.compile``d (``--torch_peers``), if torch imports in ``--torch_python`` (torch is
+not a dependency: point it at any interpreter that has torch and absl-py). The peers
+run in the same interleaved rounds as our configurations.
 
   python tools/bench_classifier.py --virtual_devices=4 --num_instances=262144 \
       --batch_size=1024 --json=bench_out/classifier_t4.json
@@ -74,6 +77,11 @@ flags.DEFINE_list("disable_grappler", [], "Diagnostic: grappler passes to turn o
                   "arithmetic_optimization), or 'all' for the whole optimizer.")
 flags.DEFINE_string("json", None, "Write the list of records to this path.")
 flags.DEFINE_bool("torch_peer", True, "Also time the step in PyTorch on one device if importable.")
+flags.DEFINE_list("torch_peers", ["eager", "compile"], "PyTorch peers to time (with "
+                  "--torch_peer): eager, and / or compile (torch.compile of the loss and "
+                  "of the optimizer step, Inductor's C++ backend on CPU).")
+flags.DEFINE_string("torch_python", None, "Python interpreter whose torch runs the peers "
+                    "(default: this one); it needs torch and absl-py, not TensorFlow.")
 flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and print a record.")
 
 _FLOAT = 4
@@ -108,6 +116,8 @@ def _matmul_peak(size: int, repeats: int = 10) -> float:
 
 
 def _run_worker(config: dict) -> dict:
+    if config["kind"] == "torch":  # before TensorFlow: the peer's interpreter may lack it
+        return _torch_step(config)
     from tf_instcls import parallel
 
     devices = config["devices"]
@@ -118,8 +128,6 @@ def _run_worker(config: dict) -> dict:
 
     if config["kind"] == "peak":
         return {"matmul_peak_gflops": _matmul_peak(config["matmul_size"])}
-    if config["kind"] == "torch":
-        return _torch_step(config)
 
     from tf_instcls.losses import instance_classification_loss
     from tf_instcls.parallel import layouts
@@ -225,10 +233,14 @@ def _run_worker(config: dict) -> dict:
 
 
 def _torch_step(config: dict) -> dict:
+    """The same Eq. 1 step in PyTorch: normalize, cosine logits / tau, cross-entropy,
+    backward, SGD with momentum 0.9 and weight decay; eager, or with the loss and the
+    optimizer step under ``torch.compile`` (``config["torch_mode"]``)."""
     import numpy as np
     import torch
 
     base_rss = _rss_bytes()
+    mode = config.get("torch_mode", "eager")
     n, d, b = config["num_instances"], config["dim"], config["batch_size"]
     g = torch.Generator().manual_seed(0)
     w = torch.nn.Parameter(torch.randn(n, d, generator=g) * 0.01)
@@ -236,16 +248,26 @@ def _torch_step(config: dict) -> dict:
     x = torch.randn(b, d, generator=g, requires_grad=True)
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, n, b))
 
-    def step():
-        opt.zero_grad()
+    def loss_fn(x, w, ids):
         z = torch.nn.functional.normalize(x) @ torch.nn.functional.normalize(w).t() / 0.15
-        loss = torch.nn.functional.cross_entropy(z, ids)
+        return torch.nn.functional.cross_entropy(z, ids)
+
+    update = opt.step
+    if mode == "compile":
+        loss_fn = torch.compile(loss_fn)
+        update = torch.compile(opt.step)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(x, w, ids)
         loss.backward()
-        opt.step()
+        update()
         return loss.item()
 
-    for _ in range(config["warmup"]):
+    start = time.perf_counter()
+    for _ in range(config["warmup"]):  # compile's tracing and code generation happen here
         step()
+    warmup_seconds = time.perf_counter() - start
     times = []
     for _ in range(config["steps"]):
         start = time.perf_counter()
@@ -253,8 +275,10 @@ def _torch_step(config: dict) -> dict:
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {
-        "layout": "torch-single-device", "devices": 1, "num_instances": n, "dim": d,
-        "batch_size": b, "chunk_size": 0, "step_ms_median": 1000 * median,
+        "layout": f"torch-{mode}", "devices": 1, "num_instances": n, "dim": d,
+        "batch_size": b, "chunk_size": 0, "reduction": "mean", "smoothing": 0.0,
+        "step_ms_median": 1000 * median, "step_ms_all": [1000 * s for s in times],
+        "warmup_seconds": warmup_seconds,
         "gflops": 6 * b * n * d / median / 1e9, "peak_rss_bytes": _rss_bytes(),
         "peak_rss_delta_bytes": _rss_bytes() - base_rss,
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -349,12 +373,29 @@ def _trace_step_memory(run_step, min_mib: float) -> dict:
     }
 
 
-def _spawn(config: dict) -> dict:
+def _torch_peers() -> list:
+    """[("torch-eager", 0, "mean"), ...]: the --torch_peers whose torch imports in
+    --torch_python; none (with a log line) when it does not."""
+    if not FLAGS.torch_peer:
+        return []
+    for mode in FLAGS.torch_peers:
+        if mode not in ("eager", "compile"):
+            raise app.UsageError(f"--torch_peers: {mode!r} is not eager or compile")
+    python = FLAGS.torch_python or sys.executable
+    probe = subprocess.run([python, "-c", "import torch, absl"], capture_output=True, text=True)
+    if probe.returncode:
+        logging.info("torch (with absl-py) does not import in %s: no PyTorch peer. Set "
+                     "--torch_python to an interpreter that has them.", python)
+        return []
+    return [(f"torch-{mode}", 0, "mean") for mode in FLAGS.torch_peers]
+
+
+def _spawn(config: dict, python: str | None = None) -> dict:
     env = common.subprocess_env()
     if config.get("cpu_allocator") == "bfc":
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read once, when TensorFlow starts
     proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(config)}"],
+        [python or sys.executable, os.path.abspath(__file__), f"--worker={json.dumps(config)}"],
         env=env, capture_output=True, text=True,
     )
     for line in proc.stdout.splitlines():
@@ -449,22 +490,27 @@ def main(argv):
                   trace_memory_mib=FLAGS.trace_memory_mib)
     configs = [(layout, chunk, reduction) for layout in FLAGS.layouts for chunk in chunks
                for reduction in FLAGS.reductions]
-    runs = {config: [] for config in configs}
+    peers = _torch_peers()
+    runs = {config: [] for config in configs + peers}
     for repeat in range(FLAGS.repeats):  # interleaved, so slow spells hit every config
-        for layout, chunk, reduction in configs:
+        for layout, chunk, reduction in configs + peers:
             logging.info("running layout=%s chunk=%s reduction=%s (run %d of %d) ...", layout,
                          chunk, reduction, repeat + 1, FLAGS.repeats)
+            if layout.startswith("torch-"):
+                config = dict(base_config, kind="torch", torch_mode=layout[len("torch-"):])
+                runs[(layout, chunk, reduction)].append(_spawn(config, FLAGS.torch_python))
+                continue
             config = dict(base_config, layout=layout, chunk_size=chunk, reduction=reduction)
             if repeat:  # the record keeps the first run's trace: trace only once
                 config["trace_memory_mib"] = 0.0
             runs[(layout, chunk, reduction)].append(_spawn(config))
-    for layout, chunk, reduction in configs:
+    for layout, chunk, reduction in configs + peers:
         record = _combine_runs(runs[(layout, chunk, reduction)])
         # The peak is the best of the driver's and the worker's own measurement.
         record["matmul_peak_gflops"] = max(
             peak["matmul_peak_gflops"], record.get("worker_matmul_peak_gflops", 0.0)
         )
-        if "error" not in record:
+        if "error" not in record and not layout.startswith("torch-"):
             record["largest_n_in_budget"] = largest_n(
                 layout, record["devices"], FLAGS.dim, FLAGS.batch_size, chunk,
                 FLAGS.budget_gib * 2**30,
@@ -472,15 +518,6 @@ def main(argv):
             record["budget_gib"] = FLAGS.budget_gib
         records.append(record)
         logging.info("%s", {k: v for k, v in record.items() if k != "step_ms_all"})
-    if FLAGS.torch_peer:
-        try:
-            import torch  # noqa: F401
-
-            record = _spawn(dict(base_config, kind="torch", layout="torch", chunk_size=0))
-            record["matmul_peak_gflops"] = peak["matmul_peak_gflops"]
-            records.append(record)
-        except ImportError:
-            logging.info("PyTorch not importable: no side-by-side peer")
     print(_markdown(records))
     for r in records:
         trace = r.get("live_at_peak")
