@@ -220,3 +220,47 @@ def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
         method=loop.MethodConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
     logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
     assert logs["step"] == 4 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100
+
+
+def test_one_view_is_view_zero_of_the_pair(tmp_path):
+    """views=1 (NPID's single view) gives [b, 1, ...]: the first of the two views."""
+    path, _ = _npz(tmp_path, n=24)
+    src = data_lib.load_source(f"npz:{path}")
+    args = dict(global_batch_size=8, epoch=2, seed=3)
+    pairs = list(data_lib.make_train_dataset(src, CONFIG, **args))
+    singles = list(data_lib.make_train_dataset(src, CONFIG, views=1, **args))
+    assert len(pairs) == len(singles) == 3
+    for a, b in zip(pairs, singles):
+        assert a["images"].shape[1] == 2 and b["images"].shape[1] == 1
+        np.testing.assert_array_equal(a["ids"], b["ids"])
+        np.testing.assert_array_equal(a["images"][:, :1], b["images"])
+    with pytest.raises(ValueError, match="views must be 1 or 2; got 3"):
+        data_lib.make_train_dataset(src, CONFIG, views=3, **args)
+
+
+@pytest.mark.parametrize("method", ["full", "npid"])
+def test_a_one_view_run_trains(tmp_path, method):
+    from tf_instcls import parallel, pretrain
+    from tf_instcls.training import loop
+
+    configs = dict(
+        data=loop.DataConfig(dataset="synthetic:256:16:4", image_size=16, views=1),
+        model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
+        optim=loop.OptimConfig(warmup_epochs=0),
+        train=loop.TrainConfig(epochs=2, batch_size=64, verbose=0),
+        method=loop.MethodConfig(name=method, num_hard_negatives=8, npid_noise=32,
+                                 smoothing=0.2 if method == "full" else 0.0),
+        monitor=loop.MonitorConfig(k=10))
+    logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
+    # 216 training images (the rest held out): 3 steps an epoch
+    assert logs["step"] == 6 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100
+
+
+def test_simclr_needs_two_views():
+    from tf_instcls.training import config as config_lib
+    from tf_instcls.training import loop
+
+    run = config_lib.RunConfig(data=loop.DataConfig(views=1),
+                               method=loop.MethodConfig(name="simclr"))
+    with pytest.raises(ValueError, match="needs DataConfig.views = 2"):
+        config_lib.validate(run)

@@ -60,9 +60,11 @@ def make_train_dataset(
     process_count: int = 1,
     num_parallel_calls: int | None = None,
     last_epoch: int | None = None,
+    views: int = 2,
 ) -> tf.data.Dataset:
-    """Batches ``{"images": uint8->float [b, 2, S, S, 3], "ids": int32 [b]}`` for the
-    epochs ``epoch .. last_epoch - 1`` (default: ``epoch`` alone), one after another.
+    """Batches ``{"images": uint8->float [b, V, S, S, 3], "ids": int32 [b]}`` (V =
+    ``views`` augmented views of each image) for the epochs ``epoch .. last_epoch - 1``
+    (default: ``epoch`` alone), one after another.
 
     ``b`` is this process' share of the global batch: process p takes rows
     [p b, (p + 1) b) of every global batch, so processes never overlap or leave gaps.
@@ -94,14 +96,18 @@ def make_train_dataset(
         ids.set_shape([None])
         return tf.data.Dataset.from_tensor_slices(ids).map(lambda i: (e, i))
 
-    def two_views(e, instance_id):
+    if views not in (1, 2):
+        raise ValueError(f"views must be 1 or 2; got {views!r}")
+
+    def augmented(e, instance_id):
         image = load(instance_id)
-        views = [augment_view(image, view_seed(seed, e, instance_id, v), config)
-                 for v in range(2)]
-        return {"images": tf.stack(views), "ids": instance_id}
+        # View v's seed does not depend on V: view 0 is the same image either way.
+        out = [augment_view(image, view_seed(seed, e, instance_id, v), config)
+               for v in range(views)]
+        return {"images": tf.stack(out), "ids": instance_id}
 
     dataset = tf.data.Dataset.range(epoch, last_epoch).flat_map(pairs)
-    dataset = dataset.map(two_views, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
+    dataset = dataset.map(augmented, num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
                           deterministic=True)
     # every epoch holds whole local batches, so no batch straddles two epochs
     return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)

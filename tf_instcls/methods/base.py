@@ -20,9 +20,9 @@ import tensorflow as tf
 class Batch:
     """What a method's loss and post-update read, inside the step's tf.function.
 
-    embedding: [2b, D] float32, the head's output for both views (views adjacent);
-    ids: [b] int32 instance ids; view_ids: [2b], each view's instance id;
-    hard: [2b, K] hard negatives of each view's instance, or None (no Eq. 3 this run);
+    embedding: [V b, D] float32, the head's output for the V views (1 or 2, adjacent);
+    ids: [b] int32 instance ids; view_ids: [V b], each view's instance id;
+    hard: [V b, K] hard negatives of each view's instance, or None (no Eq. 3 this run);
     global_step: the step counter (read, not advanced).
     """
 

@@ -58,10 +58,11 @@ class NPID(Method):
         return loss, hit
 
     def post_update(self, batch: Batch, finite) -> None:
-        # The memory rule with the mean of the two views' features; a non-finite step
+        # The memory rule with the mean of the views' features; a non-finite step
         # leaves the bank as it was (momentum 1 = keep).
         d = batch.embedding.shape[-1]
-        features = tf.reduce_mean(tf.reshape(batch.embedding, [-1, 2, d]), axis=1)
+        views = batch.embedding.shape[0] // batch.ids.shape[0]
+        features = tf.reduce_mean(tf.reshape(batch.embedding, [-1, views, d]), axis=1)
         features = masked(tf.math.l2_normalize(features, axis=-1), finite)
         keep = keep_or_replace(finite, tf.constant(self.config.npid_momentum), tf.constant(1.0))
         update_memory_bank(self.classifier.class_weights, batch.ids, features, momentum=keep)

@@ -45,6 +45,11 @@ class DataConfig:
     jitter_prob: float | None = None  # 0.8
     grayscale_prob: float | None = None  # 0.2
     skip_corrupt_images: bool = False
+    # Augmented views of each image per step: 2 (the paper, SimCLR) or 1 (NPID's single
+    # view; beyond the paper for this method). A parametric classifier needs no pair: at
+    # 1 view an epoch costs half the encoder passes, so the same compute buys twice the
+    # epochs and twice the visits of each row of W.
+    views: int = 2
 
     def augment_config(self) -> data_lib.AugmentConfig:
         """The training views' augmentation: the size's defaults, then the values set."""
@@ -338,6 +343,9 @@ def validate(config: RunConfig) -> None:
          "OptimConfig.classifier_weight_decay must be None or >= 0; got "
          f"{optim.classifier_weight_decay}")
     need(data.image_size >= 8, f"DataConfig.image_size must be >= 8; got {data.image_size}")
+    need(data.views in (1, 2), f"DataConfig.views must be 1 or 2; got {data.views}")
+    need(data.views == 2 or method.name != "simclr", "MethodConfig.name = 'simclr' needs "
+         "DataConfig.views = 2 (NT-Xent's positive is the other view)")
     need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
     need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
          f"{models.backbone_names()}; got {model.backbone!r}")

@@ -313,7 +313,7 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
         state.train_source, augment, global_batch_size=train.batch_size, epoch=start_epoch,
         start_step=start - start_epoch * state.steps_per_epoch, seed=train.seed,
         process_index=process_index, process_count=process_count,
-        last_epoch=max(train.epochs, start_epoch + 1),
+        last_epoch=max(train.epochs, start_epoch + 1), views=data.views,
     )) if start_epoch < train.epochs else iter(())
     for epoch in range(start_epoch, train.epochs):
         state.epoch = epoch

@@ -18,7 +18,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
                     hard_table=None, loss_scale=None, loss_scale_growth_steps=2000):
     """Returns ``step(images, ids, global_step) -> metrics``.
 
-    images: [b, 2, S, S, 3] float (two views per instance), ids: [b] int32, both
+    images: [b, V, S, S, 3] float (V = 1 or 2 views per instance), ids: [b] int32, both
     batch-sharded on the mesh. ``method`` (``methods.METHODS[name](...)``) gives the loss
     and what follows the update; the two views of an instance share its one id. With
     ``hard_table`` (the miner's [N, K] table, laid out like W) each view gets its
@@ -39,12 +39,12 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
     statistics = [layouts.variable_handle(v) for v in encoder.non_trainable_variables]
 
     def forward(images, ids, hard_negatives, global_step):
-        size = images.shape[2]
-        views = tf.reshape(images, [-1, size, size, 3])  # [2b, ...]: views stay adjacent
-        view_ids = tf.reshape(tf.stack([ids, ids], axis=1), [-1])  # [2b]
+        count, size = images.shape[1], images.shape[2]
+        views = tf.reshape(images, [-1, size, size, 3])  # [V b, ...]: views stay adjacent
+        view_ids = tf.reshape(tf.stack([ids] * count, axis=1), [-1])  # [V b]
         hard = None
         if hard_negatives is not None:
-            hard = tf.reshape(tf.stack([hard_negatives] * 2, axis=1),
+            hard = tf.reshape(tf.stack([hard_negatives] * count, axis=1),
                               [-1, hard_negatives.shape[-1]])
         out = encoder(views, training=True)
         batch = Batch(out["embedding"], ids, view_ids, hard, global_step)
