@@ -202,3 +202,30 @@ def layouts_replicated(mesh, value):
     from tf_instcls.parallel import layouts
 
     return layouts.replicated_variable(value, mesh, "b")
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_calling_the_layer_is_the_loss_with_its_own_settings(reduction):
+    """README's use: ``clf(embeddings, ids, hard, smoothing=...)`` inside a step is the
+    cosine-softmax loss with the layer's temperature, chunking and real row count."""
+    mesh = parallel.build_mesh(2)
+    clf = parallel.InstanceClassifier(13, D, mesh=mesh, layout="sharded", temperature=0.2,
+                                      chunk_size=3, seed=3)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8, D)).astype(np.float32)
+    ids = rng.integers(0, 13, 8).astype(np.int32)
+    hard = rng.integers(0, 13, (8, 3)).astype(np.int32)
+    w = parallel.to_numpy(clf.class_weights)  # builds W eagerly, as opt.build does in README
+
+    @tf.function
+    def step(xd, idd, hd):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(clf(xd, idd, hd, smoothing=0.2, reduction=reduction))
+        return loss, tape.gradient(loss, clf.distributed_variables)[0]
+
+    loss, grad_w = step(*pack_batch(mesh, x, ids, hard))
+    ref_loss, _, ref_w = cosine_softmax_loss(x, ids, w, temperature=0.2, hard_negatives=hard,
+                                             smoothing=0.2, valid_classes=13,
+                                             upstream=np.full(8, 1 / 8))
+    assert_close(parallel.to_numpy(loss), ref_loss.mean(), name="loss")
+    assert_close(parallel.to_numpy(grad_w), ref_w, name="dL/dW")
