@@ -205,9 +205,9 @@ def layouts_replicated(mesh, value):
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean"])
-def test_calling_the_layer_is_the_loss_with_its_own_settings(reduction):
-    """README's use: ``clf(embeddings, ids, hard, smoothing=...)`` inside a step is the
-    cosine-softmax loss with the layer's temperature, chunking and real row count."""
+def test_readme_step_with_the_classifiers_settings(reduction):
+    """README's step: the loss on ``clf.class_weights`` with the classifier's temperature,
+    chunking and real row count equals the reference, both reductions."""
     mesh = parallel.build_mesh(2)
     clf = parallel.InstanceClassifier(13, D, mesh=mesh, layout="sharded", temperature=0.2,
                                       chunk_size=3, seed=3)
@@ -220,7 +220,10 @@ def test_calling_the_layer_is_the_loss_with_its_own_settings(reduction):
     @tf.function
     def step(xd, idd, hd):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(clf(xd, idd, hd, smoothing=0.2, reduction=reduction))
+            loss = tf.reduce_mean(instance_classification_loss(
+                xd, idd, clf.class_weights, temperature=clf.temperature, hard_negatives=hd,
+                smoothing=0.2, chunk_size=clf.chunk_size, valid_classes=clf.num_instances,
+                reduction=reduction))
         return loss, tape.gradient(loss, clf.distributed_variables)[0]
 
     loss, grad_w = step(*pack_batch(mesh, x, ids, hard))

@@ -197,20 +197,6 @@ class InstanceClassifier(keras.layers.Layer):
         placement = layouts.class_weight_placement(table_variable)
         return layouts.gather_rows(tf.convert_to_tensor(table_variable), ids, placement)
 
-    def call(self, embeddings, instance_ids, hard_negatives=None, *, smoothing: float = 0.0,
-             reduction: str = "none"):
-        """The cosine-softmax loss of ``embeddings`` [B, D] against this W (Eq. 1, or Eq.
-        3 with ``hard_negatives`` [B, K] and ``smoothing``), with the classifier's
-        temperature, chunking and real row count: the [B] losses, or their mean with
-        ``reduction="mean"`` (one pass when chunked). Inside a ``tf.function`` on the
-        mesh; see :func:`tf_instcls.losses.instance_classification_loss`."""
-        from tf_instcls.losses import instance_classification_loss
-
-        return instance_classification_loss(
-            embeddings, instance_ids, self.class_weights, temperature=self.temperature,
-            hard_negatives=hard_negatives if smoothing > 0 else None, smoothing=smoothing,
-            chunk_size=self.chunk_size, valid_classes=self.num_instances, reduction=reduction)
-
     @property
     def distributed_variables(self) -> list[tf.Variable]:
         """W, for the optimizer (it creates W's slots with W's own layout)."""
