@@ -55,7 +55,7 @@ def test_matches_float64_reference_on_mesh(devices, layout, smoothing, chunk_siz
 MEAN_CASES = [  # (smoothing, chunk_size, temperature): chunked = the one-pass path
     (0.0, 3, 0.15),
     (0.2, 3, 0.15),
-    (0.2, 5, 0.03),  # the row-max path (tau < 0.05): Q, not the in-place scatter
+    (0.2, 5, 0.03),  # the row-max path (tau < 0.05): the label matrix Q, not sparse
     (0.2, None, 0.15),  # unchunked: the per-row loss, then its mean
 ]
 
@@ -82,8 +82,8 @@ def _mean_loss_and_grads(mesh, class_weights, x, ids, hard, scale, **loss_kwargs
 @pytest.mark.parametrize("smoothing,chunk_size,temperature", MEAN_CASES)
 def test_mean_reduction_matches_float64_reference(devices, layout, smoothing, chunk_size,
                                                   temperature):
-    """reduction="mean": the chunked one-pass gradient (in place on 1 device, with Q
-    elsewhere) equals the reference's gradient of the mean, and the hits the argmax."""
+    """reduction="mean": the chunked one-pass gradient (a sparse label term on 1 device,
+    Q elsewhere) equals the reference's gradient of the mean, and the hits the argmax."""
     x, ids, hard, _ = _problem(20 + devices)
     ids[::3] = [np.argmax(x[i] @ np.ones(D)) % N for i in range(0, B, 3)]  # some repeats
     hard[1] = [ids[1], 4, 4]  # the true class and a repeat among the hard negatives

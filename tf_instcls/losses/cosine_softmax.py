@@ -240,16 +240,26 @@ class CosineSoftmax:
         row = tf.reshape(inv_denom, [-1]) * upstream * self.spec.inv_temperature  # [c]
         g = posterior / tf.reshape(inv_denom, [-1, 1]) * tf.expand_dims(row, 1)  # [c, K']
         expo = tf.reshape(expo, [-1, self.spec.num_classes])  # [c, N], no pass over it
+        grad_x, dense_t = self._sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk)
+        return grad_x, dense_t, self._label_rows(g, t_chunk, x_chunk)
+
+    @staticmethod
+    def _sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk):
+        """(dJ/dx [c, D], the dense part of dW^T [D, N]) for dJ/dz = row_b exp(z) - g_bk
+        at the K' targets: the label term of dJ/dx goes through the targets' rows."""
         row = tf.expand_dims(row, 1)
         targets_w = tf.gather(w_unit, t_chunk)  # [c, K', D]
         grad_x = tf.matmul(expo, w_unit) * row - tf.reduce_sum(
             tf.expand_dims(g, 2) * targets_w, axis=1)
-        dense_t = tf.matmul(x_chunk * row, expo, transpose_a=True)  # [D, N]
-        updates = tf.expand_dims(g, 2) * tf.expand_dims(x_chunk, 1)  # [c, K', D]
-        label_w = tf.math.unsorted_segment_sum(
-            tf.reshape(updates, [-1, self.spec.dim]), tf.reshape(t_chunk, [-1]),
-            self.spec.num_classes)  # [N, D]; repeated targets add up, as in Q
-        return grad_x, dense_t, label_w
+        return grad_x, tf.matmul(x_chunk * row, expo, transpose_a=True)
+
+    def _label_rows(self, g, targets, x):
+        """The label part of dW [N, D]: g_bk x_b summed into row t_bk (repeated targets
+        add up, as in Q)."""
+        updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)  # [c, K', D]
+        return tf.math.unsorted_segment_sum(
+            tf.reshape(updates, [-1, self.spec.dim]), tf.reshape(targets, [-1]),
+            self.spec.num_classes)
 
     def __call__(self, x_unit, class_weights):
         """Loss (and hit) of unit embeddings ``x_unit`` [B, D] against W [N, D]."""
@@ -401,10 +411,7 @@ class CosineSoftmax:
             grad_x, grad_w_t = chunks.ungrid(state[-2]), state[-1]
             label_w = None
             if sparse:  # sum_b g_bk x_b into row t_bk of dW (repeated targets add up)
-                g = chunks.ungrid(state[-3])  # [B, K']
-                updates = tf.expand_dims(g, 2) * tf.expand_dims(x_unit, 1)  # [B, K', D]
-                label_w = tf.math.unsorted_segment_sum(
-                    tf.reshape(updates, [-1, dim]), tf.reshape(self.targets, [-1]), num)
+                label_w = self._label_rows(chunks.ungrid(state[-3]), self.targets, x_unit)
 
             def grad(upstream, *unused_hit_grad):
                 grad_w = tf.transpose(grad_w_t)
@@ -457,9 +464,4 @@ class CosineSoftmax:
         # dJ/dz = row_b exp(z) - g_bk at the targets, g_bk = row_b denom_b q_bk.
         g = posterior * tf.expand_dims(row * denom, 1)  # [c, K']
         values.append(g)
-        row = tf.expand_dims(row, 1)
-        targets_w = tf.gather(w_unit, t_chunk)  # [c, K', D]
-        grad_x = tf.matmul(expo, w_unit) * row - tf.reduce_sum(
-            tf.expand_dims(g, 2) * targets_w, axis=1)
-        grad_w_t = tf.matmul(x_chunk * row, expo, transpose_a=True)  # [D, N]
-        return values, grad_x, grad_w_t
+        return (values, *self._sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk))

@@ -20,7 +20,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
 
     images: [b, V, S, S, 3] float (V = 1 or 2 views per instance), ids: [b] int32, both
     batch-sharded on the mesh. ``method`` (``methods.METHODS[name](...)``) gives the loss
-    and what follows the update; the two views of an instance share its one id. With
+    and what follows the update; the views of an instance share its one id. With
     ``hard_table`` (the miner's [N, K] table, laid out like W) each view gets its
     instance's hard negatives (Eq. 3 when the method smooths).
     ``loss_scale`` (float16 compute): the (scale, finite steps since a change) variables
