@@ -1,5 +1,6 @@
 """Sources, stable ids, augmentation (eager == tf.data), pipelines and their resume."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -264,3 +265,71 @@ def test_simclr_needs_two_views():
                                method=loop.MethodConfig(name="simclr"))
     with pytest.raises(ValueError, match="needs DataConfig.views = 2"):
         config_lib.validate(run)
+
+
+def test_train_image_size_sets_the_views_side_only(tmp_path):
+    """DataConfig.train_image_size: training views at that side, the rest of the
+    augmentation as before (the same crop boxes, resized smaller); eval views keep
+    image_size."""
+    from tf_instcls.training import loop
+
+    # smooth images (per-image colour ramps), so that resizing twice ~ resizing once
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 1, 12)[None, :, None, None] * np.linspace(0, 1, 12)[None, None, :, None]
+    x = (255 * ramp * rng.uniform(0.3, 1.0, (24, 1, 1, 3))).astype(np.uint8)
+    path = str(tmp_path / "smooth.npz")
+    np.savez(path, x=x)
+    src = data_lib.load_source(f"npz:{path}")
+    base = loop.DataConfig(dataset=f"npz:{path}", image_size=12, crop_scale=(0.3, 1.0))
+    small = loop.DataConfig(dataset=f"npz:{path}", image_size=12, crop_scale=(0.3, 1.0),
+                            train_image_size=8)
+    assert base.augment_config().image_size == 12
+    config = small.augment_config()
+    assert config.image_size == 8 and config.crop_scale == (0.3, 1.0)
+    assert config == dataclasses.replace(base.augment_config(), image_size=8)
+    args = dict(global_batch_size=8, epoch=1, seed=5)
+    batch = next(iter(data_lib.make_train_dataset(src, config, **args)))
+    assert batch["images"].shape == (8, 2, 8, 8, 3)
+    evals = next(iter(data_lib.make_eval_dataset(src, 12, batch_size=8)))
+    assert evals["images"].shape == (8, 12, 12, 3)
+    # the same crop box, resized to 8 instead of 12: the 12 px view resized to 8 is close
+    # (antialiased resizes of one box, not bitwise equal)
+    big = next(iter(data_lib.make_train_dataset(src, base.augment_config(), **args)))
+    np.testing.assert_array_equal(big["ids"], batch["ids"])
+    down = tf.image.resize(tf.reshape(big["images"], [-1, 12, 12, 3]), [8, 8],
+                           antialias=True).numpy().reshape(8, 2, 8, 8, 3)
+    err = np.abs(down - batch["images"].numpy()).mean()
+    spread = np.abs(batch["images"].numpy() - batch["images"].numpy().mean()).mean()
+    assert err < 0.1 * spread, (err, spread)
+
+
+def test_a_run_trains_at_a_smaller_side_and_exports_at_image_size(tmp_path):
+    """Views of 12 px, evaluation and export at 16 px: the encoder takes both sides, the
+    export's features equal the live encoder's at 16 px, and a bad side is refused."""
+    from tf_instcls import export, parallel, pretrain
+    from tf_instcls.parallel.features import extract_features
+    from tf_instcls.training import config as config_lib
+    from tf_instcls.training import loop
+
+    configs = dict(
+        data=loop.DataConfig(dataset="synthetic:256:16:4", image_size=16,
+                             train_image_size=12),
+        model=loop.ModelConfig(backbone="resnet18_cifar", backbone_width=4,
+                               head_hidden_dim=16, embedding_dim=16),
+        optim=loop.OptimConfig(warmup_epochs=0),
+        train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
+        method=loop.MethodConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
+    mesh = parallel.build_mesh(2)
+    logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=mesh)
+    assert logs["step"] == 3 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100
+    state = loop.build_state(str(tmp_path), **configs, mesh=mesh)
+    assert state.run_info["train_image_size"] == 12 and state.run_info["image_size"] == 16
+    source = state.eval_source
+    live = extract_features(state.encoder, source, 16, mesh, batch_size=8)
+    restored = export.restore_encoder(str(tmp_path))
+    assert restored.image_size == 16
+    again = extract_features(restored.encoder, source, 16, mesh, batch_size=8)
+    np.testing.assert_allclose(again["features"], live["features"], rtol=1e-5, atol=1e-5)
+    bad = config_lib.RunConfig(data=loop.DataConfig(train_image_size=4))
+    with pytest.raises(ValueError, match="train_image_size must be None or >= 8; got 4"):
+        config_lib.validate(bad)

@@ -95,7 +95,12 @@ def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
     config = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")])
     assert config.classifier.unit_norm and config.optim.classifier_lr_scale == 128.0
     assert config.optim.classifier_weight_decay == 0.0
+    # training views at 24 px, evaluation at 32 (the augmentation follows)
+    assert config.data.train_image_size == 24 and config.data.image_size == 32
+    assert config.data.augment_config().image_size == 24
     config = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    assert config.data.train_image_size is None
+    assert config.data.augment_config().image_size == 224
     assert not config.classifier.unit_norm and config.optim.classifier_lr_scale == 1.0
     assert config.optim.classifier_weight_decay is None and config.method.temperature == 0.15
 

@@ -73,8 +73,10 @@ def _config_block(config, mesh, model_dir) -> str:
         else f"linear head -> {model.embedding_dim}"
     smoothing = (f"smoothing alpha {method.smoothing}, K {method.num_hard_negatives}"
                  if method.smoothing else "no smoothing")
+    views = (f", training views {data.train_image_size} px"
+             if data.train_image_size not in (None, data.image_size) else "")
     return "\n".join([
-        f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px)",
+        f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px{views})",
         f"  model   {model.backbone}{width}, {head}, tau {method.temperature}, "
         f"{model.precision}",
         f"  train   {train.epochs} epochs x batch {train.batch_size}, base lr "

@@ -1,6 +1,8 @@
 """Backbones, picked by name: ``create_backbone(name, image_size, width)``.
 
-Each returns a Keras model ``images [B, S, S, 3] -> pooled features [B, F]``.
+Each returns a Keras model ``images [B, S, S, 3] -> pooled features [B, F]``;
+``image_size=None`` builds it for any side S (training views smaller than the
+evaluation images: ``DataConfig.train_image_size``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def backbone_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, image_size: int, width: int | None = None) -> keras.Model:
+def create_backbone(name: str, image_size: int | None, width: int | None = None) -> keras.Model:
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose from {backbone_names()}")
     kwargs = {} if width is None else {"width": width}
@@ -43,7 +45,7 @@ def _conv_bn_relu(x, filters, stride=1, name=""):
 
 
 @register_backbone("convnet_small")
-def convnet_small(image_size: int, width: int = 32) -> keras.Model:
+def convnet_small(image_size: int | None, width: int = 32) -> keras.Model:
     """Four conv-BN-ReLU stages (stride 2 from the second): the smoke/demo backbone."""
     inputs = keras.Input([image_size, image_size, 3])
     x = inputs
@@ -65,7 +67,7 @@ def _basic_block(x, filters, stride, name):
 
 
 @register_backbone("resnet18_cifar")
-def resnet18_cifar(image_size: int, width: int = 64) -> keras.Model:
+def resnet18_cifar(image_size: int | None, width: int = 64) -> keras.Model:
     """ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max pool); width scales it."""
     inputs = keras.Input([image_size, image_size, 3])
     x = _conv_bn_relu(inputs, width, 1, name="stem_")
@@ -77,7 +79,7 @@ def resnet18_cifar(image_size: int, width: int = 64) -> keras.Model:
 
 
 @register_backbone("resnet50")
-def resnet50(image_size: int, width: int = 64) -> keras.Model:
+def resnet50(image_size: int | None, width: int = 64) -> keras.Model:
     """The paper's ResNet-50 (Keras applications, random init, global average pool)."""
     if width != 64:
         raise ValueError("resnet50 has a fixed width (64); do not set backbone width")

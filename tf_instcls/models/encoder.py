@@ -34,7 +34,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 def build_encoder(
     backbone: str,
-    image_size: int,
+    image_size: int | None,
     *,
     embedding_dim: int = defaults.EMBEDDING_DIM,
     head_hidden_dim: int = defaults.HEAD_HIDDEN_DIM,
@@ -48,6 +48,7 @@ def build_encoder(
     Without a head (``use_head=False``) a single linear layer maps features to D, as
     the paper's "no MLP" row (the classifier needs D-dim embeddings).
 
+    ``image_size``: the input side; None: any side (a fully convolutional backbone).
     ``precision``: the Keras dtype policy of the backbone and head ("mixed_bfloat16",
     "mixed_float16": float32 variables, 16-bit compute). Inputs and both outputs stay
     float32 (the classifier, W and the softmax are always float32).
