@@ -73,8 +73,8 @@ def _config_block(config, mesh, model_dir) -> str:
         else f"linear head -> {model.embedding_dim}"
     smoothing = (f"smoothing alpha {method.smoothing}, K {method.num_hard_negatives}"
                  if method.smoothing else "no smoothing")
-    views = (f", training views {data.train_image_size} px"
-             if data.train_image_size not in (None, data.image_size) else "")
+    views = (f", training views {data.train_side} px"
+             if data.train_side != data.image_size else "")
     return "\n".join([
         f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px{views})",
         f"  model   {model.backbone}{width}, {head}, tau {method.temperature}, "

@@ -59,13 +59,18 @@ class DataConfig:
     # epochs and twice the visits of each row of W.
     views: int = 2
 
+    @property
+    def train_side(self) -> int:
+        """The side of the training views: ``train_image_size``, else ``image_size``."""
+        return self.train_image_size or self.image_size
+
     def augment_config(self) -> data_lib.AugmentConfig:
         """The training views' augmentation: the size's defaults, then the values set."""
         overrides = {name: tuple(value) if isinstance(value, list) else value
                      for name in ("crop_scale", "blur_prob", "jitter_strength", "jitter_prob",
                                   "grayscale_prob")
                      if (value := getattr(self, name)) is not None}
-        overrides["image_size"] = self.train_image_size or self.image_size
+        overrides["image_size"] = self.train_side
         return dataclasses.replace(data_lib.default_config(self.image_size), **overrides)
 
 

@@ -122,7 +122,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         "num_instances": train_source.num_images, "embedding_dim": model.embedding_dim,
         "backbone": model.backbone, "backbone_width": model.backbone_width,
         "use_head": model.use_head, "image_size": data.image_size,
-        "train_image_size": data.train_image_size or data.image_size,
+        "train_image_size": data.train_side,
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed,
         "init_mode": classifier_cfg.init_mode,
@@ -136,9 +136,9 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
     _check_run_info(model_dir, run_info)
     keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
     # Training views of another side than evaluation's: an encoder for any side.
-    same_size = data.train_image_size in (None, data.image_size)
+    input_size = data.image_size if data.train_side == data.image_size else None
     encoder = models.build_encoder(
-        model.backbone, data.image_size if same_size else None, embedding_dim=model.embedding_dim,
+        model.backbone, input_size, embedding_dim=model.embedding_dim,
         head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
         backbone_width=model.backbone_width, precision=model.precision,
         head_output_bn=model.head_output_bn,
