@@ -303,6 +303,66 @@ def test_train_image_size_sets_the_views_side_only(tmp_path):
     assert err < 0.1 * spread, (err, spread)
 
 
+def test_train_size_schedule_stages_and_bad_schedules():
+    """DataConfig.train_size_schedule: the stages it gives, and every bad schedule
+    refused with what would be accepted."""
+    from tf_instcls.training import config as config_lib
+    from tf_instcls.training import loop
+
+    data = loop.DataConfig(image_size=32, train_size_schedule=((0, 16), (64, 24)))
+    assert data.train_stages(128) == [(0, 64, 16), (64, 128, 24)]
+    assert data.train_stages(50) == [(0, 50, 16)]
+    assert data.train_side == 24 and not data.trains_at_image_size
+    assert data.augment_config(16).image_size == 16 and data.augment_config().image_size == 24
+    assert loop.DataConfig(image_size=32).train_stages(5) == [(0, 5, 32)]
+    assert loop.DataConfig(image_size=32).trains_at_image_size
+    assert not loop.DataConfig(image_size=32, train_image_size=24).trains_at_image_size
+    assert loop.DataConfig(image_size=32,
+                           train_size_schedule=((0, 32),)).trains_at_image_size
+
+    def refused(match, epochs=100, **changes):
+        run = config_lib.RunConfig(data=loop.DataConfig(image_size=32, **changes),
+                                   train=loop.TrainConfig(epochs=epochs))
+        with pytest.raises(ValueError, match=match):
+            config_lib.validate(run)
+
+    refused("must start at epoch 0", train_size_schedule=((1, 16), (64, 24)))
+    refused("epochs must rise", train_size_schedule=((0, 16), (64, 24), (64, 32)))
+    refused("starts at epoch 64, after the run's last epoch 49",
+            epochs=50, train_size_schedule=((0, 16), (64, 24)))
+    refused("sides must be >= 8", train_size_schedule=((0, 4), (64, 24)))
+    refused("needs at least one", train_size_schedule=())
+    refused("not both", train_image_size=24, train_size_schedule=((0, 16),))
+    refused(r"train_size_schedule must be .*got \(\(0, '16'\),\)",
+            train_size_schedule=((0, "16"),))
+
+
+def test_staged_pipeline_is_each_stage_alone(tmp_path):
+    """Progressive resizing's pipeline: every stage's batches are exactly the ones
+    make_train_dataset gives that stage alone, including a resume's skipped steps."""
+    from tf_instcls.training import loop
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
+    path = str(tmp_path / "x.npz")
+    np.savez(path, x=x)
+    src = data_lib.load_source(f"npz:{path}")
+    data = loop.DataConfig(dataset=f"npz:{path}", image_size=16,
+                           train_size_schedule=((0, 8), (2, 12)))
+    stages = [(a, b, data.augment_config(side)) for a, b, side in data.train_stages(4)]
+    args = dict(global_batch_size=8, seed=3)
+    staged = list(data_lib.make_staged_train_dataset(src, stages, epoch=1, last_epoch=4,
+                                                     start_step=2, **args))
+    alone = [*data_lib.make_train_dataset(src, stages[0][2], epoch=1, start_step=2, **args),
+             *data_lib.make_train_dataset(src, stages[1][2], epoch=2, last_epoch=4, **args)]
+    assert len(staged) == len(alone) == 3 + 5 + 5
+    assert [b["images"].shape[2] for b in staged] == [8] * 3 + [12] * 10
+    for got, want in zip(staged, alone):
+        np.testing.assert_array_equal(got["ids"], want["ids"])
+        np.testing.assert_array_equal(got["images"], want["images"])
+    with pytest.raises(ValueError, match="no stage covers epochs 4..4"):
+        data_lib.make_staged_train_dataset(src, stages, epoch=4, last_epoch=5, **args)
+
+
 def test_a_run_trains_at_a_smaller_side_and_exports_at_image_size(tmp_path):
     """Views of 12 px, evaluation and export at 16 px: the encoder takes both sides, the
     export's features equal the live encoder's at 16 px, and a bad side is refused."""

@@ -93,3 +93,31 @@ def test_stages_record_time_memory_and_bytes_of_every_stage(tmp_path):
     # the resumed process that finished it did not mine (its share is in stages.jsonl)
     shares = {r["epoch"]: r["mining_share"] for r in epochs if "mining_share" in r}
     assert list(shares) == [0] and 0 < shares[0] < 1
+
+
+@pytest.mark.slow
+def test_progressive_resizing_switches_at_its_epoch_and_resumes_exactly(tmp_path):
+    """DataConfig.train_size_schedule ((0, 8), (2, 12)): epochs 0-1 are exactly a run of
+    8 px views, epoch 2 differs from it; a run stopped inside epoch 1 and again inside
+    epoch 2 (the second stage) continues exactly."""
+    mesh = parallel.build_mesh(2)
+    schedule = _with(CONFIGS["data"], train_size_schedule=((0, 8), (2, 12)))
+    fixed = _with(CONFIGS["data"], train_image_size=8)
+    straight, stepped, at8 = (str(tmp_path / name) for name in ("straight", "stepped", "at8"))
+    pretrain.run_pretraining(straight, **{**CONFIGS, "data": schedule}, train=TRAIN, mesh=mesh)
+    pretrain.run_pretraining(at8, **{**CONFIGS, "data": fixed}, train=TRAIN, mesh=mesh)
+    for max_steps in (6, 10, 0):
+        pretrain.run_pretraining(stepped, **{**CONFIGS, "data": schedule},
+                                 train=_with(TRAIN, max_steps=max_steps), mesh=mesh)
+    a, b, c = _losses(straight), _losses(stepped), _losses(at8)
+    assert sorted(a) == sorted(b) == sorted(c) == list(range(1, 13))
+    np.testing.assert_array_equal([a[k] for k in sorted(a)], [b[k] for k in sorted(b)])
+    np.testing.assert_array_equal([a[k] for k in range(1, 9)], [c[k] for k in range(1, 9)])
+    assert all(a[k] != c[k] for k in range(9, 13))  # 12 px views from epoch 2 on
+    with open(f"{stepped}/run_info.json") as f:
+        info = json.load(f)
+    assert info["train_size_schedule"] == [[0, 8], [2, 12]] and info["train_image_size"] == 12
+    # a resume with another schedule is refused before any step
+    other = _with(CONFIGS["data"], train_size_schedule=((0, 8), (1, 12)))
+    with pytest.raises(ValueError, match="train_size_schedule"):
+        pretrain.run_pretraining(stepped, **{**CONFIGS, "data": other}, train=TRAIN, mesh=mesh)

@@ -73,8 +73,10 @@ def _config_block(config, mesh, model_dir) -> str:
         else f"linear head -> {model.embedding_dim}"
     smoothing = (f"smoothing alpha {method.smoothing}, K {method.num_hard_negatives}"
                  if method.smoothing else "no smoothing")
-    views = (f", training views {data.train_side} px"
-             if data.train_side != data.image_size else "")
+    stages = data.train_stages(train.epochs)
+    views = "" if data.trains_at_image_size else ", training views " + ", ".join(
+        f"{side} px" + (f" (epochs {first + 1}-{end})" if len(stages) > 1 else "")
+        for first, end, side in stages)
     return "\n".join([
         f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px{views})",
         f"  model   {model.backbone}{width}, {head}, tau {method.temperature}, "

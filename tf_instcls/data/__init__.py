@@ -12,6 +12,7 @@ from tf_instcls.data.pipeline import (
     epoch_permutation,
     eval_preprocess,
     make_eval_dataset,
+    make_staged_train_dataset,
     make_train_dataset,
     steps_per_epoch,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "eval_view",
     "load_source",
     "make_eval_dataset",
+    "make_staged_train_dataset",
     "make_train_dataset",
     "split_holdout",
     "steps_per_epoch",

@@ -113,6 +113,39 @@ def make_train_dataset(
     return dataset.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def make_staged_train_dataset(
+    source: ImageSource,
+    stages,
+    *,
+    epoch: int,
+    last_epoch: int,
+    start_step: int = 0,
+    **kwargs,
+) -> tf.data.Dataset:
+    """:func:`make_train_dataset` for epochs ``epoch .. last_epoch - 1`` whose views'
+    augmentation changes with the epoch (progressive resizing).
+
+    ``stages`` is ``[(first_epoch, end_epoch, AugmentConfig), ...]``, covering the
+    epochs in order. Each stage's epochs are exactly the batches ``make_train_dataset``
+    gives them alone (views are a function of (seed, epoch, id) and the stage's
+    config); the stages are concatenated into one pipeline, whose batches' spatial
+    shape is then unknown until a batch is made (the train step traces once per side).
+    ``start_step`` skips steps of the first epoch (a resume); ``kwargs`` are
+    :func:`make_train_dataset`'s.
+    """
+    dataset = None
+    for first, end, config in stages:
+        lo, hi = max(first, epoch), min(end, last_epoch)
+        if lo >= hi:
+            continue
+        part = make_train_dataset(source, config, epoch=lo, last_epoch=hi,
+                                  start_step=start_step if lo == epoch else 0, **kwargs)
+        dataset = part if dataset is None else dataset.concatenate(part)
+    if dataset is None:
+        raise ValueError(f"no stage covers epochs {epoch}..{last_epoch - 1}: {stages!r}")
+    return dataset
+
+
 def eval_preprocess(images_uint8, image_size: int):
     """What evaluation does to a stored image: the source's uint8 resize to
     ``image_size``, then the eval view. One image or a batch; the serving signature uses

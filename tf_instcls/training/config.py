@@ -45,6 +45,14 @@ class DataConfig:
     # whole image at 32 (FixRes, Touvron et al. 2019). Needs a backbone that takes any
     # side (every one here); the encoder is built for any side when this differs.
     train_image_size: int | None = None
+    # Progressive resizing (beyond the paper; fast.ai's progressive resizing, the
+    # "progressive learning" of EfficientNetV2, Tan & Le 2021): ((first_epoch, side), ...)
+    # from epoch 0 in rising epochs, e.g. ((0, 16), (64, 24)): views of 16 px for epochs
+    # 0-63, then of 24 px. Cheap small views early, the final side for the last epochs
+    # (the BatchNorm statistics and the object scale the export sees are the last
+    # stage's). None: one side (train_image_size) throughout. Set this or
+    # train_image_size, not both. Resume-safe: the side is a function of the epoch.
+    train_size_schedule: tuple[tuple[int, int], ...] | None = None
     # Augmentation. None: the paper's default for the image size (data.default_config:
     # crops of 20-100% and no blur below 96 px; 8-100% and blur p = 0.5 from 96 px).
     crop_scale: tuple[float, float] | None = None
@@ -61,16 +69,37 @@ class DataConfig:
 
     @property
     def train_side(self) -> int:
-        """The side of the training views: ``train_image_size``, else ``image_size``."""
+        """The side of the training views without a schedule: ``train_image_size``, else
+        ``image_size``; with ``train_size_schedule``, its last stage's side."""
+        if self.train_size_schedule:
+            return int(self.train_size_schedule[-1][1])
         return self.train_image_size or self.image_size
 
-    def augment_config(self) -> data_lib.AugmentConfig:
-        """The training views' augmentation: the size's defaults, then the values set."""
+    def train_stages(self, epochs: int) -> list[tuple[int, int, int]]:
+        """``[(first_epoch, end_epoch, side), ...]``: the training views' side over
+        epochs ``0 .. epochs - 1`` (one stage without ``train_size_schedule``)."""
+        schedule = self.train_size_schedule or ((0, self.train_side),)
+        firsts = [int(first) for first, _ in schedule]
+        ends = [*firsts[1:], epochs]
+        return [(first, min(end, epochs), int(side))
+                for first, end, (_, side) in zip(firsts, ends, schedule) if first < epochs]
+
+    @property
+    def trains_at_image_size(self) -> bool:
+        """Whether every training view has evaluation's side (else the encoder is built
+        for any side)."""
+        sides = [side for _, side in self.train_size_schedule or ((0, self.train_side),)]
+        return all(int(side) == self.image_size for side in sides)
+
+    def augment_config(self, side: int | None = None) -> data_lib.AugmentConfig:
+        """The training views' augmentation: the size's defaults, then the values set;
+        the views' side is ``side`` (a stage of ``train_size_schedule``), else
+        ``train_side``."""
         overrides = {name: tuple(value) if isinstance(value, list) else value
                      for name in ("crop_scale", "blur_prob", "jitter_strength", "jitter_prob",
                                   "grayscale_prob")
                      if (value := getattr(self, name)) is not None}
-        overrides["image_size"] = self.train_side
+        overrides["image_size"] = side or self.train_side
         return dataclasses.replace(data_lib.default_config(self.image_size), **overrides)
 
 
@@ -268,6 +297,9 @@ def _type_problems(config) -> list[str]:
             return isinstance(value, int) and not isinstance(value, bool)
         if origin is tuple:  # gin writes tuples; a list is accepted too
             args = typing.get_args(kind)
+            if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+                return (isinstance(value, (tuple, list))
+                        and all(accepts(args[0], v) for v in value))
             return (isinstance(value, (tuple, list)) and len(value) == len(args)
                     and all(accepts(k, v) for k, v in zip(args, value)))
         if origin is not None:
@@ -282,6 +314,24 @@ def _type_problems(config) -> list[str]:
             problems.append(f"{type(config).__name__}.{field.name} must be "
                             f"{getattr(kind, '__name__', kind)}; got {value!r}")
     return problems
+
+
+def _schedule_problem(schedule, epochs: int) -> str | None:
+    """What is wrong with a ``DataConfig.train_size_schedule`` for a run of ``epochs``."""
+    example = "e.g. ((0, 16), (64, 24))"
+    if not schedule:
+        return f"needs at least one (first_epoch, side) pair, {example}; got {schedule!r}"
+    firsts = [first for first, _ in schedule]
+    if firsts[0] != 0:
+        return f"must start at epoch 0, {example}; got {schedule!r}"
+    if any(b <= a for a, b in zip(firsts, firsts[1:])):
+        return f"epochs must rise, {example}; got {schedule!r}"
+    if firsts[-1] >= epochs:
+        return (f"a stage starts at epoch {firsts[-1]}, after the run's last epoch "
+                f"{epochs - 1} (TrainConfig.epochs = {epochs}); got {schedule!r}")
+    if any(side < 8 for _, side in schedule):
+        return f"sides must be >= 8; got {schedule!r}"
+    return None
 
 
 def validate(config: RunConfig) -> None:
@@ -359,6 +409,12 @@ def validate(config: RunConfig) -> None:
     need(data.image_size >= 8, f"DataConfig.image_size must be >= 8; got {data.image_size}")
     need(data.train_image_size is None or data.train_image_size >= 8,
          f"DataConfig.train_image_size must be None or >= 8; got {data.train_image_size}")
+    need(not (data.train_size_schedule and data.train_image_size),
+         "set DataConfig.train_size_schedule or DataConfig.train_image_size, not both")
+    need(data.train_size_schedule is None or _schedule_problem(data.train_size_schedule,
+                                                               train.epochs) is None,
+         f"DataConfig.train_size_schedule: "
+         f"{_schedule_problem(data.train_size_schedule or (), train.epochs)}")
     need(data.views in (1, 2), f"DataConfig.views must be 1 or 2; got {data.views}")
     need(data.views == 2 or method.name != "simclr", "MethodConfig.name = 'simclr' needs "
          "DataConfig.views = 2 (NT-Xent's positive is the other view)")

@@ -123,6 +123,11 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         "backbone": model.backbone, "backbone_width": model.backbone_width,
         "use_head": model.use_head, "image_size": data.image_size,
         "train_image_size": data.train_side,
+        # the stages, when they change (a run resumed with another schedule would train
+        # its remaining epochs on other views)
+        **({"train_size_schedule": [list(map(int, stage))
+                                    for stage in data.train_size_schedule]}
+           if data.train_size_schedule else {}),
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed,
         "init_mode": classifier_cfg.init_mode,
@@ -136,7 +141,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
     _check_run_info(model_dir, run_info)
     keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
     # Training views of another side than evaluation's: an encoder for any side.
-    input_size = data.image_size if data.train_side == data.image_size else None
+    input_size = data.image_size if data.trains_at_image_size else None
     encoder = models.build_encoder(
         model.backbone, input_size, embedding_dim=model.embedding_dim,
         head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
@@ -291,7 +296,9 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
                               state.method, hard_table=state.hard_table,
                               loss_scale=state.loss_scale,
                               loss_scale_growth_steps=optim.loss_scale_growth_steps)
-    augment = data.augment_config()
+    # [(first_epoch, end_epoch, augmentation)]: one stage unless the views' side changes
+    stages = [(first, end, data.augment_config(side))
+              for first, end, side in data.train_stages(train.epochs)]
     callback_list = keras.callbacks.CallbackList(
         list(callbacks), add_history=False, add_progbar=False, model=state.encoder
     )
@@ -310,13 +317,13 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
     callback_list.on_train_begin({"step": start})
     start_epoch = start // state.steps_per_epoch
     step_seconds: list[float] = []  # this process's step times (its first step traces)
-    traced = False
+    traced, side_shape = False, None
     # One pipeline for every remaining epoch: built once, prefetching across epochs.
-    batches = iter(data_lib.make_train_dataset(
-        state.train_source, augment, global_batch_size=train.batch_size, epoch=start_epoch,
+    batches = iter(data_lib.make_staged_train_dataset(
+        state.train_source, stages, global_batch_size=train.batch_size, epoch=start_epoch,
         start_step=start - start_epoch * state.steps_per_epoch, seed=train.seed,
         process_index=process_index, process_count=process_count,
-        last_epoch=max(train.epochs, start_epoch + 1), views=data.views,
+        last_epoch=train.epochs, views=data.views,
     )) if start_epoch < train.epochs else iter(())
     for epoch in range(start_epoch, train.epochs):
         state.epoch = epoch
@@ -331,6 +338,8 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
         last = min(state.steps_per_epoch, stop_at - epoch * state.steps_per_epoch)
         for batch_index in range(first, last):
             batch = next(batches)
+            if batch["images"].shape != side_shape:  # a new side (a stage of progressive
+                side_shape, traced = batch["images"].shape, False  # resizing): retraced
             callback_list.on_train_batch_begin(batch_index)
             metrics = step_fn(
                 layouts.pack_local_batch(batch["images"], image_layout),
