@@ -411,10 +411,9 @@ def validate(config: RunConfig) -> None:
          f"DataConfig.train_image_size must be None or >= 8; got {data.train_image_size}")
     need(not (data.train_size_schedule and data.train_image_size),
          "set DataConfig.train_size_schedule or DataConfig.train_image_size, not both")
-    need(data.train_size_schedule is None or _schedule_problem(data.train_size_schedule,
-                                                               train.epochs) is None,
-         f"DataConfig.train_size_schedule: "
-         f"{_schedule_problem(data.train_size_schedule or (), train.epochs)}")
+    schedule_problem = (None if data.train_size_schedule is None
+                        else _schedule_problem(data.train_size_schedule, train.epochs))
+    need(schedule_problem is None, f"DataConfig.train_size_schedule: {schedule_problem}")
     need(data.views in (1, 2), f"DataConfig.views must be 1 or 2; got {data.views}")
     need(data.views == 2 or method.name != "simclr", "MethodConfig.name = 'simclr' needs "
          "DataConfig.views = 2 (NT-Xent's positive is the other view)")
