@@ -17,7 +17,7 @@ train, holdout = np.load(f"{split}/train_labelled.npz"), np.load(f"{split}/holdo
 for export in sys.argv[2:]:
     serve = tf.saved_model.load(export).signatures["serving_default"]
 
-    def outputs(x):
+    def outputs(x, serve=serve):
         parts = [serve(images=tf.constant(x[i:i + 512])) for i in range(0, len(x), 512)]
         return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
