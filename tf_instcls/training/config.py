@@ -75,10 +75,15 @@ class DataConfig:
             return int(self.train_size_schedule[-1][1])
         return self.train_image_size or self.image_size
 
+    @property
+    def _schedule(self) -> tuple:
+        """``train_size_schedule``, or the one stage ``((0, train_side),)``."""
+        return self.train_size_schedule or ((0, self.train_side),)
+
     def train_stages(self, epochs: int) -> list[tuple[int, int, int]]:
         """``[(first_epoch, end_epoch, side), ...]``: the training views' side over
         epochs ``0 .. epochs - 1`` (one stage without ``train_size_schedule``)."""
-        schedule = self.train_size_schedule or ((0, self.train_side),)
+        schedule = self._schedule
         firsts = [int(first) for first, _ in schedule]
         ends = [*firsts[1:], epochs]
         return [(first, min(end, epochs), int(side))
@@ -88,8 +93,7 @@ class DataConfig:
     def trains_at_image_size(self) -> bool:
         """Whether every training view has evaluation's side (else the encoder is built
         for any side)."""
-        sides = [side for _, side in self.train_size_schedule or ((0, self.train_side),)]
-        return all(int(side) == self.image_size for side in sides)
+        return all(int(side) == self.image_size for _, side in self._schedule)
 
     def augment_config(self, side: int | None = None) -> data_lib.AugmentConfig:
         """The training views' augmentation: the size's defaults, then the values set;
