@@ -52,3 +52,30 @@ def test_bench_records_and_chunked_memory_bound(tmp_path):
     # Sharding W halves each device's rows: its bytes model is below replicated's.
     assert (by[("sharded", 0, "none")]["per_device_bytes"]
             < by[("replicated", 0, "none")]["per_device_bytes"])
+
+
+def test_paired_mode_alternates_eq1_and_eq3_in_one_worker(tmp_path):
+    """--paired (issue 17 item 2): both steps run in one worker, each pair's ratio is
+    its own Eq. 3 / Eq. 1 time, and the two steps are really different losses."""
+    out = tmp_path / "paired.json"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "bench_classifier.py"),
+           "--virtual_devices=1", "--num_instances=4096", "--dim=16", "--batch_size=128",
+           "--layouts=sharded", "--paired", "--num_hard=10", "--steps=4", "--warmup=1",
+           "--repeats=2", f"--json={out}"]
+    proc = subprocess.run(cmd + ["--smoothing=0.2"], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "all 8 pairs: Eq. 3 / Eq. 1 median" in proc.stdout
+    records = json.loads(out.read_text())
+    assert len(records) == 2
+    for r in records:
+        assert len(r["eq1_ms"]) == len(r["eq3_ms"]) == len(r["ratios"]) == 4
+        for a, b, ratio in zip(r["eq1_ms"], r["eq3_ms"], r["ratios"]):
+            assert ratio == pytest.approx(b / a)
+        assert r["ratio_median"] == pytest.approx(sorted(r["ratios"])[1:3][0] / 2
+                                                  + sorted(r["ratios"])[1:3][1] / 2)
+        # Eq. 3 with random hard negatives is a different loss from Eq. 1.
+        assert abs(r["loss_eq3"] - r["loss_eq1"]) > 1e-3, r
+    bad = subprocess.run(cmd + ["--smoothing=0"], env=subprocess_env(),
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert bad.returncode != 0 and "--paired compares Eq. 1 with Eq. 3" in bad.stderr

@@ -75,6 +75,10 @@ flags.DEFINE_float("trace_memory_mib", 0.0,
 flags.DEFINE_list("disable_grappler", [], "Diagnostic: grappler passes to turn off for the "
                   "step (names of tf.config.optimizer.set_experimental_options, e.g. "
                   "arithmetic_optimization), or 'all' for the whole optimizer.")
+flags.DEFINE_bool("paired", False, "Issue 17 item 2: instead of the table, time Eq. 1 and "
+                  "Eq. 3 (--smoothing > 0, --num_hard) steps alternately in each of --repeats "
+                  "workers (first --layouts / --chunk_size / --reductions value) and report "
+                  "the Eq. 3 / Eq. 1 ratio of each adjacent pair.")
 flags.DEFINE_string("json", None, "Write the list of records to this path.")
 flags.DEFINE_bool("torch_peer", True, "Also time the step in PyTorch on one device if importable.")
 flags.DEFINE_list("torch_peers", ["eager", "compile"], "PyTorch peers to time (with "
@@ -161,19 +165,24 @@ def _run_worker(config: dict) -> dict:
             parallel.batch_layout(mesh, 2),
         )
 
-    @tf.function
-    def step(x, ids, hard):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = instance_classification_loss(
-                x, ids, w, hard_negatives=hard, smoothing=config["smoothing"],
-                chunk_size=chunk, valid_classes=n, reduction=config.get("reduction", "none"),
-            )
-            mean = tf.reduce_mean(loss)
-        grad_x, grad_w = tape.gradient(mean, [x, w])
-        opt.apply_gradients([(grad_w, w)], 0.1)
-        return mean, tf.reduce_sum(grad_x)
+    def make_step(smoothing):
+        @tf.function
+        def step(x, ids, hard):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = instance_classification_loss(
+                    x, ids, w, hard_negatives=hard, smoothing=smoothing,
+                    chunk_size=chunk, valid_classes=n, reduction=config.get("reduction", "none"),
+                )
+                mean = tf.reduce_mean(loss)
+            grad_x, grad_w = tape.gradient(mean, [x, w])
+            opt.apply_gradients([(grad_w, w)], 0.1)
+            return mean, tf.reduce_sum(grad_x)
+        return step
 
+    if config["kind"] == "paired":
+        return _time_pairs(config, make_step, x, ids, hard)
+    step = make_step(config["smoothing"])
     for _ in range(config["warmup"]):
         step(x, ids, hard)[0].numpy()
     # Physical devices of the allocator statistics: CPU:0 holds all virtual CPUs.
@@ -230,6 +239,73 @@ def _run_worker(config: dict) -> dict:
         "worker_matmul_peak_gflops": worker_peak,
         "loss": float(step(x, ids, hard)[0].numpy()),
     }
+
+
+def _time_pairs(config: dict, make_step, x, ids, hard) -> dict:
+    """Eq. 1 and Eq. 3 steps on the same W, alternating in one process (issue 17, item
+    2): pair i times both, in the order Eq. 1, Eq. 3 for even i and reversed for odd i,
+    so a drift in the machine's speed hits both; each pair gives one Eq. 3 / Eq. 1
+    ratio. Separate processes differ by up to 20% here, more than the 5% in question."""
+    steps = {"eq1": (make_step(0.0), None), "eq3": (make_step(config["smoothing"]), hard)}
+
+    def run(name):
+        step, negatives = steps[name]
+        return float(step(x, ids, negatives)[0].numpy())
+
+    for _ in range(config["warmup"]):
+        for name in steps:
+            run(name)
+    ms = {"eq1": [], "eq3": []}
+    losses = {}
+    for i in range(config["steps"]):
+        for name in ("eq1", "eq3") if i % 2 == 0 else ("eq3", "eq1"):
+            start = time.perf_counter()
+            losses[name] = run(name)
+            ms[name].append(1000 * (time.perf_counter() - start))
+    ratios = [b / a for a, b in zip(ms["eq1"], ms["eq3"])]
+    return {
+        "layout": config["layout"], "devices": config["devices"],
+        "num_instances": config["num_instances"], "dim": config["dim"],
+        "batch_size": config["batch_size"], "chunk_size": config["chunk_size"] or 0,
+        "smoothing": config["smoothing"], "num_hard": config["num_hard"],
+        "eq1_ms": ms["eq1"], "eq3_ms": ms["eq3"], "ratios": ratios,
+        "ratio_median": statistics.median(ratios),
+        "eq1_ms_median": statistics.median(ms["eq1"]),
+        "eq3_ms_median": statistics.median(ms["eq3"]),
+        "loss_eq1": losses["eq1"], "loss_eq3": losses["eq3"],
+    }
+
+
+def _write_json(records: list) -> None:
+    if FLAGS.json:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
+        with open(FLAGS.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {FLAGS.json}")
+
+
+def _paired(base_config: dict) -> None:
+    """--paired: --repeats workers, each alternating Eq. 1 and Eq. 3 steps."""
+    if FLAGS.smoothing <= 0:
+        raise app.UsageError("--paired compares Eq. 1 with Eq. 3: set --smoothing > 0 "
+                             "(the paper's 0.2) and --num_hard (its 100)")
+    config = dict(base_config, kind="paired", layout=FLAGS.layouts[0],
+                  chunk_size=int(FLAGS.chunk_size[0]), reduction=FLAGS.reductions[0])
+    records = []
+    for repeat in range(FLAGS.repeats):
+        record = _spawn(config)
+        if "error" in record:
+            raise RuntimeError(f"paired worker {repeat + 1} failed: {record}")
+        records.append(record)
+        print(f"worker {repeat + 1}: Eq. 1 {record['eq1_ms_median']:.0f} ms, Eq. 3 "
+              f"{record['eq3_ms_median']:.0f} ms (medians of {len(record['ratios'])}); Eq. 3 / "
+              f"Eq. 1 per pair: median {record['ratio_median']:.3f}, range "
+              f"{min(record['ratios']):.3f}-{max(record['ratios']):.3f}")
+    ratios = sorted(r for record in records for r in record["ratios"])
+    quart = len(ratios) // 4
+    print(f"all {len(ratios)} pairs: Eq. 3 / Eq. 1 median {statistics.median(ratios):.3f}, "
+          f"interquartile {ratios[quart]:.3f}-{ratios[-1 - quart]:.3f}")
+    _write_json(records)
 
 
 def _torch_step(config: dict) -> dict:
@@ -477,10 +553,6 @@ def main(argv):
     for reduction in FLAGS.reductions:
         if reduction not in ("none", "mean"):
             raise app.UsageError(f"--reductions: {reduction!r} is not none or mean")
-    peak = _spawn({"kind": "peak", "devices": 0, "matmul_size": FLAGS.matmul_size})
-    if "error" in peak:
-        raise RuntimeError(f"matmul peak measurement failed: {peak}")
-    logging.info("float32 matmul peak: %.1f GFLOP/s", peak["matmul_peak_gflops"])
     records = []
     base_config = dict(kind="step", devices=FLAGS.virtual_devices, matmul_size=FLAGS.matmul_size,
                   num_instances=FLAGS.num_instances, dim=FLAGS.dim,
@@ -488,6 +560,13 @@ def main(argv):
                   num_hard=FLAGS.num_hard, steps=FLAGS.steps, warmup=FLAGS.warmup,
                   disable_grappler=FLAGS.disable_grappler, cpu_allocator=FLAGS.cpu_allocator,
                   trace_memory_mib=FLAGS.trace_memory_mib)
+    if FLAGS.paired:
+        _paired(base_config)
+        return
+    peak = _spawn({"kind": "peak", "devices": 0, "matmul_size": FLAGS.matmul_size})
+    if "error" in peak:
+        raise RuntimeError(f"matmul peak measurement failed: {peak}")
+    logging.info("float32 matmul peak: %.1f GFLOP/s", peak["matmul_peak_gflops"])
     configs = [(layout, chunk, reduction) for layout in FLAGS.layouts for chunk in chunks
                for reduction in FLAGS.reductions]
     peers = _torch_peers()
@@ -533,11 +612,7 @@ def main(argv):
         for r in fit:
             print(f"  {r['layout']:>10} T={r['devices']} chunk={r['chunk_size'] or '-'}: "
                   f"{r['largest_n_in_budget']:,}")
-    if FLAGS.json:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
-        with open(FLAGS.json, "w") as f:
-            json.dump(records, f, indent=1)
-        print(f"wrote {FLAGS.json}")
+    _write_json(records)
 
 
 if __name__ == "__main__":
