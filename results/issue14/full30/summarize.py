@@ -1,0 +1,84 @@
+"""Issue 14, item 6: the recipe, SimCLR and NPID at the recipe's wall time (the 30-minute
+budget), from the run_recipe.py work dirs; mean +- sample std over seeds and the
+effect rule of run_ablation.py (a difference is an effect only when it exceeds the
+larger seed spread).
+
+    python results/issue14/full30/summarize.py --runs=/work/runs > results/issue14/full30/table.md
+"""
+import json
+import os
+import statistics
+
+from absl import app, flags
+
+flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
+FLAGS = flags.FLAGS
+
+ROWS = [  # (name, work dir, what it is)
+    ("recipe", "r24_100", "the recipe (gin/cifar10_subset_npz.gin), 100 epochs"),
+    ("SimCLR", "r24_simclr115", "+ gin/ablations/simclr.gin, 115 epochs"),
+    ("NPID (NCE, m = 400)", "r24_npid95", "+ gin/ablations/npid.gin, npid_noise = 400, 95 epochs"),
+]
+
+
+def _stats(values):
+    mean = statistics.mean(values)
+    return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _seed_rows(work):
+    rows = []
+    for name in sorted(os.listdir(work)):
+        path = os.path.join(work, name, "recipe_result.json")
+        if not name.startswith("seed") or not os.path.exists(path):
+            continue
+        with open(path) as f:
+            result = json.load(f)
+        knn = {(r["model"], r["representation"]): r["top1"] for r in result["knn"]["results"]}
+        with open(os.path.join(work, name, "metrics.jsonl")) as f:
+            epochs = [json.loads(line) for line in f]
+        # one epoch = its train step time plus its mining (the recipe mines every epoch)
+        seconds = [e["train_seconds"] + e.get("mining_seconds", 0.0) for e in epochs[1:]]
+        rows.append({"seed": result["seed"], "epochs": result["epochs"],
+                     "epoch_loop_s": result["epoch_loop_s"],
+                     "median_epoch_s": statistics.median(seconds),
+                     "features": knn[("export", "features")],
+                     "embedding": knn[("export", "embedding")]})
+    return rows
+
+
+def main(argv):
+    del argv
+    table, out = [], {}
+    for name, work, what in ROWS:
+        seeds = _seed_rows(os.path.join(FLAGS.runs, work))
+        if not seeds:
+            continue
+        out[name] = {"what": what, "seeds": seeds}
+        for key in ("features", "embedding"):
+            out[name][key] = _stats([s[key] for s in seeds])
+        table.append((name, seeds))
+    ref = out["recipe"]
+    print("| run | seeds | epochs | median epoch s (per seed) | epoch loop s (per seed) "
+          "| kNN `features` | kNN `embedding` | `features` vs the recipe | an effect? |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, seeds in table:
+        row = out[name]
+        diff = row["features"][0] - ref["features"][0]
+        spread = max(row["features"][1], ref["features"][1])
+        effect = "reference" if name == "recipe" else ("yes" if abs(diff) > spread else "no")
+        ids = ",".join(str(s["seed"]) for s in seeds)
+        median = " / ".join(f"{s['median_epoch_s']:.2f}" for s in seeds)
+        loop = " / ".join(f"{s['epoch_loop_s']:.0f}" for s in seeds)
+        print(f"| {name} | {ids} | {seeds[0]['epochs']} | {median} | {loop} "
+              f"| {row['features'][0]:.2f} +- {row['features'][1]:.2f} "
+              f"| {row['embedding'][0]:.2f} +- {row['embedding'][1]:.2f} "
+              f"| {diff:+.2f} | {effect} |")
+    print()
+    print("```json")
+    print(json.dumps(out, indent=1))
+    print("```")
+
+
+if __name__ == "__main__":
+    app.run(main)
