@@ -249,10 +249,8 @@ class CosineSoftmax:
         at the K' targets: the label term of dJ/dx goes through the targets' rows."""
         row = tf.expand_dims(row, 1)
         targets_w = tf.gather(w_unit, t_chunk)  # [c, K', D]
-        # sum_k g_bk w_{t_bk} as a batched [1, K'] x [K', D] matmul: one read of the
-        # gathered rows, no [c, K', D] product written and read back.
-        label = tf.squeeze(tf.matmul(tf.expand_dims(g, 1), targets_w), axis=1)  # [c, D]
-        grad_x = tf.matmul(expo, w_unit) * row - label
+        grad_x = tf.matmul(expo, w_unit) * row - tf.reduce_sum(
+            tf.expand_dims(g, 2) * targets_w, axis=1)
         return grad_x, tf.matmul(x_chunk * row, expo, transpose_a=True)
 
     def _label_rows(self, g, targets, x):
