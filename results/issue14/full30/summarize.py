@@ -10,6 +10,7 @@ import os
 import statistics
 
 from absl import app, flags
+from calib_times import epoch_seconds  # this directory (run as a script)
 
 flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
 FLAGS = flags.FLAGS
@@ -35,10 +36,7 @@ def _seed_rows(work):
         with open(path) as f:
             result = json.load(f)
         knn = {(r["model"], r["representation"]): r["top1"] for r in result["knn"]["results"]}
-        with open(os.path.join(work, name, "metrics.jsonl")) as f:
-            epochs = [json.loads(line) for line in f]
-        # one epoch = its train step time plus its mining (the recipe mines every epoch)
-        seconds = [e["train_seconds"] + e.get("mining_seconds", 0.0) for e in epochs[1:]]
+        seconds = epoch_seconds(os.path.join(work, name, "metrics.jsonl"))
         rows.append({"seed": result["seed"], "epochs": result["epochs"],
                      "epoch_loop_s": result["epoch_loop_s"],
                      "median_epoch_s": statistics.median(seconds),

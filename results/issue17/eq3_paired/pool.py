@@ -11,13 +11,11 @@ import sys
 
 root = sys.argv[1]
 for tag in ("before", "after"):
-    pooled, eq1, eq3 = [], [], []
+    pooled = []
     for path in sorted(glob.glob(os.path.join(root, f"{tag}_round*.json"))):
         with open(path) as f:
             (rec,) = json.load(f)
         pooled += rec["ratios"]
-        eq1.append(rec["eq1_ms_median"])
-        eq3.append(rec["eq3_ms_median"])
         print(f"{tag} {os.path.basename(path)}: Eq. 1 {rec['eq1_ms_median']:.0f} ms, Eq. 3 "
               f"{rec['eq3_ms_median']:.0f} ms, ratio median {rec['ratio_median']:.3f}")
     pooled.sort()
