@@ -98,7 +98,10 @@ def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
     # training views at 24 px, evaluation at 32 (the augmentation follows)
     assert config.data.train_image_size == 24 and config.data.image_size == 32
     assert config.data.augment_config().image_size == 24
+    # a wall-clock budget of 28 minutes plans the epochs (at most 400)
+    assert config.train.time_budget_minutes == 28.0 and config.train.epochs == 400
     config = _parse([os.path.join(GIN_DIR, "imagenet_resnet50.gin")])
+    assert config.train.time_budget_minutes == 0.0  # the paper's fixed epochs
     assert config.data.train_image_size is None
     assert config.data.augment_config().image_size == 224
     assert not config.classifier.unit_norm and config.optim.classifier_lr_scale == 1.0

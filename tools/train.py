@@ -31,6 +31,9 @@ flags.DEFINE_string("model_dir", None, "Checkpoints, metrics.jsonl, TensorBoard,
 flags.DEFINE_string("dataset", None, "Overrides DataConfig.dataset: digits | npz:PATH | "
                     "folder:PATH | tfds:NAME[:SPLIT] | synthetic:N[:SIZE[:C]].")
 flags.DEFINE_integer("epochs", None, "Overrides TrainConfig.epochs.", lower_bound=1)
+flags.DEFINE_float("time_budget_minutes", None, "Overrides TrainConfig.time_budget_minutes: "
+                   "plan the epochs that fit this many minutes on this machine (at most "
+                   "TrainConfig.epochs); 0: train exactly TrainConfig.epochs.", lower_bound=0)
 flags.DEFINE_integer("max_steps", None, "Overrides TrainConfig.max_steps: stop (with a "
                      "checkpoint) at this global step; rerun with a larger value to go on.",
                      lower_bound=0)
@@ -52,6 +55,8 @@ def _parse_gin():
         bindings.append(f"TrainConfig.epochs = {FLAGS.epochs}")
     if FLAGS.batch_size is not None:
         bindings.append(f"TrainConfig.batch_size = {FLAGS.batch_size}")
+    if FLAGS.time_budget_minutes is not None:
+        bindings.append(f"TrainConfig.time_budget_minutes = {float(FLAGS.time_budget_minutes)}")
     if FLAGS.max_steps is not None:
         bindings.append(f"TrainConfig.max_steps = {FLAGS.max_steps}")
     for path in FLAGS.gin_file:
@@ -74,6 +79,8 @@ def _config_block(config, mesh, model_dir) -> str:
     smoothing = (f"smoothing alpha {method.smoothing}, K {method.num_hard_negatives}"
                  if method.smoothing else "no smoothing")
     stages = data.train_stages(train.epochs)
+    epochs = (f"{train.time_budget_minutes:g} min (epochs planned, at most {train.epochs})"
+              if train.time_budget_minutes else f"{train.epochs} epochs")
     views = "" if data.trains_at_image_size else ", training views " + ", ".join(
         f"{side} px" + (f" (epochs {first + 1}-{end})" if len(stages) > 1 else "")
         for first, end, side in stages)
@@ -81,7 +88,7 @@ def _config_block(config, mesh, model_dir) -> str:
         f"tf_instcls: {method.name} on {data.dataset} ({data.image_size} px{views})",
         f"  model   {model.backbone}{width}, {head}, tau {method.temperature}, "
         f"{model.precision}",
-        f"  train   {train.epochs} epochs x batch {train.batch_size}, base lr "
+        f"  train   {epochs} x batch {train.batch_size}, base lr "
         f"{optim.base_learning_rate} per {optim.base_batch_size}, wd {optim.weight_decay}, "
         f"init {classifier.init_mode}, {smoothing}",
         f"  mesh    {mesh.size} {mesh.device_type()} device(s); W {classifier.layout}",

@@ -1,6 +1,8 @@
 """kNN monitor: the kNN evaluator's top-1 of backbone features on the labelled eval
 split, every few epochs, with the geometry of the features, embeddings and W."""
 
+import time
+
 import keras
 from absl import logging
 
@@ -56,12 +58,20 @@ class KNNMonitor(keras.callbacks.Callback):
         self.step, self.results = step, results
         self.every_epochs, self.model_dir = every_epochs, model_dir
 
+    def on_epochs_planned(self, epochs: int) -> None:
+        """A time-budgeted run fixed its length: the last epoch is evaluated."""
+        self.epochs = epochs
+
     def evaluate(self, epoch=None) -> dict:
+        """The kNN result and geometry; its wall time goes to ``results["knn_seconds"]``
+        (a time budget counts it)."""
+        start = time.perf_counter()
         with stages.timed(self.model_dir, "knn", epoch=epoch):
             model = LiveEncoder(self.encoder, self.image_size, self.mesh)
             result = dict(self.evaluator.run(model, self.splits)["features"])
             result["geometry"] = self._geometry(model.features(self.splits.train))
-            return result
+        self.results["knn_seconds"] = time.perf_counter() - start
+        return result
 
     def _geometry(self, bank) -> dict:
         stats = {**geometry.geometry_stats("feat", bank["features"]),
@@ -85,7 +95,8 @@ class KNNMonitor(keras.callbacks.Callback):
         if logs is None or not (last or (epoch + 1) % self.every_epochs == 0):
             return
         result = self.evaluate(epoch=epoch)
-        found = {"knn_top1": result["top1"], "knn_top5": result["top5"], **result["geometry"]}
+        found = {"knn_top1": result["top1"], "knn_top5": result["top5"], **result["geometry"],
+                 "knn_seconds": self.results["knn_seconds"]}
         if hasattr(self, "initial_top1"):
             found["knn_top1_at_init"] = self.initial_top1
             # the geometry at initialisation, once, in the first epoch's record

@@ -13,6 +13,10 @@ class ProgressLogger(keras.callbacks.Callback):
         self.step, self.results, self.verbose = step, results, verbose
         self.bar = None
 
+    def on_epochs_planned(self, epochs: int) -> None:
+        """A time-budgeted run fixed its length (training/budget.py)."""
+        self.epochs = epochs
+
     def on_epoch_begin(self, epoch, logs=None):
         self.start_step = self.step()
         if self.verbose:

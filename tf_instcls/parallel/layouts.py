@@ -276,6 +276,17 @@ def pack_local_batch(local_batch, layout: dtensor.Layout) -> tf.Tensor:
     return dtensor.pack(tf.split(local_batch, count, axis=0), layout)
 
 
+def max_over_processes(values, mesh: dtensor.Mesh) -> np.ndarray:
+    """The element-wise maximum of each process' ``values`` (a host vector) over every
+    process of the run, on the mesh (DTensor's reduction: one all-reduce, nothing
+    hand-rolled); in a single-process run, ``values`` itself. Every process must call it
+    together, like any collective."""
+    values = np.asarray(values, np.float64).reshape(1, -1)
+    local = np.repeat(values, mesh.num_local_devices(), axis=0)  # one row per device
+    rows = pack_local_batch(local, batch_layout(mesh, 2))
+    return to_numpy(tf.reduce_max(rows, axis=0)).astype(np.float64)
+
+
 def variable_handle(variable):
     """The tf.Variable behind a Keras 3 variable (itself for TF variables)."""
     inner = getattr(variable, "_value", None)

@@ -208,6 +208,11 @@ class TrainConfig:
     # schedule is still that of `epochs`, so rerunning with a larger max_steps (or 0)
     # continues the same run exactly: scale runs and smoke tests of long configs.
     max_steps: int = 0
+    # A wall-clock budget in minutes (0: none). With one, `epochs` is the most the run may
+    # train: after a few timed epochs it plans how many fit the budget on this machine
+    # (counted from the run's start; the kNN monitor's evaluations included), fixes the
+    # schedule's length to that, and checkpoints the plan (training/budget.py).
+    time_budget_minutes: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,6 +375,11 @@ def validate(config: RunConfig) -> None:
     need(fault.step_timeout_s >= 0, "FaultConfig.step_timeout_s must be >= 0")
     need(train.max_steps >= 0, "TrainConfig.max_steps must be >= 0 (0: no limit)")
     need(monitor.every_epochs >= 0, "MonitorConfig.every_epochs must be >= 0")
+    need(train.time_budget_minutes >= 0, "TrainConfig.time_budget_minutes must be >= 0 "
+         f"(0: no budget); got {train.time_budget_minutes}")
+    need(not (train.time_budget_minutes and data.train_size_schedule),
+         "TrainConfig.time_budget_minutes cannot plan a DataConfig.train_size_schedule "
+         "(its stages cost differently and are fixed by epoch): set one of the two")
     need(monitor.k >= 1, f"MonitorConfig.k must be >= 1; got {monitor.k}")
     need(monitor.temperature > 0, f"MonitorConfig.temperature must be > 0; got "
          f"{monitor.temperature}")

@@ -13,6 +13,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -20,7 +21,7 @@ from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
 from tf_instcls.methods import METHODS, Method, trains_w
 from tf_instcls.parallel import layouts, watchdog
-from tf_instcls.training import checkpoints, stages
+from tf_instcls.training import budget, checkpoints, stages
 from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-exported)
     CONFIG_CLASSES,
     ClassifierConfig,
@@ -70,6 +71,7 @@ class TrainState:
     last_step: int = 0  # host copy of global_step, readable when the device is not
     method: Method | None = None  # its loss, post-update and own state (NPID's Z)
     loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
+    planned_epochs: tf.Variable | None = None  # a time-budgeted run's plan (0: not yet)
 
     @property
     def step(self) -> int:
@@ -179,6 +181,10 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
                       layouts.replicated_variable(0, mesh, "loss_scale_good_steps",
                                                   tf.int64))
         extra.update(loss_scale=loss_scale[0], loss_scale_good_steps=loss_scale[1])
+    planned_epochs = None
+    if train.time_budget_minutes:
+        planned_epochs = layouts.replicated_variable(0, mesh, "planned_epochs", tf.int64)
+        extra.update(planned_epochs=planned_epochs)
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
@@ -196,17 +202,21 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
                 latest, checkpoint, classifier=classifier,
                 encoder_variables=encoder_variables, optimizer=optimizer,
                 global_step=global_step, hard_table=hard_table,
-                hard_table_epoch=hard_table_epoch, loss_scale=loss_scale)
+                hard_table_epoch=hard_table_epoch, loss_scale=loss_scale,
+                planned_epochs=planned_epochs)
             fields["step"] = int(parallel.to_numpy(global_step))
         print(f"resumed from {latest} (step {fields['step']}, {how} restore on {mesh.size} "
               "devices)", flush=True)
+    epochs = train.epochs
+    if planned_epochs is not None and int(parallel.to_numpy(planned_epochs)):
+        epochs = int(parallel.to_numpy(planned_epochs))  # the budget's plan, made earlier
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
-        epochs=train.epochs, image_size=data.image_size, run_info=run_info,
+        epochs=epochs, image_size=data.image_size, run_info=run_info,
         hard_table=hard_table, hard_table_epoch=hard_table_epoch, method=method,
-        loss_scale=loss_scale,
+        loss_scale=loss_scale, planned_epochs=planned_epochs,
     )
 
 
@@ -258,6 +268,7 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
     A watchdog (``FaultConfig.step_timeout_s``) ends the process if progress stops; in
     a multi-client run a lost peer raises :class:`WorkerLostError`.
     """
+    started = time.perf_counter()  # a time budget counts from here
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     with stages.timed(model_dir, "startup", devices=mesh.size) as fields:
@@ -265,12 +276,13 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
         fields.update(num_instances=state.train_source.num_images, step=state.step)
     timeout = config.fault.step_timeout_s
     if not timeout:
-        return _train(state, config, mesh, [*make_callbacks(state), *callbacks])
+        return _train(state, config, mesh, [*make_callbacks(state), *callbacks], started)
     describe = lambda: (f"Last step {state.last_step}; latest checkpoint "  # noqa: E731
                         f"{state.manager.latest_checkpoint}.")
     with watchdog.Watchdog(timeout, describe):
         try:
-            return _train(state, config, mesh, [*make_callbacks(state), *callbacks])
+            return _train(state, config, mesh, [*make_callbacks(state), *callbacks],
+                          started)
         except parallel.PEER_ERRORS as err:
             if not parallel.is_multi_client():
                 raise
@@ -282,15 +294,20 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
                 "process with the same --model_dir to resume from it.") from err
 
 
-def _train(state, config: RunConfig, mesh, callbacks) -> dict:
-    """The epoch loop of :func:`run`."""
+def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
+    """The epoch loop of :func:`run` (``started``: the run's start, for a time budget)."""
     data, optim, train, fault = config.data, config.optim, config.train, config.fault
     peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
                                    train.batch_size)
-    total_steps = train.epochs * state.steps_per_epoch
+    total_steps = state.epochs * state.steps_per_epoch
+    schedule_steps = lambda: total_steps  # noqa: E731
+    if state.planned_epochs is not None:  # read in the step: the plan once made, else
+        planned = state.planned_epochs  # TrainConfig.epochs (the most)
+        schedule_steps = lambda: (  # noqa: E731
+            tf.where(planned > 0, planned, train.epochs) * state.steps_per_epoch)
     warmup_steps = int(optim.warmup_epochs * state.steps_per_epoch)
     lr_fn = lambda step: warmup_cosine(  # noqa: E731
-        step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
+        step, peak_lr=peak_lr, total_steps=schedule_steps(), warmup_steps=warmup_steps
     )
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               state.method, hard_table=state.hard_table,
@@ -316,6 +333,14 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
         return {"stopped_at_step": start}
     callback_list.on_train_begin({"step": start})
     start_epoch = start // state.steps_per_epoch
+    planner = None
+    if state.planned_epochs is not None and not int(parallel.to_numpy(state.planned_epochs)):
+        planner = budget.EpochPlanner(
+            budget_s=60.0 * train.time_budget_minutes, started=started,
+            max_epochs=train.epochs, monitor_every=config.monitor.every_epochs,
+            agree=lambda values: layouts.max_over_processes(values, mesh))
+        if "knn_seconds" in state.epoch_results:  # the monitor's evaluation at the start
+            planner.add_monitor_seconds(state.epoch_results["knn_seconds"])
     step_seconds: list[float] = []  # this process's step times (its first step traces)
     traced, side_shape = False, None
     # One pipeline for every remaining epoch: built once, prefetching across epochs.
@@ -325,7 +350,16 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
         process_index=process_index, process_count=process_count,
         last_epoch=train.epochs, views=data.views,
     )) if start_epoch < train.epochs else iter(())
-    for epoch in range(start_epoch, train.epochs):
+    epoch = start_epoch - 1
+    while epoch + 1 < state.epochs:
+        epoch += 1
+        if planner is not None and planner.ready():
+            total_steps = _plan(state, planner, epoch, callback_list.callbacks)
+            stop_at, planner = train.max_steps or total_steps, None
+            if epoch >= state.epochs:  # the budget is spent: no epoch more fits
+                break
+        if planner is not None:
+            planner.start_epoch()
         state.epoch = epoch
         state.epoch_results.clear()  # callbacks add results for this epoch here (in place:
         # they hold this dict)
@@ -389,10 +423,39 @@ def _train(state, config: RunConfig, mesh, callbacks) -> dict:
                                           / max(epoch_logs["train_seconds"], 1e-9))
         callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
         logs = {**epoch_logs, **state.epoch_results}
+        if planner is not None:
+            planner.end_epoch(full=first == 0 and count == state.steps_per_epoch,
+                              monitor_s=state.epoch_results.get("knn_seconds", 0.0))
         if state.step >= stop_at and state.step < total_steps:  # max_steps at an epoch end
             return _stop_at_max_steps(callback_list, state, total_steps, logs)
     callback_list.on_train_end(logs)
     return logs
+
+
+def _plan(state, planner, epoch: int, callbacks) -> int:
+    """A time-budgeted run's plan, made at the start of ``epoch``: fixes the run's
+    length (the schedule reads ``state.planned_epochs``), tells the callbacks that show
+    or use it, records it in stages.jsonl and checkpoints it at once if the run ends
+    here. Returns the run's total steps."""
+    epochs, figures = planner.plan(epoch)
+    state.planned_epochs.assign(
+        layouts.pack_sharded(np.int64(epochs), state.planned_epochs.layout))
+    state.epochs = epochs
+    for callback in callbacks:
+        if hasattr(callback, "on_epochs_planned"):
+            callback.on_epochs_planned(epochs)
+    stages.record(state.model_dir, "plan", figures["elapsed_s"], **figures)
+    minutes = figures["budget_s"] / 60
+    if epochs > epoch:
+        print(f"time budget {minutes:g} min: {epochs} epochs planned "
+              f"({figures['epoch_s']:.1f} s an epoch, {figures['elapsed_s']:.0f} s spent; "
+              f"expected end at {figures['expected_end_s']:.0f} s)", flush=True)
+    else:
+        logging.warning("time budget %g min: spent after %d epochs (%.0f s; %.1f s an "
+                        "epoch); the run ends here, before its learning rate decayed",
+                        minutes, epoch, figures["elapsed_s"], figures["epoch_s"])
+        checkpoints.save(state.manager, state.step)  # the plan, so a rerun does not go on
+    return epochs * state.steps_per_epoch
 
 
 def _stop_at_max_steps(callback_list, state, total_steps: int, logs: dict) -> dict:

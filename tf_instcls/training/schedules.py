@@ -12,13 +12,14 @@ def scaled_learning_rate(base_lr: float, base_batch: int, batch_size: int) -> fl
     return base_lr * batch_size / base_batch
 
 
-def warmup_cosine(step, *, peak_lr: float, total_steps: int, warmup_steps: int):
-    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine decay to 0."""
+def warmup_cosine(step, *, peak_lr: float, total_steps, warmup_steps: int):
+    """Linear warm-up to ``peak_lr`` over ``warmup_steps``, then cosine decay to 0.
+    ``total_steps`` may be a tensor (a time-budgeted run's planned length)."""
     step = tf.cast(step, tf.float32)
     warmup = float(max(warmup_steps, 0))
-    total = float(max(total_steps, 1))
+    total = tf.maximum(tf.cast(total_steps, tf.float32), 1.0)
     warm = peak_lr * (step + 1.0) / max(warmup, 1.0)
-    progress = tf.clip_by_value((step - warmup) / max(total - warmup, 1.0), 0.0, 1.0)
+    progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
     cosine = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
     return tf.where(step < warmup, warm, cosine)
 

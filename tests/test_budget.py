@@ -1,0 +1,189 @@
+"""A wall-clock budget (TrainConfig.time_budget_minutes): the plan's arithmetic against
+brute force, the planner's timing rules on a given clock, the agreement over the mesh,
+and real runs: the plan fixes the schedule's length, is checkpointed, a resumed run
+follows it exactly, and a spent budget ends the run with its plan saved."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_instcls import parallel, pretrain
+from tf_instcls.parallel import layouts
+from tf_instcls.training import budget, checkpoints, loop
+from tf_instcls.training.schedules import warmup_cosine
+
+
+def _brute_monitor_runs(first, end, every):
+    return sum(1 for e in range(first, end) if every and ((e + 1) % every == 0 or e == end - 1))
+
+
+@pytest.mark.parametrize("every", [0, 1, 3, 10])
+def test_monitor_runs_counts_every_period_and_the_last_epoch(every):
+    for first in range(0, 25):
+        for end in range(first, 40):
+            assert budget.monitor_runs(first, end, every) == _brute_monitor_runs(first, end,
+                                                                                  every)
+
+
+def test_plan_is_the_most_epochs_that_fit_the_budget():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        budget_s = float(rng.uniform(10, 500))
+        elapsed = float(rng.uniform(0, 200))
+        epoch_s = float(rng.uniform(0.5, 20))
+        next_epoch, max_epochs = int(rng.integers(1, 6)), int(rng.integers(6, 80))
+        every, monitor_s = int(rng.integers(0, 6)), float(rng.uniform(0, 5))
+        fits = [end for end in range(next_epoch, max_epochs + 1)
+                if elapsed + (end - next_epoch) * epoch_s
+                + _brute_monitor_runs(next_epoch, end, every) * monitor_s <= budget_s]
+        expected = max(fits) if fits else next_epoch
+        assert budget.plan_epochs(budget_s=budget_s, elapsed_s=elapsed, next_epoch=next_epoch,
+                                  epoch_s=epoch_s, max_epochs=max_epochs, monitor_every=every,
+                                  monitor_s=monitor_s) == expected
+    assert budget.plan_epochs(budget_s=10, elapsed_s=11, next_epoch=3, epoch_s=1,
+                              max_epochs=9) == 3  # spent: no more epochs
+    assert budget.plan_epochs(budget_s=1e9, elapsed_s=0, next_epoch=3, epoch_s=1,
+                              max_epochs=9) == 9  # capped by TrainConfig.epochs
+    with pytest.raises(ValueError, match="epoch_s must be a positive time"):
+        budget.plan_epochs(budget_s=10, elapsed_s=0, next_epoch=1, epoch_s=0, max_epochs=5)
+
+
+def test_planner_skips_the_traced_and_partial_epochs_and_counts_the_monitor_apart():
+    planner = budget.EpochPlanner(budget_s=99.0, started=0.0, max_epochs=50,
+                                  agree=lambda values: values, monitor_every=4)
+    planner.add_monitor_seconds(9.0)  # at initialisation (traces: left out once others exist)
+    clock = 5.0
+    for wall, full, monitor in [(30.0, True, 0.0),  # the first epoch: traces, not timed
+                                (1.0, False, 0.0),  # a resumed part of an epoch
+                                (2.5, True, 0.5),  # 2.0 + a monitor evaluation of 0.5
+                                (2.0, True, 0.0)]:
+        assert not planner.ready()
+        planner.start_epoch(now=clock)
+        clock += wall
+        planner.end_epoch(full=full, monitor_s=monitor, now=clock)
+    assert planner.ready() and planner.walls == [2.0, 2.0]
+    epochs, figures = planner.plan(4, now=clock)
+    assert figures["elapsed_s"] == clock and figures["epoch_s"] == 2.0
+    assert figures["monitor_s"] == 0.5  # the later evaluations, not the traced first
+    assert epochs == budget.plan_epochs(budget_s=99.0, elapsed_s=clock, next_epoch=4,
+                                        epoch_s=2.0, max_epochs=50, monitor_every=4,
+                                        monitor_s=0.5)
+    # 40.5 s spent + 27 epochs x 2 s + 7 evaluations x 0.5 s = 98 s; one more: 100 s
+    assert epochs == 4 + 27 and figures["expected_end_s"] == 98.0
+
+
+def test_the_slowest_process_figures_are_agreed_on():
+    seen = []
+    planner = budget.EpochPlanner(budget_s=60.0, started=0.0, max_epochs=100,
+                                  agree=lambda values: seen.append(values) or [20.0, 3.0, 0.0])
+    for now in (0.0, 1.0, 2.0, 3.0):
+        planner.start_epoch(now=now)
+        planner.end_epoch(full=True, now=now + 1.0)
+    epochs, figures = planner.plan(3, now=4.0)
+    assert seen == [[4.0, 1.0, 0.0]]  # this process' figures go to the agreement
+    assert (figures["elapsed_s"], figures["epoch_s"], epochs) == (20.0, 3.0, 3 + 13)
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_max_over_processes_on_the_mesh(devices):
+    mesh = parallel.build_mesh(devices)
+    values = [3.5, -1.0, 1e4]
+    np.testing.assert_array_equal(layouts.max_over_processes(values, mesh), values)
+
+
+def _configs(tmp_path, *, budget_minutes, epochs=7, max_steps=0, every=2):
+    return dict(
+        data=loop.DataConfig(image_size=16),
+        model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
+        optim=loop.OptimConfig(warmup_epochs=1),
+        train=loop.TrainConfig(epochs=epochs, batch_size=256, verbose=0, deterministic=True,
+                               time_budget_minutes=budget_minutes, max_steps=max_steps),
+        method=loop.MethodConfig(num_hard_negatives=8),
+        monitor=loop.MonitorConfig(k=10, every_epochs=every),
+    )
+
+
+def _records(path, name):
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if name is None or r.get("stage") == name]
+
+
+def _planned(model_dir):
+    latest = tf.train.latest_checkpoint(f"{model_dir}/checkpoints")
+    return int(tf.train.load_checkpoint(latest).get_tensor(checkpoints.PLAN_KEY))
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_plans_once_fixes_its_schedule_and_resumes_on_its_plan(
+        tmp_path, monkeypatch):
+    """The plan (forced to 5 of at most 7 epochs, so that it does not depend on this
+    machine's speed) sets the cosine's length, is checkpointed, and a run stopped after
+    it and resumed ends exactly where the uninterrupted run ends."""
+    real_plan, calls = budget.plan_epochs, []
+
+    def plan_five(**kwargs):
+        calls.append(kwargs)
+        real_plan(**kwargs)  # the real arithmetic runs on the real figures
+        return 5
+
+    monkeypatch.setattr(budget, "plan_epochs", plan_five)
+    mesh = parallel.build_mesh(2)
+    whole = tmp_path / "whole"
+    pretrain.run_pretraining(str(whole), mesh=mesh, **_configs(tmp_path, budget_minutes=60))
+    assert len(calls) == 1 and calls[0]["next_epoch"] == 3 and calls[0]["max_epochs"] == 7
+    assert calls[0]["monitor_every"] == 2 and calls[0]["monitor_s"] > 0
+    metrics = _records(whole / "metrics.jsonl", None)
+    assert [r["epoch"] for r in metrics] == [0, 1, 2, 3, 4]
+    steps = int(metrics[-1]["step"]) // 5
+    # before the plan the cosine ran to 7 epochs, after it to 5; it ends near zero
+    for record in metrics:
+        total = (7 if record["epoch"] < 3 else 5) * steps
+        expected = float(warmup_cosine(record["step"] - 1, peak_lr=0.48 * 256 / 4096,
+                                       total_steps=total, warmup_steps=steps))
+        assert record["lr"] == pytest.approx(expected, rel=1e-6)
+    assert "knn_top1" in metrics[-1] and "knn_seconds" in metrics[-1]  # the last epoch's
+    plan = _records(whole / "stages.jsonl", "plan")
+    assert len(plan) == 1 and plan[0]["planned_epochs"] == 5
+    assert _planned(whole) == 5
+
+    # stopped in epoch 4 (after the plan), then resumed: the same end, bit for bit
+    part = tmp_path / "part"
+    pretrain.run_pretraining(str(part), mesh=mesh,
+                             **_configs(tmp_path, budget_minutes=60, max_steps=4 * steps - 2))
+    assert _planned(part) == 5
+    pretrain.run_pretraining(str(part), mesh=mesh, **_configs(tmp_path, budget_minutes=60))
+    assert len(calls) == 2  # the resumed run did not plan again
+    resumed = _records(part / "metrics.jsonl", None)
+    assert resumed[-1]["epoch"] == 4 and resumed[-1]["step"] == 5 * steps
+    for name in ("checkpoints",):
+        a = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(whole / name)))
+        b = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(part / name)))
+        for key in (checkpoints.W_KEY, checkpoints.STEP_KEY, checkpoints.PLAN_KEY):
+            np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key))
+
+    # the plan belongs to the run: no budget now is refused, by name
+    with pytest.raises(ValueError, match="with a time budget"):
+        pretrain.run_pretraining(str(whole), mesh=mesh, **_configs(tmp_path, budget_minutes=0))
+
+
+@pytest.mark.slow
+def test_a_spent_budget_ends_the_run_with_its_plan_saved(tmp_path, caplog):
+    mesh = parallel.build_mesh(1)
+    configs = _configs(tmp_path, budget_minutes=1e-4, every=0)
+    pretrain.run_pretraining(str(tmp_path), mesh=mesh, **configs)
+    metrics = _records(tmp_path / "metrics.jsonl", None)
+    assert [r["epoch"] for r in metrics] == [0, 1, 2]  # one traced, two timed
+    assert _planned(tmp_path) == 3
+    assert any("the run ends here" in r.getMessage() for r in caplog.records)
+    logs = pretrain.run_pretraining(str(tmp_path), mesh=mesh, **configs)  # nothing to do
+    assert len(_records(tmp_path / "metrics.jsonl", None)) == 3 and "loss" not in logs
+
+
+def test_bad_budgets_are_refused_by_name():
+    with pytest.raises(ValueError, match="time_budget_minutes must be >= 0"):
+        loop.validate_configs(train=loop.TrainConfig(time_budget_minutes=-1.0))
+    with pytest.raises(ValueError, match="cannot plan a DataConfig.train_size_schedule"):
+        loop.validate_configs(data=loop.DataConfig(train_size_schedule=((0, 16), (2, 24))),
+                              train=loop.TrainConfig(epochs=4, time_budget_minutes=5.0))

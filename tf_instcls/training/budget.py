@@ -1,0 +1,117 @@
+"""A wall-clock budget for a run: ``TrainConfig.time_budget_minutes``.
+
+With a budget, ``TrainConfig.epochs`` is the most a run may train, and the run itself
+chooses how many epochs it trains, from this machine's measured speed, so that it ends
+within the budget. The plan is made once, early, and then fixed: the learning rate's
+cosine runs to zero at the planned end, as in a run of that many epochs. It is a
+checkpointed variable, so a run resumed after the plan follows it exactly (a run killed
+before the plan was checkpointed plans again when it resumes).
+
+How: the first epoch of a process traces (it is slower and is not timed). After the
+next ``TIMED_EPOCHS`` full epochs, at the start of the following one, the planner takes
+their mean wall time (from epoch start to epoch start: the miner, the step, the epoch's
+callbacks and checkpoint), less the kNN monitor's evaluations, which are counted apart
+at their own measured cost and period. The time already spent counts from the run's
+start (``run_pretraining``: building the state and the prior included). The plan is the
+most epochs that fit; every process of a multi-client run plans from the slowest
+process' figures, so all agree.
+
+The epochs before the plan use ``TrainConfig.epochs`` as the schedule's length. Their
+learning rate is therefore that of a slightly longer cosine (after a warm-up, the
+difference at epoch 3 of 200 is 1e-4 of the peak): the price of measuring first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+TIMED_EPOCHS = 2  # full epochs timed (after a process' first) before the plan
+
+
+def monitor_runs(first: int, end: int, every: int) -> int:
+    """How many times the kNN monitor evaluates in epochs ``first .. end - 1`` of a run of
+    ``end`` epochs: every ``every`` epochs and at the last epoch."""
+    if every <= 0 or end <= first:
+        return 0
+    periodic = end // every - first // every
+    return periodic + (0 if end % every == 0 else 1)
+
+
+def plan_epochs(*, budget_s: float, elapsed_s: float, next_epoch: int, epoch_s: float,
+                max_epochs: int, monitor_every: int = 0, monitor_s: float = 0.0) -> int:
+    """The most epochs E (``next_epoch <= E <= max_epochs``) whose remaining epochs
+    ``next_epoch .. E - 1`` fit the budget: ``elapsed_s + (E - next_epoch) * epoch_s``
+    plus the monitor's evaluations in them (``monitor_runs``) at ``monitor_s`` each
+    is at most ``budget_s``. ``next_epoch`` when not even one more epoch fits."""
+    if epoch_s <= 0 or not math.isfinite(epoch_s):
+        raise ValueError(f"epoch_s must be a positive time; got {epoch_s}")
+    best = next_epoch
+    for end in range(next_epoch + 1, max_epochs + 1):
+        cost = elapsed_s + (end - next_epoch) * epoch_s
+        cost += monitor_runs(next_epoch, end, monitor_every) * monitor_s
+        if cost > budget_s:
+            break
+        best = end
+    return best
+
+
+class EpochPlanner:
+    """Times a process' epochs and makes the plan once (see the module docstring).
+
+    ``agree(values) -> values``: the element-wise maximum over every process of the
+    run (identity in a single-process run)."""
+
+    def __init__(self, *, budget_s: float, started: float, max_epochs: int, agree,
+                 monitor_every: int = 0):
+        self.budget_s, self.started, self.max_epochs = budget_s, started, max_epochs
+        self.agree, self.monitor_every = agree, monitor_every
+        self.walls: list[float] = []  # full, timed epochs' walls (monitor time taken out)
+        self.monitor: list[float] = []  # the monitor's evaluations' seconds
+        self._epoch_start: float | None = None
+        self._skip_first = True
+
+    def start_epoch(self, now: float | None = None) -> None:
+        self._epoch_start = time.perf_counter() if now is None else now
+
+    def end_epoch(self, *, full: bool, monitor_s: float = 0.0,
+                  now: float | None = None) -> None:
+        """An epoch ended: ``full`` = it ran every step (not a resumed partial one)."""
+        now = time.perf_counter() if now is None else now
+        if monitor_s:
+            self.monitor.append(monitor_s)
+        if self._epoch_start is None:
+            return
+        if self._skip_first or not full:  # the trace, or a resumed part of an epoch
+            self._skip_first = False
+            return
+        self.walls.append(now - self._epoch_start - monitor_s)
+
+    def ready(self) -> bool:
+        return len(self.walls) >= TIMED_EPOCHS
+
+    def add_monitor_seconds(self, seconds: float) -> None:
+        """An evaluation of the monitor outside an epoch (at initialisation)."""
+        self.monitor.append(seconds)
+
+    def plan(self, next_epoch: int, now: float | None = None) -> tuple[int, dict]:
+        """(epochs, the figures it came from), agreed over processes."""
+        now = time.perf_counter() if now is None else now
+        recent = self.walls[-TIMED_EPOCHS:]
+        # the monitor's first evaluation traces: its later ones, once there are any
+        evaluations = self.monitor[1:] or self.monitor
+        mine = [now - self.started, sum(recent) / len(recent),
+                sum(evaluations) / len(evaluations) if evaluations else 0.0]
+        elapsed_s, epoch_s, monitor_s = (float(v) for v in self.agree(mine))
+        epochs = plan_epochs(budget_s=self.budget_s, elapsed_s=elapsed_s,
+                             next_epoch=next_epoch, epoch_s=epoch_s,
+                             max_epochs=self.max_epochs, monitor_every=self.monitor_every,
+                             monitor_s=monitor_s)
+        figures = {"budget_s": self.budget_s, "elapsed_s": round(elapsed_s, 2),
+                   "epoch_s": round(epoch_s, 3), "monitor_s": round(monitor_s, 3),
+                   "monitor_every": self.monitor_every, "next_epoch": next_epoch,
+                   "max_epochs": self.max_epochs, "planned_epochs": epochs,
+                   "expected_end_s": round(elapsed_s + (epochs - next_epoch) * epoch_s
+                                           + monitor_runs(next_epoch, epochs,
+                                                          self.monitor_every) * monitor_s, 1)}
+        return epochs, figures
