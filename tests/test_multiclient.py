@@ -1,4 +1,5 @@
-"""Multi-process DTensor: 2 clients x 2 virtual CPUs on localhost, W sharded over all 4."""
+"""Multi-process DTensor: 2 clients x 2 virtual CPUs on localhost, W sharded over all 4
+(and a time budget's agreement over processes)."""
 
 import os
 import socket
@@ -60,6 +61,8 @@ def test_two_clients_match_the_single_process_reference(tmp_path):
     for result in results:  # every client sees the same global values
         for key, want in zip(("loss", "grad_x", "grad_w"), ref):
             assert_close(result[key], want, name=key)
+        # layouts.max_over_processes: clients 0 and 1 offered [c, 10 - c, 2.5]
+        np.testing.assert_array_equal(result["agreed"], [1.0, 10.0, 2.5])
 
 
 ROOT = os.path.dirname(HERE)

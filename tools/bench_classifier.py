@@ -21,8 +21,14 @@ paper's Fig. 3), and the same Eq. 1 step in PyTorch on one device, eager and / o
 not a dependency: point it at any interpreter that has torch and absl-py). The peers
 run in the same interleaved rounds as our configurations.
 
+``--paired`` (Eq. 3's overhead, issue 17 item 2): one worker builds the Eq. 1 and the
+Eq. 3 step on the same W and alternates them, swapping their order every pair, so each
+adjacent pair gives one Eq. 3 / Eq. 1 ratio free of the spread between processes.
+
   python tools/bench_classifier.py --virtual_devices=4 --num_instances=262144 \
       --batch_size=1024 --json=bench_out/classifier_t4.json
+  python tools/bench_classifier.py --paired --virtual_devices=1 --layouts=sharded \
+      --smoothing=0.2 --num_hard=100 --steps=10 --repeats=3
 """
 
 from __future__ import annotations

@@ -449,7 +449,8 @@ def _plan(state, planner, epoch: int, callbacks) -> int:
     if epochs > epoch:
         print(f"time budget {minutes:g} min: {epochs} epochs planned "
               f"({figures['epoch_s']:.1f} s an epoch, {figures['elapsed_s']:.0f} s spent; "
-              f"expected end at {figures['expected_end_s']:.0f} s)", flush=True)
+              f"expected to end {figures['expected_end_s'] / 60:.1f} min after the start)",
+              flush=True)
     else:
         logging.warning("time budget %g min: spent after %d epochs (%.0f s; %.1f s an "
                         "epoch); the run ends here, before its learning rate decayed",

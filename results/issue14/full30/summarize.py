@@ -4,6 +4,11 @@ effect rule of run_ablation.py (a difference is an effect only when it exceeds t
 larger seed spread).
 
     python results/issue14/full30/summarize.py --runs=/work/runs > results/issue14/full30/table.md
+
+With ``--rows=name:work_dir,...`` (the first row is the reference) it tables other runs,
+e.g. the time-budgeted recipe and SimCLR (results/issue14/budget28/); a run with a
+time budget adds its plan (planned epochs, the end it expected and the end it had,
+seconds after its start).
 """
 import json
 import os
@@ -13,6 +18,8 @@ from absl import app, flags
 from calib_times import epoch_seconds  # this directory (run as a script)
 
 flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
+flags.DEFINE_list("rows", [], "name:work_dir pairs, the reference first (default: item 6's "
+                  "three rows).")
 FLAGS = flags.FLAGS
 
 ROWS = [  # (name, work dir, what it is)
@@ -27,6 +34,23 @@ def _stats(values):
     return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
+def _plan(run_dir):
+    """A time-budgeted run's plan and when it really ended (seconds after its start)."""
+    path = os.path.join(run_dir, "stages.jsonl")
+    if not os.path.exists(path):  # runs whose records kept only metrics.jsonl
+        return {}
+    with open(path) as f:
+        records = [json.loads(line) for line in f]
+    plans = [r for r in records if r.get("stage") == "plan"]
+    if not plans:
+        return {}
+    start = next(r for r in records if r.get("stage") == "startup")
+    started = start["time"] - start["seconds"]
+    return {"planned_epochs": plans[0]["planned_epochs"], "plan": plans[0],
+            "expected_end_s": plans[0]["expected_end_s"],
+            "ended_s": round(max(r["time"] for r in records) - started, 1)}
+
+
 def _seed_rows(work):
     rows = []
     for name in sorted(os.listdir(work)):
@@ -39,6 +63,8 @@ def _seed_rows(work):
         seconds = epoch_seconds(os.path.join(work, name, "metrics.jsonl"))
         rows.append({"seed": result["seed"], "epochs": result["epochs"],
                      "epoch_loop_s": result["epoch_loop_s"],
+                     "train_wall_s": result["train_wall_s"],
+                     **_plan(os.path.join(work, name)),
                      "median_epoch_s": statistics.median(seconds),
                      "features": knn[("export", "features")],
                      "embedding": knn[("export", "embedding")]})
@@ -48,7 +74,9 @@ def _seed_rows(work):
 def main(argv):
     del argv
     table, out = [], {}
-    for name, work, what in ROWS:
+    rows = ROWS if not FLAGS.rows else [(*row.split(":", 1), row.split(":", 1)[1])
+                                        for row in FLAGS.rows]
+    for name, work, what in rows:
         seeds = _seed_rows(os.path.join(FLAGS.runs, work))
         if not seeds:
             continue
@@ -56,7 +84,7 @@ def main(argv):
         for key in ("features", "embedding"):
             out[name][key] = _stats([s[key] for s in seeds])
         table.append((name, seeds))
-    ref = out["recipe"]
+    ref = out[rows[0][0]]
     print("| run | seeds | epochs | median epoch s (per seed) | epoch loop s (per seed) "
           "| kNN `features` | kNN `embedding` | `features` vs the recipe | an effect? |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -64,14 +92,24 @@ def main(argv):
         row = out[name]
         diff = row["features"][0] - ref["features"][0]
         spread = max(row["features"][1], ref["features"][1])
-        effect = "reference" if name == "recipe" else ("yes" if abs(diff) > spread else "no")
+        effect = "reference" if row is ref else ("yes" if abs(diff) > spread else "no")
         ids = ",".join(str(s["seed"]) for s in seeds)
         median = " / ".join(f"{s['median_epoch_s']:.2f}" for s in seeds)
         loop = " / ".join(f"{s['epoch_loop_s']:.0f}" for s in seeds)
-        print(f"| {name} | {ids} | {seeds[0]['epochs']} | {median} | {loop} "
+        epochs = " / ".join(str(s["epochs"]) for s in seeds)
+        print(f"| {name} | {ids} | {epochs} | {median} | {loop} "
               f"| {row['features'][0]:.2f} +- {row['features'][1]:.2f} "
               f"| {row['embedding'][0]:.2f} +- {row['embedding'][1]:.2f} "
               f"| {diff:+.2f} | {effect} |")
+    planned = [(name, s) for name, seeds in table for s in seeds if "plan" in s]
+    if planned:
+        print()
+        print("| run | seed | epochs planned | epoch s (plan) | expected end s | ended s "
+              "| train wall s (train.py) |")
+        print("|---|---|---|---|---|---|---|")
+        for name, s in planned:
+            print(f"| {name} | {s['seed']} | {s['planned_epochs']} | {s['plan']['epoch_s']} "
+                  f"| {s['expected_end_s']} | {s['ended_s']} | {s['train_wall_s']:.0f} |")
     print()
     print("```json")
     print(json.dumps(out, indent=1))
