@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf_instcls import parallel, pretrain
 from tf_instcls.parallel import layouts
 from tf_instcls.training import budget, checkpoints, loop
-from tf_instcls.training.schedules import warmup_cosine
+from tf_instcls.training.schedules import planned_cosine, warmup_cosine
 
 
 def _brute_monitor_runs(first, end, every):
@@ -59,11 +59,11 @@ def test_planner_skips_the_traced_and_partial_epochs_and_counts_the_monitor_apar
                                 (1.0, False, 0.0),  # a resumed part of an epoch
                                 (2.5, True, 0.5),  # 2.0 + a monitor evaluation of 0.5
                                 (2.0, True, 0.0)]:
-        assert not planner.ready()
+        assert not planner.ready(0)
         planner.start_epoch(now=clock)
         clock += wall
         planner.end_epoch(full=full, monitor_s=monitor, now=clock)
-    assert planner.ready() and planner.walls == [2.0, 2.0]
+    assert planner.ready(4) and planner.walls == [2.0, 2.0]
     epochs, figures = planner.plan(4, now=clock)
     assert figures["elapsed_s"] == clock and figures["epoch_s"] == 2.0
     assert figures["monitor_s"] == 0.5  # the later evaluations, not the traced first
@@ -72,6 +72,63 @@ def test_planner_skips_the_traced_and_partial_epochs_and_counts_the_monitor_apar
                                         monitor_s=0.5)
     # 40.5 s spent + 27 epochs x 2 s + 7 evaluations x 0.5 s = 98 s; one more: 100 s
     assert epochs == 4 + 27 and figures["expected_end_s"] == 98.0
+    assert planner.walls == [] and not planner.ready(5)  # the next plan needs new epochs
+
+
+def test_replans_come_after_each_tenth_of_the_plan_from_the_epochs_since_the_last():
+    planner = budget.EpochPlanner(budget_s=1000.0, started=0.0, max_epochs=500,
+                                  agree=lambda values: values, planned=100)  # resumed
+    clock, epoch = 0.0, 10
+    for wall in [50.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]:  # the first traces
+        assert not planner.ready(epoch)  # 10 epochs (a tenth of 100) not yet timed
+        planner.start_epoch(now=clock)
+        clock += wall
+        planner.end_epoch(full=True, now=clock)
+        epoch += 1
+    planner.start_epoch(now=clock)
+    clock += 6.0  # slower now
+    planner.end_epoch(full=True, now=clock)
+    assert planner.ready(21)
+    epochs, figures = planner.plan(21, now=clock)
+    # after the trace: 9 epochs of 4 s and one of 6 s, 4.2 s an epoch; 92 s spent
+    assert figures["epoch_s"] == 4.2 and figures["elapsed_s"] == 92.0
+    assert figures["timed_epochs"] == 10 and figures["previous_epochs"] == 100
+    assert epochs == budget.plan_epochs(budget_s=1000.0, elapsed_s=clock, next_epoch=21,
+                                        epoch_s=figures["epoch_s"], max_epochs=500)
+    assert planner.planned == epochs
+    # no re-plan in the last tenth of the run, however many epochs were timed
+    late = budget.EpochPlanner(budget_s=1e9, started=0.0, max_epochs=500,
+                               agree=lambda values: values, planned=100)
+    late.walls = [1.0] * 50
+    assert late.ready(89) and not late.ready(90)
+
+
+def test_planned_cosine_follows_the_plan_continuously_against_float64():
+    peak, warm, default = 0.1, 10, 1000
+
+    def reference(step, planned, start, start_lr):
+        if planned and step >= start:
+            return start_lr * 0.5 * (1 + np.cos(np.pi * min(1.0, (step - start)
+                                                            / max(planned - start, 1))))
+        if step < warm:
+            return peak * (step + 1) / warm
+        return 0.5 * peak * (1 + np.cos(np.pi * min(1.0, (step - warm) / (default - warm))))
+
+    def lr(step, planned, start, start_lr):
+        return float(planned_cosine(step, peak_lr=peak, warmup_steps=warm,
+                                    default_total_steps=default, planned_steps=planned,
+                                    start_step=start, start_lr=start_lr))
+
+    for step in (0, 5, 9, 10, 30, 500, 999, 1200):  # no plan: warm-up + cosine to 1000
+        assert lr(step, 0, 0, 0.0) == pytest.approx(reference(step, 0, 0, 0.0), abs=1e-7)
+    start = 30
+    start_lr = lr(start, 0, 0, 0.0)
+    for step in (0, 9, 29, 30, 31, 200, 399, 400, 450):  # planned to end at step 400
+        assert lr(step, 400, start, start_lr) == pytest.approx(
+            reference(step, 400, start, start_lr), abs=1e-7)
+    assert lr(start, 400, start, start_lr) == pytest.approx(lr(start - 1, 0, 0, 0.0),
+                                                            abs=2e-5)  # no jump
+    assert lr(400, 400, start, start_lr) == 0.0
 
 
 def test_the_slowest_process_figures_are_agreed_on():
@@ -137,12 +194,21 @@ def test_a_budgeted_run_plans_once_fixes_its_schedule_and_resumes_on_its_plan(
     metrics = _records(whole / "metrics.jsonl", None)
     assert [r["epoch"] for r in metrics] == [0, 1, 2, 3, 4]
     steps = int(metrics[-1]["step"]) // 5
-    # before the plan the cosine ran to 7 epochs, after it to 5; it ends near zero
+    # before the plan the cosine ran to 7 epochs; from the plan (step 3 x steps) a
+    # cosine from the lr there to 0 at 5 epochs
+    peak = 0.48 * 256 / 4096
+    start = 3 * steps
+    start_lr = float(warmup_cosine(start, peak_lr=peak, total_steps=7 * steps,
+                                   warmup_steps=steps))
     for record in metrics:
-        total = (7 if record["epoch"] < 3 else 5) * steps
-        expected = float(warmup_cosine(record["step"] - 1, peak_lr=0.48 * 256 / 4096,
-                                       total_steps=total, warmup_steps=steps))
-        assert record["lr"] == pytest.approx(expected, rel=1e-6)
+        step = int(record["step"]) - 1  # the epoch's last step
+        if record["epoch"] < 3:
+            expected = warmup_cosine(step, peak_lr=peak, total_steps=7 * steps,
+                                     warmup_steps=steps)
+        else:
+            expected = start_lr * 0.5 * (1 + np.cos(np.pi * (step - start) / (5 * steps
+                                                                              - start)))
+        assert record["lr"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
     assert "knn_top1" in metrics[-1] and "knn_seconds" in metrics[-1]  # the last epoch's
     plan = _records(whole / "stages.jsonl", "plan")
     assert len(plan) == 1 and plan[0]["planned_epochs"] == 5
@@ -187,3 +253,35 @@ def test_bad_budgets_are_refused_by_name():
     with pytest.raises(ValueError, match="cannot plan a DataConfig.train_size_schedule"):
         loop.validate_configs(data=loop.DataConfig(train_size_schedule=((0, 16), (2, 24))),
                               train=loop.TrainConfig(epochs=4, time_budget_minutes=5.0))
+
+
+@pytest.mark.slow
+def test_a_replan_starts_a_new_cosine_from_the_current_learning_rate(tmp_path, monkeypatch):
+    """Planned 6 epochs at epoch 3, re-planned to 7 at epoch 5 (forced, as above): the
+    lr is continuous at the re-plan and reaches 0 at the new end."""
+    answers = iter([6, 7])
+    monkeypatch.setattr(budget, "plan_epochs", lambda **kwargs: next(answers))
+    pretrain.run_pretraining(str(tmp_path), mesh=parallel.build_mesh(1),
+                             **_configs(tmp_path, budget_minutes=60, every=0))
+    plans = _records(tmp_path / "stages.jsonl", "plan")
+    assert [(p["next_epoch"], p["previous_epochs"], p["planned_epochs"]) for p in plans] == [
+        (3, 0, 6), (5, 6, 7)]
+    metrics = _records(tmp_path / "metrics.jsonl", None)
+    assert [r["epoch"] for r in metrics] == list(range(7))
+    steps = int(metrics[-1]["step"]) // 7
+    peak = 0.48 * 256 / 4096
+
+    def segment(step, start, start_lr, end):
+        return start_lr * 0.5 * (1 + np.cos(np.pi * (step - start) / (end - start)))
+
+    first_lr = float(warmup_cosine(3 * steps, peak_lr=peak, total_steps=7 * steps,
+                                   warmup_steps=steps))
+    second_lr = segment(5 * steps, 3 * steps, first_lr, 6 * steps)  # where the re-plan is
+    for record in metrics:
+        step, epoch = int(record["step"]) - 1, record["epoch"]
+        expected = (warmup_cosine(step, peak_lr=peak, total_steps=7 * steps,
+                                  warmup_steps=steps) if epoch < 3 else
+                    segment(step, 3 * steps, first_lr, 6 * steps) if epoch < 5 else
+                    segment(step, 5 * steps, second_lr, 7 * steps))
+        assert record["lr"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
+    assert metrics[-1]["lr"] < 0.03 * second_lr  # the last step: 1 step before the end

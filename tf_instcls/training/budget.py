@@ -2,10 +2,9 @@
 
 With a budget, ``TrainConfig.epochs`` is the most a run may train, and the run itself
 chooses how many epochs it trains, from this machine's measured speed, so that it ends
-within the budget. The plan is made once, early, and then fixed: the learning rate's
-cosine runs to zero at the planned end, as in a run of that many epochs. It is a
-checkpointed variable, so a run resumed after the plan follows it exactly (a run killed
-before the plan was checkpointed plans again when it resumes).
+within the budget. The plan sets where the learning rate's cosine reaches zero. It is
+checkpointed (``planned_epochs`` and the segment's start step and lr), so a resumed run
+follows it exactly until it next re-plans.
 
 How: the first epoch of a process traces (it is slower and is not timed). After the
 next ``TIMED_EPOCHS`` full epochs, at the start of the following one, the planner takes
@@ -16,9 +15,15 @@ start (``run_pretraining``: building the state and the prior included). The plan
 most epochs that fit; every process of a multi-client run plans from the slowest
 process' figures, so all agree.
 
-The epochs before the plan use ``TrainConfig.epochs`` as the schedule's length. Their
-learning rate is therefore that of a slightly longer cosine (after a warm-up, the
-difference at epoch 3 of 200 is 1e-4 of the peak): the price of measuring first.
+Re-plans: a shared 2-core machine's speed drifts (on one machine, one run's epochs went
+from 4.4 to 5.4 s within ten minutes), so the planner plans again after every
+``REPLAN_FRACTION`` of the planned epochs, from the epochs timed since its last plan,
+until the last ``REPLAN_FRACTION`` of the run. A plan that changes the end starts a new
+cosine segment at the current step from the current learning rate (continuous, to 0 at
+the new end: ``schedules.planned_cosine``); an unchanged end changes nothing.
+
+The epochs before the first plan use ``TrainConfig.epochs`` as the schedule's length
+(after a 1-epoch warm-up the learning rate at epoch 3 is within 1e-4 of the peak).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import math
 import time
 
 TIMED_EPOCHS = 2  # full epochs timed (after a process' first) before the plan
+REPLAN_FRACTION = 0.1  # re-plan after each tenth of the planned epochs, not in the last
 
 
 def monitor_runs(first: int, end: int, every: int) -> int:
@@ -63,10 +69,12 @@ class EpochPlanner:
     run (identity in a single-process run)."""
 
     def __init__(self, *, budget_s: float, started: float, max_epochs: int, agree,
-                 monitor_every: int = 0):
+                 monitor_every: int = 0, planned: int = 0):
+        """``planned``: the checkpointed plan of a resumed run (0: none yet)."""
         self.budget_s, self.started, self.max_epochs = budget_s, started, max_epochs
-        self.agree, self.monitor_every = agree, monitor_every
-        self.walls: list[float] = []  # full, timed epochs' walls (monitor time taken out)
+        self.agree, self.monitor_every, self.planned = agree, monitor_every, planned
+        self.walls: list[float] = []  # full epochs timed since the last plan (less the
+        # monitor's time)
         self.monitor: list[float] = []  # the monitor's evaluations' seconds
         self._epoch_start: float | None = None
         self._skip_first = True
@@ -87,17 +95,23 @@ class EpochPlanner:
             return
         self.walls.append(now - self._epoch_start - monitor_s)
 
-    def ready(self) -> bool:
-        return len(self.walls) >= TIMED_EPOCHS
+    def ready(self, epoch: int) -> bool:
+        """Whether to plan at the start of ``epoch``."""
+        if not self.planned:
+            return len(self.walls) >= TIMED_EPOCHS
+        if epoch >= (1 - REPLAN_FRACTION) * self.planned:  # too late to steer
+            return False
+        return len(self.walls) >= max(TIMED_EPOCHS, math.ceil(REPLAN_FRACTION * self.planned))
 
     def add_monitor_seconds(self, seconds: float) -> None:
         """An evaluation of the monitor outside an epoch (at initialisation)."""
         self.monitor.append(seconds)
 
     def plan(self, next_epoch: int, now: float | None = None) -> tuple[int, dict]:
-        """(epochs, the figures it came from), agreed over processes."""
+        """(epochs, the figures it came from), agreed over processes; the epochs timed
+        so far are used up (the next plan waits for new ones)."""
         now = time.perf_counter() if now is None else now
-        recent = self.walls[-TIMED_EPOCHS:]
+        recent, self.walls = self.walls, []
         # the monitor's first evaluation traces: its later ones, once there are any
         evaluations = self.monitor[1:] or self.monitor
         mine = [now - self.started, sum(recent) / len(recent),
@@ -107,11 +121,13 @@ class EpochPlanner:
                              next_epoch=next_epoch, epoch_s=epoch_s,
                              max_epochs=self.max_epochs, monitor_every=self.monitor_every,
                              monitor_s=monitor_s)
-        figures = {"budget_s": self.budget_s, "elapsed_s": round(elapsed_s, 2),
+        figures = {"previous_epochs": self.planned, "timed_epochs": len(recent),
+                   "budget_s": self.budget_s, "elapsed_s": round(elapsed_s, 2),
                    "epoch_s": round(epoch_s, 3), "monitor_s": round(monitor_s, 3),
                    "monitor_every": self.monitor_every, "next_epoch": next_epoch,
                    "max_epochs": self.max_epochs, "planned_epochs": epochs,
                    "expected_end_s": round(elapsed_s + (epochs - next_epoch) * epoch_s
                                            + monitor_runs(next_epoch, epochs,
                                                           self.monitor_every) * monitor_s, 1)}
+        self.planned = epochs
         return epochs, figures

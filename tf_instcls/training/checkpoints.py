@@ -45,7 +45,9 @@ def encoder_key(variable_path: str) -> str:
 
 W_KEY = checkpoint_key("class_weights")
 STEP_KEY = checkpoint_key("global_step")
-PLAN_KEY = checkpoint_key("planned_epochs")  # a time-budgeted run's plan (0: not yet)
+# a time-budgeted run's plan: its epochs (0: not yet) and its cosine segment's start
+PLAN_VARIABLES = ("planned_epochs", "plan_start_step", "plan_start_lr")
+PLAN_KEY = checkpoint_key(PLAN_VARIABLES[0])
 
 
 class CheckpointWriteError(RuntimeError):
@@ -97,9 +99,10 @@ def newest_valid(directory: str, *, move_damaged: bool = True,
 
 def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_variables,
             optimizer, global_step, hard_table=None, hard_table_epoch=None,
-            loss_scale=None, planned_epochs=None) -> str:
+            loss_scale=None, plan=None) -> str:
     """Restores checkpoint ``path`` into the run's objects; returns "native" or
-    "resharded" (the path taken). ``planned_epochs``: a time-budgeted run's plan."""
+    "resharded" (the path taken). ``plan``: a time-budgeted run's plan variables
+    (planned_epochs, plan_start_step, plan_start_lr)."""
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     if W_KEY not in shapes:
@@ -107,9 +110,9 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
     if (hard_table is not None) != (checkpoint_key("hard_negatives") in shapes):
         raise ValueError(f"{path} {'lacks' if hard_table is not None else 'has'} a "
                          "hard-negative table, unlike this run's configuration")
-    if (planned_epochs is not None) != (PLAN_KEY in shapes):
+    if (plan is not None) != (PLAN_KEY in shapes):
         raise ValueError(
-            f"{path} was written by a run {'without' if planned_epochs is not None else 'with'}"
+            f"{path} was written by a run {'without' if plan is not None else 'with'}"
             " a time budget (TrainConfig.time_budget_minutes), unlike this configuration: "
             "resume it with the budget it had, or start a new --model_dir")
     stored_rows, dim = shapes[W_KEY]
@@ -153,8 +156,9 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
     if loss_scale is not None:  # mixed_float16's dynamic loss scale
         assign(loss_scale[0], checkpoint_key("loss_scale"))
         assign(loss_scale[1], checkpoint_key("loss_scale_good_steps"))
-    if planned_epochs is not None:
-        assign(planned_epochs, PLAN_KEY)
+    if plan is not None:
+        for variable, name in zip(plan, PLAN_VARIABLES):
+            assign(variable, checkpoint_key(name))
     return "resharded"
 
 

@@ -37,7 +37,7 @@ from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-ex
     validate_against_data,
 )
 from tf_instcls.training.optimizer import MomentumSGD
-from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
+from tf_instcls.training.schedules import planned_cosine, scaled_learning_rate, warmup_cosine
 from tf_instcls.training.step import make_train_step
 
 
@@ -71,7 +71,9 @@ class TrainState:
     last_step: int = 0  # host copy of global_step, readable when the device is not
     method: Method | None = None  # its loss, post-update and own state (NPID's Z)
     loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
-    planned_epochs: tf.Variable | None = None  # a time-budgeted run's plan (0: not yet)
+    # a time-budgeted run's plan: (planned_epochs (0: not yet), the cosine segment's
+    # start step and lr), checkpoint.PLAN_VARIABLES
+    plan: tuple | None = None
 
     @property
     def step(self) -> int:
@@ -181,10 +183,12 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
                       layouts.replicated_variable(0, mesh, "loss_scale_good_steps",
                                                   tf.int64))
         extra.update(loss_scale=loss_scale[0], loss_scale_good_steps=loss_scale[1])
-    planned_epochs = None
+    plan = None
     if train.time_budget_minutes:
-        planned_epochs = layouts.replicated_variable(0, mesh, "planned_epochs", tf.int64)
-        extra.update(planned_epochs=planned_epochs)
+        plan = (layouts.replicated_variable(0, mesh, "planned_epochs", tf.int64),
+                layouts.replicated_variable(0, mesh, "plan_start_step", tf.int64),
+                layouts.replicated_variable(0.0, mesh, "plan_start_lr", tf.float32))
+        extra.update(zip(checkpoints.PLAN_VARIABLES, plan))
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
@@ -203,20 +207,20 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
                 encoder_variables=encoder_variables, optimizer=optimizer,
                 global_step=global_step, hard_table=hard_table,
                 hard_table_epoch=hard_table_epoch, loss_scale=loss_scale,
-                planned_epochs=planned_epochs)
+                plan=plan)
             fields["step"] = int(parallel.to_numpy(global_step))
         print(f"resumed from {latest} (step {fields['step']}, {how} restore on {mesh.size} "
               "devices)", flush=True)
     epochs = train.epochs
-    if planned_epochs is not None and int(parallel.to_numpy(planned_epochs)):
-        epochs = int(parallel.to_numpy(planned_epochs))  # the budget's plan, made earlier
+    if plan is not None and int(parallel.to_numpy(plan[0])):
+        epochs = int(parallel.to_numpy(plan[0]))  # the budget's plan, made earlier
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
         optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
         train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
         epochs=epochs, image_size=data.image_size, run_info=run_info,
         hard_table=hard_table, hard_table_epoch=hard_table_epoch, method=method,
-        loss_scale=loss_scale, planned_epochs=planned_epochs,
+        loss_scale=loss_scale, plan=plan,
     )
 
 
@@ -300,15 +304,17 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
                                    train.batch_size)
     total_steps = state.epochs * state.steps_per_epoch
-    schedule_steps = lambda: total_steps  # noqa: E731
-    if state.planned_epochs is not None:  # read in the step: the plan once made, else
-        planned = state.planned_epochs  # TrainConfig.epochs (the most)
-        schedule_steps = lambda: (  # noqa: E731
-            tf.where(planned > 0, planned, train.epochs) * state.steps_per_epoch)
     warmup_steps = int(optim.warmup_epochs * state.steps_per_epoch)
     lr_fn = lambda step: warmup_cosine(  # noqa: E731
-        step, peak_lr=peak_lr, total_steps=schedule_steps(), warmup_steps=warmup_steps
+        step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
     )
+    if state.plan is not None:  # a time budget: the plan's variables, read in the step
+        planned, start_step, start_lr = state.plan
+        lr_fn = lambda step: planned_cosine(  # noqa: E731
+            step, peak_lr=peak_lr, warmup_steps=warmup_steps,
+            default_total_steps=train.epochs * state.steps_per_epoch,
+            planned_steps=planned * state.steps_per_epoch, start_step=start_step,
+            start_lr=start_lr)
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               state.method, hard_table=state.hard_table,
                               loss_scale=state.loss_scale,
@@ -334,11 +340,12 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     callback_list.on_train_begin({"step": start})
     start_epoch = start // state.steps_per_epoch
     planner = None
-    if state.planned_epochs is not None and not int(parallel.to_numpy(state.planned_epochs)):
+    if state.plan is not None:
         planner = budget.EpochPlanner(
             budget_s=60.0 * train.time_budget_minutes, started=started,
             max_epochs=train.epochs, monitor_every=config.monitor.every_epochs,
-            agree=lambda values: layouts.max_over_processes(values, mesh))
+            agree=lambda values: layouts.max_over_processes(values, mesh),
+            planned=int(parallel.to_numpy(state.plan[0])))
         if "knn_seconds" in state.epoch_results:  # the monitor's evaluation at the start
             planner.add_monitor_seconds(state.epoch_results["knn_seconds"])
     step_seconds: list[float] = []  # this process's step times (its first step traces)
@@ -353,9 +360,10 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     epoch = start_epoch - 1
     while epoch + 1 < state.epochs:
         epoch += 1
-        if planner is not None and planner.ready():
-            total_steps = _plan(state, planner, epoch, callback_list.callbacks)
-            stop_at, planner = train.max_steps or total_steps, None
+        if planner is not None and planner.ready(epoch):
+            total_steps = _plan(state, planner, epoch, callback_list.callbacks, lr_fn,
+                                warmup_steps)
+            stop_at = train.max_steps or total_steps
             if epoch >= state.epochs:  # the budget is spent: no epoch more fits
                 break
         if planner is not None:
@@ -432,25 +440,36 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     return logs
 
 
-def _plan(state, planner, epoch: int, callbacks) -> int:
-    """A time-budgeted run's plan, made at the start of ``epoch``: fixes the run's
-    length (the schedule reads ``state.planned_epochs``), tells the callbacks that show
-    or use it, records it in stages.jsonl and checkpoints it at once if the run ends
-    here. Returns the run's total steps."""
+def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int) -> int:
+    """A time-budgeted run's plan (or re-plan), made at the start of ``epoch``. When it
+    changes the run's end, a new cosine segment starts here from the current learning
+    rate (the step reads ``state.plan``), the callbacks that show or use the length are
+    told, and, if the budget is spent, the plan is checkpointed at once (the run ends
+    here). Every decision is recorded in stages.jsonl. Returns the run's total steps."""
     epochs, figures = planner.plan(epoch)
-    state.planned_epochs.assign(
-        layouts.pack_sharded(np.int64(epochs), state.planned_epochs.layout))
+    previous = figures["previous_epochs"]
+    figures["changed"] = epochs != previous
+    stages.record(state.model_dir, "plan", figures["elapsed_s"], **figures)
+    if not figures["changed"]:
+        return epochs * state.steps_per_epoch
+    planned, start_step, start_lr = state.plan
+    start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
+    at = layouts.pack_sharded(np.int64(start), layouts.replicated_layout(state.mesh, 0))
+    lr = float(parallel.to_numpy(lr_fn(at)))  # the schedule's value there: continuous
+    for variable, value in ((planned, np.int64(epochs)), (start_step, np.int64(start)),
+                            (start_lr, np.float32(lr))):
+        variable.assign(layouts.pack_sharded(value, variable.layout))
     state.epochs = epochs
     for callback in callbacks:
         if hasattr(callback, "on_epochs_planned"):
             callback.on_epochs_planned(epochs)
-    stages.record(state.model_dir, "plan", figures["elapsed_s"], **figures)
     minutes = figures["budget_s"] / 60
     if epochs > epoch:
-        print(f"time budget {minutes:g} min: {epochs} epochs planned "
-              f"({figures['epoch_s']:.1f} s an epoch, {figures['elapsed_s']:.0f} s spent; "
-              f"expected to end {figures['expected_end_s'] / 60:.1f} min after the start)",
-              flush=True)
+        what = (f"{epochs} epochs planned" if not previous
+                else f"re-planned {previous} -> {epochs} epochs")
+        print(f"time budget {minutes:g} min: {what} ({figures['epoch_s']:.1f} s an epoch, "
+              f"{figures['elapsed_s']:.0f} s spent; expected to end "
+              f"{figures['expected_end_s'] / 60:.1f} min after the start)", flush=True)
     else:
         logging.warning("time budget %g min: spent after %d epochs (%.0f s; %.1f s an "
                         "epoch); the run ends here, before its learning rate decayed",

@@ -24,6 +24,24 @@ def warmup_cosine(step, *, peak_lr: float, total_steps, warmup_steps: int):
     return tf.where(step < warmup, warm, cosine)
 
 
+def planned_cosine(step, *, peak_lr: float, warmup_steps: int, default_total_steps: int,
+                   planned_steps, start_step, start_lr):
+    """A time-budgeted run's schedule (training/budget.py): :func:`warmup_cosine` over
+    ``default_total_steps`` until there is a plan (``planned_steps`` > 0); from the
+    plan's ``start_step`` on, a half cosine from ``start_lr`` (the schedule's value
+    there, so the learning rate stays continuous) to 0 at ``planned_steps``. A new plan
+    starts a new segment. The plan's values may be tensors (variables read in the step).
+    """
+    base = warmup_cosine(step, peak_lr=peak_lr, total_steps=default_total_steps,
+                         warmup_steps=warmup_steps)
+    step = tf.cast(step, tf.float32)
+    start = tf.cast(start_step, tf.float32)
+    total = tf.cast(planned_steps, tf.float32)
+    progress = tf.clip_by_value((step - start) / tf.maximum(total - start, 1.0), 0.0, 1.0)
+    segment = tf.cast(start_lr, tf.float32) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    return tf.where(tf.logical_and(total > 0, step >= start), segment, base)
+
+
 def cosine_decay(step: int, total_steps: int, peak: float = 1.0) -> float:
     """``peak`` decayed to 0 by a half cosine over ``total_steps`` (no warm-up), on the
     host: the evaluators' schedule (linear probe, fine-tuning)."""
