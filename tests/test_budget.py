@@ -285,3 +285,18 @@ def test_a_replan_starts_a_new_cosine_from_the_current_learning_rate(tmp_path, m
                     segment(step, 5 * steps, second_lr, 7 * steps))
         assert record["lr"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
     assert metrics[-1]["lr"] < 0.03 * second_lr  # the last step: 1 step before the end
+
+
+@pytest.mark.slow
+def test_a_budget_that_holds_every_epoch_keeps_the_fixed_epochs_schedule(tmp_path):
+    """When TrainConfig.epochs fit, the plan leaves the schedule as it was: the lr of
+    every epoch is that of a run of that many epochs without a budget."""
+    for name, minutes in (("budget", 600), ("fixed", 0)):
+        pretrain.run_pretraining(str(tmp_path / name), mesh=parallel.build_mesh(1),
+                                 **_configs(tmp_path, budget_minutes=minutes, epochs=5,
+                                            every=0))
+    plans = _records(tmp_path / "budget" / "stages.jsonl", "plan")
+    assert [(p["next_epoch"], p["planned_epochs"]) for p in plans] == [(3, 5)]
+    budgeted = [r["lr"] for r in _records(tmp_path / "budget" / "metrics.jsonl", None)]
+    fixed = [r["lr"] for r in _records(tmp_path / "fixed" / "metrics.jsonl", None)]
+    assert len(budgeted) == 5 and budgeted == fixed  # to the bit, epoch by epoch

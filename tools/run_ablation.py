@@ -161,7 +161,8 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
             print(f"[{name}] done before: skipped", flush=True)
             return json.load(f)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--model_dir={model_dir}",
-           f"--virtual_devices={FLAGS.virtual_devices}", f"--epochs={epochs}"]
+           f"--virtual_devices={FLAGS.virtual_devices}", f"--epochs={epochs}",
+           "--time_budget_minutes=0"]  # equal compute: fixed epochs, whatever the recipe
     cmd += [f"--gin_file={p}" for p in list(FLAGS.gin_file) + list(gin_files)]
     if FLAGS.batch_size:
         cmd.append(f"--batch_size={FLAGS.batch_size}")

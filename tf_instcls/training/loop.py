@@ -362,7 +362,7 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
         epoch += 1
         if planner is not None and planner.ready(epoch):
             total_steps = _plan(state, planner, epoch, callback_list.callbacks, lr_fn,
-                                warmup_steps)
+                                warmup_steps, peak_lr)
             stop_at = train.max_steps or total_steps
             if epoch >= state.epochs:  # the budget is spent: no epoch more fits
                 break
@@ -440,7 +440,8 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     return logs
 
 
-def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int) -> int:
+def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int,
+          peak_lr: float) -> int:
     """A time-budgeted run's plan (or re-plan), made at the start of ``epoch``. When it
     changes the run's end, a new cosine segment starts here from the current learning
     rate (the step reads ``state.plan``), the callbacks that show or use the length are
@@ -453,9 +454,13 @@ def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int) -> in
     if not figures["changed"]:
         return epochs * state.steps_per_epoch
     planned, start_step, start_lr = state.plan
-    start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
-    at = layouts.pack_sharded(np.int64(start), layouts.replicated_layout(state.mesh, 0))
-    lr = float(parallel.to_numpy(lr_fn(at)))  # the schedule's value there: continuous
+    if not previous and epochs == planner.max_epochs:
+        # the most fits: the schedule stays TrainConfig.epochs' cosine, to the step
+        start, lr = warmup_steps, peak_lr
+    else:
+        start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
+        at = layouts.pack_sharded(np.int64(start), layouts.replicated_layout(state.mesh, 0))
+        lr = float(parallel.to_numpy(lr_fn(at)))  # the schedule's value there: continuous
     for variable, value in ((planned, np.int64(epochs)), (start_step, np.int64(start)),
                             (start_lr, np.float32(lr))):
         variable.assign(layouts.pack_sharded(value, variable.layout))
