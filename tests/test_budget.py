@@ -12,7 +12,7 @@ import tensorflow as tf
 from tf_instcls import parallel, pretrain
 from tf_instcls.parallel import layouts
 from tf_instcls.training import budget, checkpoints, loop
-from tf_instcls.training.schedules import planned_cosine, warmup_cosine
+from tf_instcls.training.schedules import planned_cosine, planned_progress
 
 
 def _brute_monitor_runs(first, end, every):
@@ -106,41 +106,42 @@ def test_replans_come_after_each_tenth_of_the_plan_from_the_epochs_since_the_las
 def test_planned_cosine_follows_the_plan_continuously_against_float64():
     peak, warm, default = 0.1, 10, 1000
 
-    def reference(step, planned, start, start_lr):
+    def reference(step, planned, start, done):
         if planned and step >= start:
-            return start_lr * 0.5 * (1 + np.cos(np.pi * min(1.0, (step - start)
-                                                            / max(planned - start, 1))))
-        if step < warm:
+            p = done + (1 - done) * min(1.0, (step - start) / max(planned - start, 1))
+        elif step < warm:
             return peak * (step + 1) / warm
-        return 0.5 * peak * (1 + np.cos(np.pi * min(1.0, (step - warm) / (default - warm))))
+        else:
+            p = min(1.0, (step - warm) / (default - warm))
+        return 0.5 * peak * (1 + np.cos(np.pi * p))
 
-    def lr(step, planned, start, start_lr):
+    def lr(step, planned, start, done):
         return float(planned_cosine(step, peak_lr=peak, warmup_steps=warm,
                                     default_total_steps=default, planned_steps=planned,
-                                    start_step=start, start_lr=start_lr))
+                                    start_step=start, start_progress=done))
+
+    def progress(step, planned, start, done):
+        return planned_progress(step, warmup_steps=warm, default_total_steps=default,
+                                planned_steps=planned, start_step=start,
+                                start_progress=done)
 
     for step in (0, 5, 9, 10, 30, 500, 999, 1200):  # no plan: warm-up + cosine to 1000
         assert lr(step, 0, 0, 0.0) == pytest.approx(reference(step, 0, 0, 0.0), abs=1e-7)
-    start = 30
-    start_lr = lr(start, 0, 0, 0.0)
-    for step in (0, 9, 29, 30, 31, 200, 399, 400, 450):  # planned to end at step 400
-        assert lr(step, 400, start, start_lr) == pytest.approx(
-            reference(step, 400, start, start_lr), abs=1e-7)
-    assert lr(start, 400, start, start_lr) == pytest.approx(lr(start - 1, 0, 0, 0.0),
-                                                            abs=2e-5)  # no jump
-    assert lr(400, 400, start, start_lr) == 0.0
-
-
-def test_the_slowest_process_figures_are_agreed_on():
-    seen = []
-    planner = budget.EpochPlanner(budget_s=60.0, started=0.0, max_epochs=100,
-                                  agree=lambda values: seen.append(values) or [20.0, 3.0, 0.0])
-    for now in (0.0, 1.0, 2.0, 3.0):
-        planner.start_epoch(now=now)
-        planner.end_epoch(full=True, now=now + 1.0)
-    epochs, figures = planner.plan(3, now=4.0)
-    assert seen == [[4.0, 1.0, 0.0]]  # this process' figures go to the agreement
-    assert (figures["elapsed_s"], figures["epoch_s"], epochs) == (20.0, 3.0, 3 + 13)
+    # planned at step 30 to end at 400, re-planned at 200 to end at 300
+    first = progress(30, 0, 0, 0.0)
+    assert first == pytest.approx(20 / 990)
+    second = progress(200, 400, 30, first)
+    assert second == pytest.approx(first + (1 - first) * 170 / 370)
+    for step in (0, 9, 29, 30, 31, 199):
+        assert lr(step, 400, 30, first) == pytest.approx(reference(step, 400, 30, first),
+                                                         abs=1e-7)
+    for step in (200, 250, 299, 300, 350):
+        assert lr(step, 300, 200, second) == pytest.approx(
+            reference(step, 300, 200, second), abs=1e-7)
+    # continuous at each plan, 0 at the end
+    assert lr(30, 400, 30, first) == pytest.approx(lr(30, 0, 0, 0.0), abs=1e-7)
+    assert lr(200, 300, 200, second) == pytest.approx(lr(200, 400, 30, first), abs=1e-7)
+    assert lr(300, 300, 200, second) == 0.0
 
 
 @pytest.mark.parametrize("devices", [1, 4])
@@ -194,21 +195,15 @@ def test_a_budgeted_run_plans_once_fixes_its_schedule_and_resumes_on_its_plan(
     metrics = _records(whole / "metrics.jsonl", None)
     assert [r["epoch"] for r in metrics] == [0, 1, 2, 3, 4]
     steps = int(metrics[-1]["step"]) // 5
-    # before the plan the cosine ran to 7 epochs; from the plan (step 3 x steps) a
-    # cosine from the lr there to 0 at 5 epochs
-    peak = 0.48 * 256 / 4096
-    start = 3 * steps
-    start_lr = float(warmup_cosine(start, peak_lr=peak, total_steps=7 * steps,
-                                   warmup_steps=steps))
+    # before the plan the cosine ran to 7 epochs; from the plan (step 3 x steps) its
+    # progress runs on from where it stood (2 of 6 epochs after the warm-up) to 1 at 5
     for record in metrics:
         step = int(record["step"]) - 1  # the epoch's last step
-        if record["epoch"] < 3:
-            expected = warmup_cosine(step, peak_lr=peak, total_steps=7 * steps,
-                                     warmup_steps=steps)
-        else:
-            expected = start_lr * 0.5 * (1 + np.cos(np.pi * (step - start) / (5 * steps
-                                                                              - start)))
-        assert record["lr"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
+        p = (max(step - steps, 0) / (6 * steps) if record["epoch"] < 3 else
+             2 / 6 + (4 / 6) * (step - 3 * steps) / (2 * steps))
+        # (epoch 0's last step ends the warm-up at the peak: p = 0)
+        expected = 0.5 * 0.48 * 256 / 4096 * (1 + np.cos(np.pi * p))
+        assert record["lr"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
     assert "knn_top1" in metrics[-1] and "knn_seconds" in metrics[-1]  # the last epoch's
     plan = _records(whole / "stages.jsonl", "plan")
     assert len(plan) == 1 and plan[0]["planned_epochs"] == 5
@@ -256,9 +251,9 @@ def test_bad_budgets_are_refused_by_name():
 
 
 @pytest.mark.slow
-def test_a_replan_starts_a_new_cosine_from_the_current_learning_rate(tmp_path, monkeypatch):
+def test_a_replan_moves_the_end_of_the_cosine_from_where_it_stands(tmp_path, monkeypatch):
     """Planned 6 epochs at epoch 3, re-planned to 7 at epoch 5 (forced, as above): the
-    lr is continuous at the re-plan and reaches 0 at the new end."""
+    cosine's progress is continuous at each plan and reaches 1 at the new end."""
     answers = iter([6, 7])
     monkeypatch.setattr(budget, "plan_epochs", lambda **kwargs: next(answers))
     pretrain.run_pretraining(str(tmp_path), mesh=parallel.build_mesh(1),
@@ -269,21 +264,16 @@ def test_a_replan_starts_a_new_cosine_from_the_current_learning_rate(tmp_path, m
     metrics = _records(tmp_path / "metrics.jsonl", None)
     assert [r["epoch"] for r in metrics] == list(range(7))
     steps = int(metrics[-1]["step"]) // 7
-    peak = 0.48 * 256 / 4096
-
-    def segment(step, start, start_lr, end):
-        return start_lr * 0.5 * (1 + np.cos(np.pi * (step - start) / (end - start)))
-
-    first_lr = float(warmup_cosine(3 * steps, peak_lr=peak, total_steps=7 * steps,
-                                   warmup_steps=steps))
-    second_lr = segment(5 * steps, 3 * steps, first_lr, 6 * steps)  # where the re-plan is
+    # progress: 2/6 at the plan (step 3 x steps), to 1 at 6 epochs; at the re-plan (step
+    # 5 x steps) 2/6 + 4/6 x 2/3 = 7/9, to 1 at 7 epochs
     for record in metrics:
         step, epoch = int(record["step"]) - 1, record["epoch"]
-        expected = (warmup_cosine(step, peak_lr=peak, total_steps=7 * steps,
-                                  warmup_steps=steps) if epoch < 3 else
-                    segment(step, 3 * steps, first_lr, 6 * steps) if epoch < 5 else
-                    segment(step, 5 * steps, second_lr, 7 * steps))
-        assert record["lr"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
+        p = (max(step - steps, 0) / (6 * steps) if epoch < 3 else
+             2 / 6 + (4 / 6) * (step - 3 * steps) / (3 * steps) if epoch < 5 else
+             7 / 9 + (2 / 9) * (step - 5 * steps) / (2 * steps))
+        expected = 0.5 * 0.48 * 256 / 4096 * (1 + np.cos(np.pi * p))
+        assert record["lr"] == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    second_lr = 0.5 * 0.48 * 256 / 4096 * (1 + np.cos(np.pi * 7 / 9))
     assert metrics[-1]["lr"] < 0.03 * second_lr  # the last step: 1 step before the end
 
 

@@ -18,9 +18,12 @@ process' figures, so all agree.
 Re-plans: a shared 2-core machine's speed drifts (on one machine, one run's epochs went
 from 4.4 to 5.4 s within ten minutes), so the planner plans again after every
 ``REPLAN_FRACTION`` of the planned epochs, from the epochs timed since its last plan,
-until the last ``REPLAN_FRACTION`` of the run. A plan that changes the end starts a new
-cosine segment at the current step from the current learning rate (continuous, to 0 at
-the new end: ``schedules.planned_cosine``); an unchanged end changes nothing.
+until the last ``REPLAN_FRACTION`` of the run. A plan that changes the end changes only
+how fast the cosine's progress runs from where it stands to the new end
+(``schedules.planned_cosine``): the learning rate stays continuous and the curve a
+cosine in its progress. An unchanged end changes nothing. (A first version restarted a
+cosine from the current rate at each re-plan; every restart starts flat, so after six
+re-plans the rate at 65% of a run was 2.5 x a cosine's.)
 
 The epochs before the first plan use ``TrainConfig.epochs`` as the schedule's length
 (after a 1-epoch warm-up the learning rate at epoch 3 is within 1e-4 of the peak).

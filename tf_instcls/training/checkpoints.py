@@ -46,7 +46,7 @@ def encoder_key(variable_path: str) -> str:
 W_KEY = checkpoint_key("class_weights")
 STEP_KEY = checkpoint_key("global_step")
 # a time-budgeted run's plan: its epochs (0: not yet) and its cosine segment's start
-PLAN_VARIABLES = ("planned_epochs", "plan_start_step", "plan_start_lr")
+PLAN_VARIABLES = ("planned_epochs", "plan_start_step", "plan_start_progress")
 PLAN_KEY = checkpoint_key(PLAN_VARIABLES[0])
 
 
@@ -102,7 +102,7 @@ def restore(path: str, checkpoint: tf.train.Checkpoint, *, classifier, encoder_v
             loss_scale=None, plan=None) -> str:
     """Restores checkpoint ``path`` into the run's objects; returns "native" or
     "resharded" (the path taken). ``plan``: a time-budgeted run's plan variables
-    (planned_epochs, plan_start_step, plan_start_lr)."""
+    (planned_epochs, plan_start_step, plan_start_progress)."""
     reader = tf.train.load_checkpoint(path)
     shapes = reader.get_variable_to_shape_map()
     if W_KEY not in shapes:

@@ -37,7 +37,12 @@ from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-ex
     validate_against_data,
 )
 from tf_instcls.training.optimizer import MomentumSGD
-from tf_instcls.training.schedules import planned_cosine, scaled_learning_rate, warmup_cosine
+from tf_instcls.training.schedules import (
+    planned_cosine,
+    planned_progress,
+    scaled_learning_rate,
+    warmup_cosine,
+)
 from tf_instcls.training.step import make_train_step
 
 
@@ -187,7 +192,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
     if train.time_budget_minutes:
         plan = (layouts.replicated_variable(0, mesh, "planned_epochs", tf.int64),
                 layouts.replicated_variable(0, mesh, "plan_start_step", tf.int64),
-                layouts.replicated_variable(0.0, mesh, "plan_start_lr", tf.float32))
+                layouts.replicated_variable(0.0, mesh, "plan_start_progress", tf.float32))
         extra.update(zip(checkpoints.PLAN_VARIABLES, plan))
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
@@ -309,12 +314,12 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
         step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
     )
     if state.plan is not None:  # a time budget: the plan's variables, read in the step
-        planned, start_step, start_lr = state.plan
+        planned, start_step, start_progress = state.plan
         lr_fn = lambda step: planned_cosine(  # noqa: E731
             step, peak_lr=peak_lr, warmup_steps=warmup_steps,
             default_total_steps=train.epochs * state.steps_per_epoch,
             planned_steps=planned * state.steps_per_epoch, start_step=start_step,
-            start_lr=start_lr)
+            start_progress=start_progress)
     step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
                               state.method, hard_table=state.hard_table,
                               loss_scale=state.loss_scale,
@@ -361,8 +366,8 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     while epoch + 1 < state.epochs:
         epoch += 1
         if planner is not None and planner.ready(epoch):
-            total_steps = _plan(state, planner, epoch, callback_list.callbacks, lr_fn,
-                                warmup_steps, peak_lr)
+            total_steps = _plan(state, planner, epoch, callback_list.callbacks,
+                                warmup_steps, train.epochs)
             stop_at = train.max_steps or total_steps
             if epoch >= state.epochs:  # the budget is spent: no epoch more fits
                 break
@@ -440,29 +445,30 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     return logs
 
 
-def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int,
-          peak_lr: float) -> int:
+def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: int) -> int:
     """A time-budgeted run's plan (or re-plan), made at the start of ``epoch``. When it
-    changes the run's end, a new cosine segment starts here from the current learning
-    rate (the step reads ``state.plan``), the callbacks that show or use the length are
-    told, and, if the budget is spent, the plan is checkpointed at once (the run ends
-    here). Every decision is recorded in stages.jsonl. Returns the run's total steps."""
+    changes the run's end, the cosine's progress runs on from where it stands to 1 at
+    the new end (``schedules.planned_cosine``; the step reads ``state.plan``), the
+    callbacks that show or use the length are told, and, if the budget is spent, the
+    plan is checkpointed at once (the run ends here). Every decision is recorded in
+    stages.jsonl. Returns the run's total steps."""
     epochs, figures = planner.plan(epoch)
     previous = figures["previous_epochs"]
     figures["changed"] = epochs != previous
     stages.record(state.model_dir, "plan", figures["elapsed_s"], **figures)
     if not figures["changed"]:
         return epochs * state.steps_per_epoch
-    planned, start_step, start_lr = state.plan
-    if not previous and epochs == planner.max_epochs:
-        # the most fits: the schedule stays TrainConfig.epochs' cosine, to the step
-        start, lr = warmup_steps, peak_lr
-    else:
-        start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
-        at = layouts.pack_sharded(np.int64(start), layouts.replicated_layout(state.mesh, 0))
-        lr = float(parallel.to_numpy(lr_fn(at)))  # the schedule's value there: continuous
+    planned, start_step, start_progress = state.plan
+    spe = state.steps_per_epoch
+    start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
+    progress = planned_progress(
+        start, warmup_steps=warmup_steps, default_total_steps=max_epochs * spe,
+        planned_steps=previous * spe, start_step=int(parallel.to_numpy(start_step)),
+        start_progress=float(parallel.to_numpy(start_progress)))
+    if not previous and epochs == max_epochs:  # the most fits: TrainConfig.epochs'
+        start, progress = warmup_steps, 0.0  # cosine as it was, to the bit
     for variable, value in ((planned, np.int64(epochs)), (start_step, np.int64(start)),
-                            (start_lr, np.float32(lr))):
+                            (start_progress, np.float32(progress))):
         variable.assign(layouts.pack_sharded(value, variable.layout))
     state.epochs = epochs
     for callback in callbacks:
@@ -480,7 +486,7 @@ def _plan(state, planner, epoch: int, callbacks, lr_fn, warmup_steps: int,
                         "epoch); the run ends here, before its learning rate decayed",
                         minutes, epoch, figures["elapsed_s"], figures["epoch_s"])
         checkpoints.save(state.manager, state.step)  # the plan, so a rerun does not go on
-    return epochs * state.steps_per_epoch
+    return epochs * spe
 
 
 def _stop_at_max_steps(callback_list, state, total_steps: int, logs: dict) -> dict:
