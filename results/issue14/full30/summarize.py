@@ -11,6 +11,7 @@ time budget adds its plan (planned epochs, the end it expected and the end it ha
 seconds after its start).
 """
 import json
+import math
 import os
 import statistics
 
@@ -92,7 +93,9 @@ def main(argv):
         row = out[name]
         diff = row["features"][0] - ref["features"][0]
         spread = max(row["features"][1], ref["features"][1])
-        effect = "reference" if row is ref else ("yes" if abs(diff) > spread else "no")
+        effect = ("reference" if row is ref else
+                  "no call (1 seed)" if math.isnan(spread) else
+                  "yes" if abs(diff) > spread else "no")
         ids = ",".join(str(s["seed"]) for s in seeds)
         median = " / ".join(f"{s['median_epoch_s']:.2f}" for s in seeds)
         loop = " / ".join(f"{s['epoch_loop_s']:.0f}" for s in seeds)
