@@ -66,7 +66,8 @@ def plan_epochs(*, budget_s: float, elapsed_s: float, next_epoch: int, epoch_s: 
 
 
 class EpochPlanner:
-    """Times a process' epochs and makes the plan once (see the module docstring).
+    """Times a process' epochs and makes the plan and its re-plans (see the module
+    docstring).
 
     ``agree(values) -> values``: the element-wise maximum over every process of the
     run (identity in a single-process run)."""

@@ -76,8 +76,8 @@ class TrainState:
     last_step: int = 0  # host copy of global_step, readable when the device is not
     method: Method | None = None  # its loss, post-update and own state (NPID's Z)
     loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
-    # a time-budgeted run's plan: (planned_epochs (0: not yet), the cosine segment's
-    # start step and lr), checkpoint.PLAN_VARIABLES
+    # a time-budgeted run's plan: (planned_epochs (0: not yet), the step it was made at
+    # and the cosine's progress there), checkpoints.PLAN_VARIABLES
     plan: tuple | None = None
 
     @property
