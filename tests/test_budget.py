@@ -121,9 +121,9 @@ def test_planned_cosine_follows_the_plan_continuously_against_float64():
                                     start_step=start, start_progress=done))
 
     def progress(step, planned, start, done):
-        return planned_progress(step, warmup_steps=warm, default_total_steps=default,
-                                planned_steps=planned, start_step=start,
-                                start_progress=done)
+        return float(planned_progress(step, warmup_steps=warm, default_total_steps=default,
+                                      planned_steps=planned, start_step=start,
+                                      start_progress=done))
 
     for step in (0, 5, 9, 10, 30, 500, 999, 1200):  # no plan: warm-up + cosine to 1000
         assert lr(step, 0, 0, 0.0) == pytest.approx(reference(step, 0, 0, 0.0), abs=1e-7)

@@ -19,43 +19,50 @@ def warmup_cosine(step, *, peak_lr: float, total_steps, warmup_steps: int):
     warmup = float(max(warmup_steps, 0))
     total = tf.maximum(tf.cast(total_steps, tf.float32), 1.0)
     warm = peak_lr * (step + 1.0) / max(warmup, 1.0)
-    progress = tf.clip_by_value((step - warmup) / tf.maximum(total - warmup, 1.0), 0.0, 1.0)
-    cosine = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
+    cosine = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * _fraction(step, warmup, total)))
     return tf.where(step < warmup, warm, cosine)
+
+
+def _fraction(step, first, end):
+    """How far ``step`` is from ``first`` to ``end``, clipped to [0, 1] (float32)."""
+    return tf.clip_by_value((step - first) / tf.maximum(end - first, 1.0), 0.0, 1.0)
 
 
 def planned_cosine(step, *, peak_lr: float, warmup_steps: int, default_total_steps: int,
                    planned_steps, start_step, start_progress):
     """A time-budgeted run's schedule (training/budget.py): :func:`warmup_cosine` over
-    ``default_total_steps`` until there is a plan (``planned_steps`` > 0). The cosine's
-    progress p (0 at the warm-up's end, 1 at the end) is continuous across plans: from
-    the plan's ``start_step``, where it stood at ``start_progress``, it runs linearly to
-    1 at ``planned_steps``, and the rate is 0.5 * peak_lr * (1 + cos(pi p)) throughout.
-    A re-plan only changes how fast p moves from there, so the rate stays continuous and
-    the curve a cosine in p. The plan's values may be tensors (variables read in the
-    step)."""
+    ``default_total_steps`` until there is a plan (``planned_steps`` > 0); from the
+    plan's ``start_step`` on, 0.5 * peak_lr * (1 + cos(pi p)) with p the
+    :func:`planned_progress`. A re-plan only changes how fast p moves from where it
+    stands, so the rate stays continuous and the curve a cosine in p. The plan's values
+    may be tensors (variables read in the step)."""
     base = warmup_cosine(step, peak_lr=peak_lr, total_steps=default_total_steps,
                          warmup_steps=warmup_steps)
+    progress = planned_progress(step, warmup_steps=warmup_steps,
+                                default_total_steps=default_total_steps,
+                                planned_steps=planned_steps, start_step=start_step,
+                                start_progress=start_progress)
+    segment = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
+    planned = tf.logical_and(tf.cast(planned_steps, tf.float32) > 0,
+                             tf.cast(step, tf.float32) >= tf.cast(start_step, tf.float32))
+    return tf.where(planned, segment, base)
+
+
+def planned_progress(step, *, warmup_steps: int, default_total_steps: int, planned_steps,
+                     start_step, start_progress):
+    """The cosine's progress p (0 at the warm-up's end, 1 at the end), continuous across
+    plans: before a plan, that of :func:`warmup_cosine` over ``default_total_steps``;
+    from the plan's ``start_step``, where it stood at ``start_progress``, linear to 1 at
+    ``planned_steps``. A float32 tensor; the loop calls it on the host (eagerly) to find
+    where a re-plan starts, the step through :func:`planned_cosine`."""
     step = tf.cast(step, tf.float32)
     start = tf.cast(start_step, tf.float32)
     total = tf.cast(planned_steps, tf.float32)
     done = tf.cast(start_progress, tf.float32)
-    progress = done + (1.0 - done) * tf.clip_by_value(
-        (step - start) / tf.maximum(total - start, 1.0), 0.0, 1.0)
-    segment = 0.5 * peak_lr * (1.0 + tf.cos(math.pi * progress))
+    base = _fraction(step, float(max(warmup_steps, 0)),
+                     tf.maximum(tf.cast(default_total_steps, tf.float32), 1.0))
+    segment = done + (1.0 - done) * _fraction(step, start, total)
     return tf.where(tf.logical_and(total > 0, step >= start), segment, base)
-
-
-def planned_progress(step: int, *, warmup_steps: int, default_total_steps: int,
-                     planned_steps: int, start_step: int, start_progress: float) -> float:
-    """The cosine's progress p of :func:`planned_cosine` at ``step`` (on the host)."""
-    def fraction(numerator, denominator):
-        return min(max(numerator / max(denominator, 1.0), 0.0), 1.0)
-
-    if planned_steps > 0 and step >= start_step:
-        return start_progress + (1.0 - start_progress) * fraction(
-            step - start_step, planned_steps - start_step)
-    return fraction(step - warmup_steps, default_total_steps - warmup_steps)
 
 
 def cosine_decay(step: int, total_steps: int, peak: float = 1.0) -> float:
