@@ -18,6 +18,8 @@ import statistics
 from absl import app, flags
 from calib_times import epoch_seconds  # this directory (run as a script)
 
+from tf_instcls.training import stages
+
 flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
 flags.DEFINE_list("rows", [], "name:work_dir pairs, the reference first (default: item 6's "
                   "three rows).")
@@ -37,11 +39,7 @@ def _stats(values):
 
 def _plan(run_dir):
     """A time-budgeted run's plan and when it really ended (seconds after its start)."""
-    path = os.path.join(run_dir, "stages.jsonl")
-    if not os.path.exists(path):  # runs whose records kept only metrics.jsonl
-        return {}
-    with open(path) as f:
-        records = [json.loads(line) for line in f]
+    records = stages.read(run_dir)  # [] for runs whose records kept only metrics.jsonl
     plans = [r for r in records if r.get("stage") == "plan"]
     if not plans:
         return {}
