@@ -6,9 +6,9 @@ larger seed spread).
     python results/issue14/full30/summarize.py --runs=/work/runs > results/issue14/full30/table.md
 
 With ``--rows=name:work_dir,...`` (the first row is the reference) it tables other runs,
-e.g. the time-budgeted recipe and SimCLR (results/issue14/budget28/); a run with a
-time budget adds its plan (planned epochs, the end it expected and the end it had,
-seconds after its start).
+e.g. the time-budgeted recipe, SimCLR and NPID (results/issue14/budget28/); a run with
+a time budget adds its plan (the first plan's epochs and the end it expected, how many
+re-plans moved the end, the epochs trained and the end it had, seconds after its start).
 """
 import json
 import math
@@ -45,7 +45,9 @@ def _plan(run_dir):
         return {}
     start = next(r for r in records if r.get("stage") == "startup")
     started = start["time"] - start["seconds"]
+    changed = [r for r in plans[1:] if r.get("changed")]  # re-plans that moved the end
     return {"planned_epochs": plans[0]["planned_epochs"], "plan": plans[0],
+            "final_plan": plans[-1]["planned_epochs"], "replans": len(changed),
             "expected_end_s": plans[0]["expected_end_s"],
             "ended_s": round(max(r["time"] for r in records) - started, 1)}
 
@@ -105,12 +107,14 @@ def main(argv):
     planned = [(name, s) for name, seeds in table for s in seeds if "plan" in s]
     if planned:
         print()
-        print("| run | seed | epochs planned | epoch s (plan) | expected end s | ended s "
+        print("| run | seed | epochs planned first | epoch s (first plan) | expected end s "
+              "| re-plans that moved the end | epochs trained | ended s "
               "| train wall s (train.py) |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         for name, s in planned:
             print(f"| {name} | {s['seed']} | {s['planned_epochs']} | {s['plan']['epoch_s']} "
-                  f"| {s['expected_end_s']} | {s['ended_s']} | {s['train_wall_s']:.0f} |")
+                  f"| {s['expected_end_s']} | {s['replans']} | {s['epochs']} "
+                  f"| {s['ended_s']} | {s['train_wall_s']:.0f} |")
     print()
     print("```json")
     print(json.dumps(out, indent=1))

@@ -1,0 +1,10 @@
+#!/bin/bash
+while ! grep -q "npid done" /work/runs/npid28.log; do sleep 20; done
+cd /work/frozen43 && . /work/main/.venv/bin/activate && export PYTHONPATH=/work/frozen43
+echo "split1 recipe start $(date)"
+python tools/run_recipe.py --work_dir=/work/runs/r24s1_budget28 --split_seed=1 --seeds=0 --data=/work/shared/data/cifar10_subset_train.npz \
+  --gin_file=gin/cifar10_subset_npz.gin || echo FAILED
+echo "split1 simclr start $(date)"
+python tools/run_recipe.py --work_dir=/work/runs/r24s1_simclr_budget28 --split_seed=1 --seeds=0 --data=/work/shared/data/cifar10_subset_train.npz \
+  --gin_file=gin/cifar10_subset_npz.gin --gin_file=gin/ablations/simclr.gin || echo FAILED
+echo "split1 done $(date)"
