@@ -144,6 +144,18 @@ def test_planned_cosine_follows_the_plan_continuously_against_float64():
     assert lr(300, 300, 200, second) == 0.0
 
 
+def test_the_slowest_process_figures_are_agreed_on():
+    seen = []
+    planner = budget.EpochPlanner(budget_s=60.0, started=0.0, max_epochs=100,
+                                  agree=lambda values: seen.append(values) or [20.0, 3.0, 0.0])
+    for now in (0.0, 1.0, 2.0, 3.0):
+        planner.start_epoch(now=now)
+        planner.end_epoch(full=True, now=now + 1.0)
+    epochs, figures = planner.plan(3, now=4.0)
+    assert seen == [[4.0, 1.0, 0.0]]  # this process' figures go to the agreement
+    assert (figures["elapsed_s"], figures["epoch_s"], epochs) == (20.0, 3.0, 3 + 13)
+
+
 @pytest.mark.parametrize("devices", [1, 4])
 def test_max_over_processes_on_the_mesh(devices):
     mesh = parallel.build_mesh(devices)
