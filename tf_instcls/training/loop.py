@@ -460,13 +460,14 @@ def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: 
         return epochs * state.steps_per_epoch
     planned, start_step, start_progress = state.plan
     spe = state.steps_per_epoch
-    start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
-    progress = float(planned_progress(  # the same float32 arithmetic as the step's
-        start, warmup_steps=warmup_steps, default_total_steps=max_epochs * spe,
-        planned_steps=previous * spe, start_step=int(parallel.to_numpy(start_step)),
-        start_progress=float(parallel.to_numpy(start_progress))))
     if not previous and epochs == max_epochs:  # the most fits: TrainConfig.epochs'
         start, progress = warmup_steps, 0.0  # cosine as it was, to the bit
+    else:
+        start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
+        progress = float(planned_progress(  # the same float32 arithmetic as the step's
+            start, warmup_steps=warmup_steps, default_total_steps=max_epochs * spe,
+            planned_steps=previous * spe, start_step=int(parallel.to_numpy(start_step)),
+            start_progress=float(parallel.to_numpy(start_progress))))
     for variable, value in ((planned, np.int64(epochs)), (start_step, np.int64(start)),
                             (start_progress, np.float32(progress))):
         variable.assign(layouts.pack_sharded(value, variable.layout))
