@@ -47,7 +47,7 @@ def _plan(run_dir):
     started = start["time"] - start["seconds"]
     changed = [r for r in plans[1:] if r.get("changed")]  # re-plans that moved the end
     return {"planned_epochs": plans[0]["planned_epochs"], "plan": plans[0],
-            "final_plan": plans[-1]["planned_epochs"], "replans": len(changed),
+            "replans": len(changed),
             "expected_end_s": plans[0]["expected_end_s"],
             "ended_s": round(max(r["time"] for r in records) - started, 1)}
 
