@@ -1,0 +1,117 @@
+"""Issue 14, item 3 on more than one split: the recipe against SimCLR at the same 28-minute
+budget, split by split (``tools/run_recipe.py --split_seed``), and the per-split
+differences pooled.
+
+    python results/issue14/budget28/splits.py --runs=/work/runs \
+        --splits=0:r24_budget28:r24_simclr_budget28,1:r24s1_budget28:r24s1_simclr_budget28,...
+
+Per split: mean +- sample std over seeds of weighted-kNN top-1 (``features`` and
+``embedding`` of the export), raw pixels and random init (as run_recipe.py scores them),
+the recipe minus SimCLR, and whether that difference is an effect by run_ablation.py's
+rule (it exceeds the larger of the two seed spreads). Pooled: the per-split differences'
+mean +- std over splits, and per seed (seed s of the recipe minus seed s of SimCLR on the
+same split; the seeds are not otherwise paired).
+"""
+import json
+import math
+import os
+import statistics
+
+from absl import app, flags
+
+flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
+flags.DEFINE_list("splits", [], "split:recipe_work_dir:simclr_work_dir triples.")
+FLAGS = flags.FLAGS
+
+KEYS = ("features", "embedding")
+
+
+def _seeds(work):
+    """{seed: recipe_result.json} for the seeds that finished."""
+    out = {}
+    for name in sorted(os.listdir(work)):
+        path = os.path.join(work, name, "recipe_result.json")
+        if name.startswith("seed") and os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+            for r in result["knn"]["results"]:
+                if r["model"] == "export":  # not the random-init row
+                    result[r["representation"]] = r["top1"]
+            out[int(name[4:])] = result
+    return out
+
+
+def _stats(values):
+    if not values:
+        return float("nan"), float("nan")
+    return (statistics.mean(values),
+            statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def _fmt(mean, std):
+    return f"{mean:.2f} +- {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+def _baselines(work):
+    with open(os.path.join(work, "recipe.json")) as f:
+        summary = json.load(f)["summary"]
+    return summary["raw_pixels"]["mean"], summary["random_init"]["mean"]
+
+
+def main(argv):
+    del argv
+    if not FLAGS.splits:
+        raise app.UsageError("--splits=split:recipe_dir:simclr_dir,... is required")
+    rows, split_diffs, seed_diffs = [], {k: [] for k in KEYS}, {k: [] for k in KEYS}
+    for triple in FLAGS.splits:
+        split, recipe_dir, simclr_dir = triple.split(":")
+        recipe = _seeds(os.path.join(FLAGS.runs, recipe_dir))
+        simclr = _seeds(os.path.join(FLAGS.runs, simclr_dir))
+        raw, init = _baselines(os.path.join(FLAGS.runs, recipe_dir))
+        row = {"split": split, "recipe seeds": sorted(recipe), "SimCLR seeds": sorted(simclr),
+               "raw": raw, "init": init}
+        for key in KEYS:
+            r = [recipe[s][key] for s in sorted(recipe)]
+            c = [simclr[s][key] for s in sorted(simclr)]
+            (rm, rs), (cm, cs) = _stats(r), _stats(c)
+            diff = rm - cm
+            one_seed = math.isnan(rs) or math.isnan(cs)
+            row[key] = (rm, rs, cm, cs, diff,
+                        "no call (1 seed)" if one_seed else
+                        ("effect" if abs(diff) > max(rs, cs) else "no effect"))
+            split_diffs[key].append(diff)
+            seed_diffs[key] += [recipe[s][key] - simclr[s][key] for s in recipe if s in simclr]
+        row["epochs"] = ([recipe[s]["epochs"] for s in sorted(recipe)],
+                         [simclr[s]["epochs"] for s in sorted(simclr)])
+        rows.append(row)
+
+    print("| split | seeds (recipe / SimCLR) | epochs (recipe / SimCLR) | raw pixels | "
+          "random init | recipe `features` | SimCLR `features` | recipe - SimCLR | an effect? "
+          "| recipe `embedding` | SimCLR `embedding` | recipe - SimCLR |")
+    print("|---" * 12 + "|")
+    for row in rows:
+        f, e = row["features"], row["embedding"]
+        print(f"| {row['split']} | {','.join(map(str, row['recipe seeds']))} / "
+              f"{','.join(map(str, row['SimCLR seeds']))} | "
+              f"{'/'.join(map(str, row['epochs'][0]))} / {'/'.join(map(str, row['epochs'][1]))} | "
+              f"{row['raw']:.2f} | {row['init']:.2f} | {_fmt(f[0], f[1])} | {_fmt(f[2], f[3])} | "
+              f"{f[4]:+.2f} | {f[5]} | {_fmt(e[0], e[1])} | {_fmt(e[2], e[3])} | {e[4]:+.2f} |")
+    print()
+    print("| pooled | recipe - SimCLR, `features` | recipe - SimCLR, `embedding` | n |")
+    print("|---|---|---|---|")
+    for name, diffs in (("per split (difference of seed means)", split_diffs),
+                        ("per seed (seed s against seed s)", seed_diffs)):
+        f, e = _stats(diffs["features"]), _stats(diffs["embedding"])
+        print(f"| {name} | {_fmt(*f)} | {_fmt(*e)} | {len(diffs['features'])} |")
+    recipe_all = {k: [] for k in KEYS}
+    for row in rows:
+        for key in KEYS:
+            recipe_all[key].append(row[key][0])
+    print()
+    print("Recipe `features`, seed means per split: "
+          + ", ".join(f"{v:.2f}" for v in recipe_all["features"])
+          + f"; all >= 55: {all(v >= 55 for v in recipe_all['features'])}")
+
+
+if __name__ == "__main__":
+    app.run(main)
