@@ -32,9 +32,17 @@ ROWS = [  # (name, work dir, what it is)
 ]
 
 
-def _stats(values):
+def stats(values):
     mean = statistics.mean(values)
     return mean, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def effect(diff, spread, other_spread):
+    """run_ablation.py's rule: an effect only when |diff| exceeds the larger seed spread;
+    no call when either side has one seed (its spread is nan, whichever side it is)."""
+    if math.isnan(spread) or math.isnan(other_spread):
+        return "no call (1 seed)"
+    return "yes" if abs(diff) > max(spread, other_spread) else "no"
 
 
 def _plan(run_dir):
@@ -52,7 +60,7 @@ def _plan(run_dir):
             "ended_s": round(max(r["time"] for r in records) - started, 1)}
 
 
-def _seed_rows(work):
+def seed_rows(work):
     rows = []
     for name in sorted(os.listdir(work)):
         path = os.path.join(work, name, "recipe_result.json")
@@ -78,12 +86,12 @@ def main(argv):
     rows = ROWS if not FLAGS.rows else [(*row.split(":", 1), row.split(":", 1)[1])
                                         for row in FLAGS.rows]
     for name, work, what in rows:
-        seeds = _seed_rows(os.path.join(FLAGS.runs, work))
+        seeds = seed_rows(os.path.join(FLAGS.runs, work))
         if not seeds:
             continue
         out[name] = {"what": what, "seeds": seeds}
         for key in ("features", "embedding"):
-            out[name][key] = _stats([s[key] for s in seeds])
+            out[name][key] = stats([s[key] for s in seeds])
         table.append((name, seeds))
     ref = out[rows[0][0]]
     print("| run | seeds | epochs | median epoch s (per seed) | epoch loop s (per seed) "
@@ -92,10 +100,7 @@ def main(argv):
     for name, seeds in table:
         row = out[name]
         diff = row["features"][0] - ref["features"][0]
-        spread = max(row["features"][1], ref["features"][1])
-        effect = ("reference" if row is ref else
-                  "no call (1 seed)" if math.isnan(spread) else
-                  "yes" if abs(diff) > spread else "no")
+        call = "reference" if row is ref else effect(diff, row["features"][1], ref["features"][1])
         ids = ",".join(str(s["seed"]) for s in seeds)
         median = " / ".join(f"{s['median_epoch_s']:.2f}" for s in seeds)
         loop = " / ".join(f"{s['epoch_loop_s']:.0f}" for s in seeds)
@@ -103,7 +108,7 @@ def main(argv):
         print(f"| {name} | {ids} | {epochs} | {median} | {loop} "
               f"| {row['features'][0]:.2f} +- {row['features'][1]:.2f} "
               f"| {row['embedding'][0]:.2f} +- {row['embedding'][1]:.2f} "
-              f"| {diff:+.2f} | {effect} |")
+              f"| {diff:+.2f} | {call} |")
     planned = [(name, s) for name, seeds in table for s in seeds if "plan" in s]
     if planned:
         print()

@@ -2,24 +2,23 @@
 budget, split by split (``tools/run_recipe.py --split_seed``), and the per-split
 differences pooled.
 
-    python results/issue14/budget28/splits.py --runs=/work/runs \
+    python results/issue14/full30/splits.py --runs=/work/runs \
         --splits=0:r24_budget28:r24_simclr_budget28,1:r24s1_budget28:r24s1_simclr_budget28,...
 
 Per split: mean +- sample std over seeds of weighted-kNN top-1 (``features`` and
 ``embedding`` of the export), raw pixels and random init (as run_recipe.py scores them),
 the recipe minus SimCLR, and whether that difference is an effect by run_ablation.py's
-rule (it exceeds the larger of the two seed spreads). Pooled: the per-split differences'
-mean +- std over splits, and per seed (seed s of the recipe minus seed s of SimCLR on the
-same split; the seeds are not otherwise paired).
+rule (it exceeds the larger of the two seed spreads; summarize.py's ``effect``).
+Pooled: the per-split differences' mean +- std over splits, and per seed (seed s of
+the recipe minus seed s of SimCLR on the same split; the seeds are not otherwise paired).
 """
 import json
 import math
 import os
-import statistics
 
 from absl import app, flags
+from summarize import effect, seed_rows, stats  # this directory (run as a script); --runs
 
-flags.DEFINE_string("runs", "runs", "Directory holding the run_recipe.py work dirs.")
 flags.DEFINE_list("splits", [], "split:recipe_work_dir:simclr_work_dir triples.")
 FLAGS = flags.FLAGS
 
@@ -27,25 +26,8 @@ KEYS = ("features", "embedding")
 
 
 def _seeds(work):
-    """{seed: recipe_result.json} for the seeds that finished."""
-    out = {}
-    for name in sorted(os.listdir(work)):
-        path = os.path.join(work, name, "recipe_result.json")
-        if name.startswith("seed") and os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            for r in result["knn"]["results"]:
-                if r["model"] == "export":  # not the random-init row
-                    result[r["representation"]] = r["top1"]
-            out[int(name[4:])] = result
-    return out
-
-
-def _stats(values):
-    if not values:
-        return float("nan"), float("nan")
-    return (statistics.mean(values),
-            statistics.stdev(values) if len(values) > 1 else float("nan"))
+    """{seed: summarize.py's row} for the seeds that finished."""
+    return {row["seed"]: row for row in seed_rows(work)}
 
 
 def _fmt(mean, std):
@@ -73,12 +55,9 @@ def main(argv):
         for key in KEYS:
             r = [recipe[s][key] for s in sorted(recipe)]
             c = [simclr[s][key] for s in sorted(simclr)]
-            (rm, rs), (cm, cs) = _stats(r), _stats(c)
+            (rm, rs), (cm, cs) = stats(r), stats(c)
             diff = rm - cm
-            one_seed = math.isnan(rs) or math.isnan(cs)
-            row[key] = (rm, rs, cm, cs, diff,
-                        "no call (1 seed)" if one_seed else
-                        ("effect" if abs(diff) > max(rs, cs) else "no effect"))
+            row[key] = (rm, rs, cm, cs, diff, effect(diff, rs, cs))
             split_diffs[key].append(diff)
             seed_diffs[key] += [recipe[s][key] - simclr[s][key] for s in recipe if s in simclr]
         row["epochs"] = ([recipe[s]["epochs"] for s in sorted(recipe)],
@@ -101,7 +80,7 @@ def main(argv):
     print("|---|---|---|---|")
     for name, diffs in (("per split (difference of seed means)", split_diffs),
                         ("per seed (seed s against seed s)", seed_diffs)):
-        f, e = _stats(diffs["features"]), _stats(diffs["embedding"])
+        f, e = stats(diffs["features"]), stats(diffs["embedding"])
         print(f"| {name} | {_fmt(*f)} | {_fmt(*e)} | {len(diffs['features'])} |")
     recipe_all = {k: [] for k in KEYS}
     for row in rows:
