@@ -1,6 +1,7 @@
 """Issue 14, item 3 on more than one split: the recipe against SimCLR at the same 28-minute
 budget, split by split (``tools/run_recipe.py --split_seed``), and the per-split
-differences pooled.
+differences pooled. ``--names`` renames the two sides, so any two configurations can be
+compared the same way (e.g. the recipe with a linear head against the recipe).
 
     python results/issue14/full30/splits.py --runs=/work/runs \
         --splits=0:r24_budget28:r24_simclr_budget28,1:r24s1_budget28:r24s1_simclr_budget28,...
@@ -20,6 +21,8 @@ from absl import app, flags
 from summarize import effect, seed_rows, stats  # this directory (run as a script); --runs
 
 flags.DEFINE_list("splits", [], "split:recipe_work_dir:simclr_work_dir triples.")
+flags.DEFINE_list("names", ["recipe", "SimCLR"], "What the two work dirs of each triple "
+                  "are called in the tables (e.g. linear head,recipe).")
 FLAGS = flags.FLAGS
 
 KEYS = ("features", "embedding")
@@ -44,6 +47,8 @@ def main(argv):
     del argv
     if not FLAGS.splits:
         raise app.UsageError("--splits=split:recipe_dir:simclr_dir,... is required")
+    if len(FLAGS.names) != 2:
+        raise app.UsageError(f"--names takes two names, got {FLAGS.names}")
     rows, split_diffs, seed_diffs = [], {k: [] for k in KEYS}, {k: [] for k in KEYS}
     for triple in FLAGS.splits:
         split, recipe_dir, simclr_dir = triple.split(":")
@@ -64,9 +69,10 @@ def main(argv):
                          [simclr[s]["epochs"] for s in sorted(simclr)])
         rows.append(row)
 
-    print("| split | seeds (recipe / SimCLR) | epochs (recipe / SimCLR) | raw pixels | "
-          "random init | recipe `features` | SimCLR `features` | recipe - SimCLR | an effect? "
-          "| recipe `embedding` | SimCLR `embedding` | recipe - SimCLR |")
+    a, b = FLAGS.names
+    print(f"| split | seeds ({a} / {b}) | epochs ({a} / {b}) | raw pixels | "
+          f"random init | {a} `features` | {b} `features` | {a} - {b} | an effect? "
+          f"| {a} `embedding` | {b} `embedding` | {a} - {b} |")
     print("|---" * 12 + "|")
     for row in rows:
         f, e = row["features"], row["embedding"]
@@ -76,20 +82,17 @@ def main(argv):
               f"{row['raw']:.2f} | {row['init']:.2f} | {_fmt(f[0], f[1])} | {_fmt(f[2], f[3])} | "
               f"{f[4]:+.2f} | {f[5]} | {_fmt(e[0], e[1])} | {_fmt(e[2], e[3])} | {e[4]:+.2f} |")
     print()
-    print("| pooled | recipe - SimCLR, `features` | recipe - SimCLR, `embedding` | n |")
+    print(f"| pooled | {a} - {b}, `features` | {a} - {b}, `embedding` | n |")
     print("|---|---|---|---|")
     for name, diffs in (("per split (difference of seed means)", split_diffs),
                         ("per seed (seed s against seed s)", seed_diffs)):
         f, e = stats(diffs["features"]), stats(diffs["embedding"])
         print(f"| {name} | {_fmt(*f)} | {_fmt(*e)} | {len(diffs['features'])} |")
-    recipe_all = {k: [] for k in KEYS}
-    for row in rows:
-        for key in KEYS:
-            recipe_all[key].append(row[key][0])
+    first = [row["features"][0] for row in rows]
     print()
-    print("Recipe `features`, seed means per split: "
-          + ", ".join(f"{v:.2f}" for v in recipe_all["features"])
-          + f"; all >= 55: {all(v >= 55 for v in recipe_all['features'])}")
+    print(f"{a[0].upper() + a[1:]} `features`, seed means per split: "
+          + ", ".join(f"{v:.2f}" for v in first)
+          + f"; all >= 55: {all(v >= 55 for v in first)}")
 
 
 if __name__ == "__main__":
