@@ -8,10 +8,11 @@ compared the same way (e.g. the recipe with a linear head against the recipe).
 
 Per split: mean +- sample std over seeds of weighted-kNN top-1 (``features`` and
 ``embedding`` of the export), raw pixels and random init (as run_recipe.py scores them),
-the recipe minus SimCLR, and whether that difference is an effect by run_ablation.py's
-rule (it exceeds the larger of the two seed spreads; summarize.py's ``effect``).
-Pooled: the per-split differences' mean +- std over splits, and per seed (seed s of
-the recipe minus seed s of SimCLR on the same split; the seeds are not otherwise paired).
+side a minus side b (by default the recipe minus SimCLR), and whether that difference is
+an effect by run_ablation.py's rule (it exceeds the larger of the two seed spreads;
+summarize.py's ``effect``). Pooled: the per-split differences' mean +- std over splits,
+and per seed (seed s of a minus seed s of b on the same split; the seeds are not
+otherwise paired). Raw pixels and random init are side a's work dir's.
 """
 import json
 import math
@@ -20,7 +21,7 @@ import os
 from absl import app, flags
 from summarize import effect, seed_rows, stats  # this directory (run as a script); --runs
 
-flags.DEFINE_list("splits", [], "split:recipe_work_dir:simclr_work_dir triples.")
+flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled).")
 flags.DEFINE_list("names", ["recipe", "SimCLR"], "What the two work dirs of each triple "
                   "are called in the tables (e.g. linear head,recipe).")
 FLAGS = flags.FLAGS
@@ -46,27 +47,26 @@ def _baselines(work):
 def main(argv):
     del argv
     if not FLAGS.splits:
-        raise app.UsageError("--splits=split:recipe_dir:simclr_dir,... is required")
+        raise app.UsageError("--splits=split:work_dir_a:work_dir_b,... is required")
     if len(FLAGS.names) != 2:
         raise app.UsageError(f"--names takes two names, got {FLAGS.names}")
     rows, split_diffs, seed_diffs = [], {k: [] for k in KEYS}, {k: [] for k in KEYS}
     for triple in FLAGS.splits:
-        split, recipe_dir, simclr_dir = triple.split(":")
-        recipe = _seeds(os.path.join(FLAGS.runs, recipe_dir))
-        simclr = _seeds(os.path.join(FLAGS.runs, simclr_dir))
-        raw, init = _baselines(os.path.join(FLAGS.runs, recipe_dir))
-        row = {"split": split, "recipe seeds": sorted(recipe), "SimCLR seeds": sorted(simclr),
-               "raw": raw, "init": init}
+        split, dir_a, dir_b = triple.split(":")
+        side_a = _seeds(os.path.join(FLAGS.runs, dir_a))
+        side_b = _seeds(os.path.join(FLAGS.runs, dir_b))
+        raw, init = _baselines(os.path.join(FLAGS.runs, dir_a))
+        row = {"split": split, "seeds": (sorted(side_a), sorted(side_b)), "raw": raw,
+               "init": init}
         for key in KEYS:
-            r = [recipe[s][key] for s in sorted(recipe)]
-            c = [simclr[s][key] for s in sorted(simclr)]
-            (rm, rs), (cm, cs) = stats(r), stats(c)
-            diff = rm - cm
-            row[key] = (rm, rs, cm, cs, diff, effect(diff, rs, cs))
+            (am, asd), (bm, bsd) = (stats([side[s][key] for s in sorted(side)])
+                                    for side in (side_a, side_b))
+            diff = am - bm
+            row[key] = (am, asd, bm, bsd, diff, effect(diff, asd, bsd))
             split_diffs[key].append(diff)
-            seed_diffs[key] += [recipe[s][key] - simclr[s][key] for s in recipe if s in simclr]
-        row["epochs"] = ([recipe[s]["epochs"] for s in sorted(recipe)],
-                         [simclr[s]["epochs"] for s in sorted(simclr)])
+            seed_diffs[key] += [side_a[s][key] - side_b[s][key] for s in side_a if s in side_b]
+        row["epochs"] = tuple([side[s]["epochs"] for s in sorted(side)]
+                              for side in (side_a, side_b))
         rows.append(row)
 
     a, b = FLAGS.names
@@ -76,8 +76,8 @@ def main(argv):
     print("|---" * 12 + "|")
     for row in rows:
         f, e = row["features"], row["embedding"]
-        print(f"| {row['split']} | {','.join(map(str, row['recipe seeds']))} / "
-              f"{','.join(map(str, row['SimCLR seeds']))} | "
+        print(f"| {row['split']} | {','.join(map(str, row['seeds'][0]))} / "
+              f"{','.join(map(str, row['seeds'][1]))} | "
               f"{'/'.join(map(str, row['epochs'][0]))} / {'/'.join(map(str, row['epochs'][1]))} | "
               f"{row['raw']:.2f} | {row['init']:.2f} | {_fmt(f[0], f[1])} | {_fmt(f[2], f[3])} | "
               f"{f[4]:+.2f} | {f[5]} | {_fmt(e[0], e[1])} | {_fmt(e[2], e[3])} | {e[4]:+.2f} |")
