@@ -125,32 +125,18 @@ def _matmul_peak(size: int, repeats: int = 10) -> float:
     return best
 
 
-def _run_worker(config: dict) -> dict:
-    if config["kind"] == "torch":  # before TensorFlow: the peer's interpreter may lack it
-        return _torch_step(config)
-    from tf_instcls import parallel
-
-    devices = config["devices"]
-    if config["kind"] != "peak" and devices > 0:
-        parallel.configure_virtual_devices(devices)
+def build_steps(config: dict, mesh):
+    """(make_step, x, ids, hard, W, its optimizer) of one benchmark configuration: W
+    [N, D] on ``mesh`` in ``config["layout"]``, random unit-scale embeddings, ids and (when
+    smoothing > 0) K random hard negatives per row; ``make_step(smoothing)`` is a
+    tf.function running the loss, its gradient and a momentum-SGD step of W."""
     import numpy as np
     import tensorflow as tf
 
-    if config["kind"] == "peak":
-        return {"matmul_peak_gflops": _matmul_peak(config["matmul_size"])}
-
+    from tf_instcls import parallel
     from tf_instcls.losses import instance_classification_loss
-    from tf_instcls.parallel import layouts
     from tf_instcls.training import MomentumSGD
 
-    passes = config.get("disable_grappler") or []
-    if "all" in passes:
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    elif passes:
-        tf.config.optimizer.set_experimental_options({name: False for name in passes})
-    base_rss = _rss_bytes()
-    mesh = parallel.build_mesh(devices or None)
-    t = mesh.size
     n, d, b = config["num_instances"], config["dim"], config["batch_size"]
     chunk = config["chunk_size"] or None
     clf = parallel.InstanceClassifier(
@@ -185,6 +171,36 @@ def _run_worker(config: dict) -> dict:
             opt.apply_gradients([(grad_w, w)], 0.1)
             return mean, tf.reduce_sum(grad_x)
         return step
+
+    return make_step, x, ids, hard, w, opt
+
+
+def _run_worker(config: dict) -> dict:
+    if config["kind"] == "torch":  # before TensorFlow: the peer's interpreter may lack it
+        return _torch_step(config)
+    from tf_instcls import parallel
+
+    devices = config["devices"]
+    if config["kind"] != "peak" and devices > 0:
+        parallel.configure_virtual_devices(devices)
+    import tensorflow as tf
+
+    if config["kind"] == "peak":
+        return {"matmul_peak_gflops": _matmul_peak(config["matmul_size"])}
+
+    from tf_instcls.parallel import layouts
+
+    passes = config.get("disable_grappler") or []
+    if "all" in passes:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    elif passes:
+        tf.config.optimizer.set_experimental_options({name: False for name in passes})
+    base_rss = _rss_bytes()
+    mesh = parallel.build_mesh(devices or None)
+    t = mesh.size
+    n, d, b = config["num_instances"], config["dim"], config["batch_size"]
+    chunk = config["chunk_size"] or None
+    make_step, x, ids, hard, w, opt = build_steps(config, mesh)
 
     if config["kind"] == "paired":
         return _time_pairs(config, make_step, x, ids, hard)

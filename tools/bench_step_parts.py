@@ -107,32 +107,6 @@ def _parts(base, precision):
     return calls
 
 
-def _profile(call, calls=5):
-    """Self time (us) per op type over ``calls`` calls, from TensorFlow's profiler."""
-    import collections
-    import glob
-
-    import tensorflow as tf
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
-
-    logdir = tempfile.mkdtemp(prefix="bench_parts_profile_")
-    tf.profiler.experimental.start(logdir)
-    for _ in range(calls):
-        call()
-    tf.profiler.experimental.stop()
-    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-    data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
-    if not ok:
-        raise RuntimeError(f"the profiler's op stats could not be read from {logdir}")
-    table = json.loads(data)[0]
-    columns = [c["id"] for c in table["cols"]]
-    totals = collections.Counter()
-    for row in table["rows"]:
-        values = dict(zip(columns, [c.get("v") for c in row["c"]]))
-        totals[values["type"]] += values["total_self_time"]
-    return dict(totals)
-
-
 def main(argv):
     del argv
     unknown = set(FLAGS.parts) - set(PARTS)
@@ -153,7 +127,8 @@ def main(argv):
     for (p, k), v in times.items():
         rows.append({"precision": p, "part": k, "median_ms": statistics.median(v),
                      "min_ms": min(v), "max_ms": max(v), "rounds_ms": v})
-    profiles = {p: _profile(calls[p][FLAGS.parts[0]]) for p in calls} if FLAGS.profile else {}
+    profiles = ({p: common.op_self_times(calls[p][FLAGS.parts[0]]) for p in calls}
+                if FLAGS.profile else {})
     for p, ops in profiles.items():
         busy = sum(t for k, t in ops.items() if k != "IDLE")
         print(f"{p} / {FLAGS.parts[0]}, self time by op type (share of non-idle time):")

@@ -224,3 +224,33 @@ def encoder_sgd_step(encoder, variables, *, jit_compile=False):
         return loss
 
     return step
+
+
+def op_self_times(call, calls: int = 5, *, by_name: bool = False) -> dict:
+    """Self time (us) per op type (or per (type, name) with ``by_name``), summed over
+    ``calls`` calls of ``call`` run under TensorFlow's profiler."""
+    import collections
+    import glob
+    import json
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    logdir = tempfile.mkdtemp(prefix="tf_instcls_profile_")
+    tf.profiler.experimental.start(logdir)
+    for _ in range(calls):
+        call()
+    tf.profiler.experimental.stop()
+    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"the profiler's op stats could not be read from {logdir}")
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    totals = collections.Counter()
+    for row in table["rows"]:
+        values = dict(zip(columns, [c.get("v") for c in row["c"]]))
+        key = (values["type"], values["operation"]) if by_name else values["type"]
+        totals[key] += values["total_self_time"]
+    return dict(totals)
