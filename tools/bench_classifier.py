@@ -127,7 +127,7 @@ def _matmul_peak(size: int, repeats: int = 10) -> float:
 
 def build_steps(config: dict, mesh):
     """(make_step, x, ids, hard, W, its optimizer) of one benchmark configuration: W
-    [N, D] on ``mesh`` in ``config["layout"]``, random unit-scale embeddings, ids and (when
+    [N, D] on ``mesh`` in ``config["layout"]``, standard-normal embeddings, random ids and (when
     smoothing > 0) K random hard negatives per row; ``make_step(smoothing)`` is a
     tf.function running the loss, its gradient and a momentum-SGD step of W."""
     import numpy as np
