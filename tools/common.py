@@ -237,15 +237,15 @@ def op_self_times(call, calls: int = 5, *, by_name: bool = False) -> dict:
     import tensorflow as tf
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
-    logdir = tempfile.mkdtemp(prefix="tf_instcls_profile_")
-    tf.profiler.experimental.start(logdir)
-    for _ in range(calls):
-        call()
-    tf.profiler.experimental.stop()
-    files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-    data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
+    with tempfile.TemporaryDirectory(prefix="tf_instcls_profile_") as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(calls):
+            call()
+        tf.profiler.experimental.stop()
+        files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
     if not ok:
-        raise RuntimeError(f"the profiler's op stats could not be read from {logdir}")
+        raise RuntimeError(f"the profiler's op stats could not be read from {files}")
     table = json.loads(data)[0]
     columns = [c["id"] for c in table["cols"]]
     totals = collections.Counter()

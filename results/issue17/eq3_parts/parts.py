@@ -25,52 +25,50 @@ flags.DEFINE_integer("inter_op", 0, "inter-op threads (0: TF's default)")
 FLAGS = flags.FLAGS
 
 
+def x_gather(w, t, g):  # the shipped label term of dJ/dx
+    return tf.reduce_sum(tf.expand_dims(g, 2) * tf.gather(w, t), axis=1)
+
+
+def x_bmm(w, t, g):  # 1bfba01's batched matmul (reverted: no gain)
+    return tf.squeeze(tf.matmul(tf.expand_dims(g, 1), tf.gather(w, t)), 1)
+
+
+def w_segsum(t, g, x, dense_t):  # the shipped label rows, and grad_w = dense^T - label
+    n, d = dense_t.shape[1], x.shape[1]
+    updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
+    label = tf.math.unsorted_segment_sum(tf.reshape(updates, [-1, d]), tf.reshape(t, [-1]), n)
+    return tf.transpose(dense_t) - label
+
+
+def w_scatter(t, g, x, dense_t):  # label rows scattered into dense^T (a copy of [N, D])
+    updates = -tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
+    return tf.tensor_scatter_nd_add(
+        tf.transpose(dense_t), tf.reshape(t, [-1, 1]), tf.reshape(updates, [-1, x.shape[1]]))
+
+
+def w_scatternd(t, g, x, dense_t):  # label rows by ScatterNd, then grad_w = dense^T - label
+    n, d = dense_t.shape[1], x.shape[1]
+    updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
+    label = tf.scatter_nd(tf.reshape(t, [-1, 1]), tf.reshape(updates, [-1, d]), [n, d])
+    return tf.transpose(dense_t) - label
+
+
 def variants(n, d, b, k1):
-    """name -> (function, args): each returns a tensor whose sum is fetched."""
+    """name -> a tf.function of no arguments over fixed random inputs, for K' = 1 and
+    K' = ``k1``, plus the transpose alone (the part of the w_* variants K' does not change)."""
     rng = np.random.default_rng(0)
     w = tf.constant(rng.normal(size=(n, d)).astype(np.float32))
     x = tf.constant(rng.normal(size=(b, d)).astype(np.float32))
     dense_t = tf.constant(rng.normal(size=(d, n)).astype(np.float32))
-    out = {}
+    out = {"w_transpose_only": tf.function(lambda: tf.transpose(dense_t))}
     for kp in (1, k1):
         t = tf.constant(rng.integers(0, n, (b, kp)).astype(np.int32))
         g = tf.constant(rng.random((b, kp)).astype(np.float32))
-
-        @tf.function
-        def x_gather(t=t, g=g):  # the shipped label term of dJ/dx
-            return tf.reduce_sum(tf.expand_dims(g, 2) * tf.gather(w, t), axis=1)
-
-        @tf.function
-        def x_bmm(t=t, g=g):  # 1bfba01's batched matmul (reverted: no gain)
-            return tf.squeeze(tf.matmul(tf.expand_dims(g, 1), tf.gather(w, t)), 1)
-
-        @tf.function
-        def w_segsum(t=t, g=g):  # the shipped label rows, and grad_w = dense^T - label
-            updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
-            label = tf.math.unsorted_segment_sum(
-                tf.reshape(updates, [-1, d]), tf.reshape(t, [-1]), n)
-            return tf.transpose(dense_t) - label
-
-        @tf.function
-        def w_scatter(t=t, g=g):  # label rows scattered into dense^T (a copy of [N, D])
-            updates = -tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
-            return tf.tensor_scatter_nd_add(
-                tf.transpose(dense_t), tf.reshape(t, [-1, 1]), tf.reshape(updates, [-1, d]))
-
-        @tf.function
-        def w_scatternd(t=t, g=g):  # label rows by ScatterNd, then grad_w = dense^T - label
-            updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
-            label = tf.scatter_nd(tf.reshape(t, [-1, 1]), tf.reshape(updates, [-1, d]), [n, d])
-            return tf.transpose(dense_t) - label
-
-        @tf.function
-        def w_transpose_only():  # the part of w_segsum that K' does not change
-            return tf.transpose(dense_t)
-
-        for name, fn in (("x_gather", x_gather), ("x_bmm", x_bmm), ("w_segsum", w_segsum),
-                         ("w_scatter", w_scatter), ("w_scatternd", w_scatternd)):
-            out[f"{name} K'={kp}"] = fn
-        out["w_transpose_only"] = w_transpose_only
+        for fn in (x_gather, x_bmm):
+            out[f"{fn.__name__} K'={kp}"] = tf.function(lambda fn=fn, t=t, g=g: fn(w, t, g))
+        for fn in (w_segsum, w_scatter, w_scatternd):
+            out[f"{fn.__name__} K'={kp}"] = tf.function(
+                lambda fn=fn, t=t, g=g: fn(t, g, x, dense_t))
     return out
 
 

@@ -11,20 +11,9 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from parts import w_scatter, w_segsum  # this directory (run as a script)
 
-N, D, C, KP = 262144, 128, 1024, 101
-
-
-def segsum(t, g, x, dense_t):  # the shipped form: a segment sum, then a subtraction
-    updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
-    label = tf.math.unsorted_segment_sum(tf.reshape(updates, [-1, D]), tf.reshape(t, [-1]), N)
-    return tf.transpose(dense_t) - label
-
-
-def scatter(t, g, x, dense_t):  # the label rows scattered into dense^T
-    updates = -tf.expand_dims(g, 2) * tf.expand_dims(x, 1)
-    return tf.tensor_scatter_nd_add(
-        tf.transpose(dense_t), tf.reshape(t, [-1, 1]), tf.reshape(updates, [-1, D]))
+N, D, C, KP = 262144, 128, 1024, 101  # parts.py's defaults
 
 
 def main():
@@ -33,8 +22,8 @@ def main():
     g = tf.constant(rng.random((C, KP)).astype(np.float32))
     x = tf.constant(rng.normal(size=(C, D)).astype(np.float32))
     dense_t = tf.constant(rng.normal(size=(D, N)).astype(np.float32))
-    fns = {"tf": tf.function(segsum), "xla": tf.function(segsum, jit_compile=True),
-           "xla_scatter": tf.function(scatter, jit_compile=True)}
+    fns = {"tf": tf.function(w_segsum), "xla": tf.function(w_segsum, jit_compile=True),
+           "xla_scatter": tf.function(w_scatter, jit_compile=True)}
     inputs = {"K'=101": (t, g), "K'=1": (t[:, :1], g[:, :1])}
     for fn in fns.values():
         for tt, gg in inputs.values():
