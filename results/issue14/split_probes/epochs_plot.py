@@ -1,0 +1,120 @@
+"""Issue 14, item 3: kNN top-1 of the export's ``features`` against the epochs each run got,
+for every 24-px run of the recipe and of SimCLR that run_recipe.py recorded (fixed epochs
+and 28-minute budgets, all splits, all seeds). With a wall-time budget the epochs are the
+machine's speed on the day, so this shows how much of a difference between two runs the
+epochs explain, method by method.
+
+    python results/issue14/split_probes/epochs_plot.py \
+        --out=results/issue14/split_probes/epochs.png > results/issue14/split_probes/epochs.md
+
+Reads the committed copies under results/issue14 (each run's recipe.json and
+seed*/recipe_result.json; a run found in both counts once). Prints one row per run and,
+per method, the least-squares slope of top-1 against epochs (points per 100 epochs).
+"""
+import glob
+import json
+import os
+
+from absl import app, flags
+
+flags.DEFINE_string("results", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."),
+                    "results/issue14.")
+flags.DEFINE_string("out", "", "Where to write the plot (PNG); none if empty.")
+FLAGS = flags.FLAGS
+
+# (method, work dirs under results/issue14): the 24-px recipe with crops of 8-100% and
+# tau 0.1 (fixed 100 epochs, then budgets), the same with the paper's tau 0.15, and SimCLR
+# (gin/ablations/simclr.gin on the same recipe).
+METHODS = [
+    ("ours, tau 0.1", ["res24/r24_100", "budget28/r24_budget28", "budget28/r24s1_budget28",
+                       "budget28/r24s2_budget28"]),
+    ("ours, tau 0.15", ["split_probes/r24_t015_budget28", "split_probes/r24s1_t015_budget28",
+                        "split_probes/r24s2_t015_budget28"]),
+    ("SimCLR", ["res24/r24_simclr", "full30/r24_simclr115", "budget28/r24_simclr_budget28",
+                "budget28/r24s1_simclr_budget28", "budget28/r24s2_simclr_budget28",
+                "split_probes/r24s1_simclr_budget28", "split_probes/r24s2_simclr_budget28",
+                "split_probes/r24_simclr_budget28"]),
+]
+
+
+def _features(run):
+    return next(r["top1"] for r in run["knn"]["results"]
+                if r["model"] == "export" and r["representation"] == "features")
+
+
+def _runs(work):
+    """{seed: (epochs, features top-1)} from a work dir's recipe.json and seed results."""
+    found = {}
+    recipe = os.path.join(work, "recipe.json")
+    split = 0
+    if os.path.exists(recipe):
+        with open(recipe) as f:
+            summary = json.load(f)
+        split = summary.get("split_seed", 0)
+        for run in summary["runs"]:
+            found[run["seed"]] = (run["epochs"], _features(run))
+    for path in glob.glob(os.path.join(work, "seed*", "recipe_result.json")):
+        with open(path) as f:
+            run = json.load(f)
+        found[run["seed"]] = (run["epochs"], _features(run))
+    return split, found
+
+
+def slope(points):
+    """Least-squares slope of top-1 against epochs, in points per 100 epochs."""
+    n = len(points)
+    mx = sum(e for e, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((e - mx) ** 2 for e, _ in points)
+    return 100 * sum((e - mx) * (v - my) for e, v in points) / sxx if sxx else float("nan")
+
+
+def main(argv):
+    del argv
+    series = {}
+    print("| method | work dir | split | seed | epochs | `features` top-1 |")
+    print("|---|---|---|---|---|---|")
+    for method, works in METHODS:
+        seen = {}
+        for work in works:
+            path = os.path.join(FLAGS.results, work)
+            if not os.path.isdir(path):
+                continue
+            split, runs = _runs(path)
+            for seed, (epochs, top1) in sorted(runs.items()):
+                key = (os.path.basename(work), seed)  # a run copied to two places counts once
+                if key in seen:
+                    continue
+                seen[key] = (split, epochs, top1)
+                print(f"| {method} | {work} | {split} | {seed} | {epochs} | {top1:.2f} |")
+        series[method] = list(seen.values())
+    print()
+    print("| method | runs | slope, points per 100 epochs (least squares, all splits) |")
+    print("|---|---|---|")
+    for method, points in series.items():
+        print(f"| {method} | {len(points)} | {slope([(e, v) for _, e, v in points]):+.2f} |")
+    if not FLAGS.out:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {"ours, tau 0.1": "tab:blue", "ours, tau 0.15": "tab:green", "SimCLR": "tab:red"}
+    markers = {0: "o", 1: "s", 2: "^"}
+    for method, points in series.items():
+        for split in sorted({s for s, _, _ in points}):
+            xs = [e for s, e, _ in points if s == split]
+            ys = [v for s, _, v in points if s == split]
+            ax.scatter(xs, ys, c=colours[method], marker=markers.get(split, "x"), s=36,
+                       label=f"{method}, split {split}")
+    ax.set_xlabel("epochs trained (fixed, or what the 28-min budget gave on the day)")
+    ax.set_ylabel("weighted kNN top-1 of `features`, %")
+    ax.set_title("The recipe and SimCLR against the epochs they got (24 px views)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(FLAGS.out, dpi=120)
+
+
+if __name__ == "__main__":
+    app.run(main)
