@@ -22,17 +22,13 @@ for r in 1 2 3; do
     run simclr$r --gin_file=gin/ablations/simclr.gin; run recipe$r --gin_bindings="$T"
   fi
 done
-cd /work/main && python3 - <<'PY'
+cd /work/main && python3 results/issue14/full30/calib_times.py $O   # each run's epochs 1-5 and median
+python3 - <<'PY'
 import statistics, sys
 sys.path.insert(0, "results/issue14/full30")
 from calib_times import epoch_seconds
-O = "/work/runs/calib16"
-med = {}
-for m in ("recipe", "simclr"):
-    for r in (1, 2, 3):
-        s = epoch_seconds(f"{O}/{m}{r}/metrics.jsonl")
-        med[m, r] = statistics.median(s)
-        print(f"{m}{r} epochs 1-{len(s)}: {' '.join(f'{x:.2f}' for x in s)}  median {med[m, r]:.2f} s")
+med = {(m, r): statistics.median(epoch_seconds(f"/work/runs/calib16/{m}{r}/metrics.jsonl"))
+       for m in ("recipe", "simclr") for r in (1, 2, 3)}
 ratios = [med["simclr", r] / med["recipe", r] for r in (1, 2, 3)]
 print("SimCLR / recipe median epoch, per round:", " ".join(f"{x:.3f}" for x in ratios),
       f" median {statistics.median(ratios):.3f}")

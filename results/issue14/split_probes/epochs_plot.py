@@ -68,11 +68,8 @@ def _runs(work):
 
 def slope(points):
     """Least-squares slope of top-1 against epochs, in points per 100 epochs."""
-    n = len(points)
-    mx = sum(e for e, _ in points) / n
-    my = sum(v for _, v in points) / n
-    sxx = sum((e - mx) ** 2 for e, _ in points)
-    return 100 * sum((e - mx) * (v - my) for e, v in points) / sxx if sxx else float("nan")
+    epochs, top1 = zip(*points)
+    return 100 * np.polyfit(epochs, top1, 1)[0]
 
 
 def equal_epochs(ours, other, min_epochs, own_slopes=False):
@@ -147,7 +144,7 @@ def main(argv):
         f"split {t}" for t in fits["ours, tau 0.15"]["split_offsets"]) + " |")
     print("|---" * (1 + len(fits["ours, tau 0.15"]["split_offsets"])) + "|")
     for method, fit in fits.items():
-        for name, offset in ((method, fit["offset"]), ("SimCLR (same fit)", 0.0)):
+        for name, offset in ((method, fit["offset"]), (f"SimCLR (fit with {method})", 0.0)):
             print(f"| {name} | " + " | ".join(
                 f"{100 * (55 - base - offset) / fit['slope']:.0f}"
                 for base in fit["split_offsets"].values()) + " |")
