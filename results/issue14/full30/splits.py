@@ -12,7 +12,8 @@ side a minus side b (by default the recipe minus SimCLR), and whether that diffe
 an effect by run_ablation.py's rule (it exceeds the larger of the two seed spreads;
 summarize.py's ``effect``). Pooled: the per-split differences' mean +- std over splits,
 and per seed (seed s of a minus seed s of b on the same split; the seeds are not
-otherwise paired). Raw pixels and random init are side a's work dir's.
+otherwise paired). Raw pixels and random init are side a's work dir's. ``--seeds`` keeps only
+the given seeds of both sides, e.g. the runs made in adjacent same-conditions pairs.
 """
 import json
 import math
@@ -22,6 +23,8 @@ from absl import app, flags
 from summarize import effect, seed_rows, stats  # this directory (run as a script); --runs
 
 flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled).")
+flags.DEFINE_list("seeds", [], "Only these seeds of each side (e.g. the same-conditions runs); "
+                  "default: every finished seed.")
 flags.DEFINE_list("names", ["recipe", "SimCLR"], "What the two work dirs of each triple "
                   "are called in the tables (e.g. linear head,recipe).")
 FLAGS = flags.FLAGS
@@ -30,8 +33,15 @@ KEYS = ("features", "embedding")
 
 
 def _seeds(work):
-    """{seed: summarize.py's row} for the seeds that finished."""
-    return {row["seed"]: row for row in seed_rows(work)}
+    """{seed: summarize.py's row} for the seeds that finished (those of --seeds only)."""
+    rows = {row["seed"]: row for row in seed_rows(work)}
+    if not FLAGS.seeds:
+        return rows
+    wanted = [int(s) for s in FLAGS.seeds]
+    missing = [s for s in wanted if s not in rows]
+    if missing:
+        raise app.UsageError(f"{work} has no finished seed {missing} (finished: {sorted(rows)})")
+    return {s: rows[s] for s in wanted}
 
 
 def _fmt(mean, std):
