@@ -181,6 +181,64 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     checkpoints.verify(str(ckpt_dir / "ckpt-5"))
 
 
+class _Crash(Exception):
+    pass
+
+
+class _CrashAtStep(keras.callbacks.Callback):
+    """A process dying inside a step: raises once the global step reaches ``step``."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.at, self.seen = step, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.at:
+            raise _Crash(f"crash at step {self.at}")
+
+
+def _checkpoint_steps(model_dir):
+    return sorted(int(re.search(r"ckpt-(\d+)\.index$", p).group(1))
+                  for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
+
+
+def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp_path):
+    """TrainConfig.checkpoint_every_epochs = 2 over 4 epochs of 5 steps saves at steps 10
+    and 20 only. A run that dies in epoch 3, after epoch 2 finished unsaved, resumes from
+    step 10, re-runs epochs 2 and 3, and ends with every variable (encoder, W, optimizer
+    slots) equal to the uninterrupted run's; the re-run epochs' metrics lines equal
+    the uninterrupted run's (the later line of an epoch is the one that counts)."""
+    import json
+
+    mesh = parallel.build_mesh(2)
+    train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 4, "checkpoint_every_steps": 0,
+                                "checkpoint_every_epochs": 2, "keep_checkpoints": 5})
+    straight, crashed = str(tmp_path / "straight"), str(tmp_path / "crashed")
+    pretrain.run_pretraining(straight, **TINY, train=train, mesh=mesh)
+    assert _checkpoint_steps(straight) == [10, 20]
+    with pytest.raises(_Crash):
+        pretrain.run_pretraining(crashed, **TINY, train=train, mesh=mesh,
+                                 callbacks=[_CrashAtStep(18)])
+    assert _checkpoint_steps(crashed) == [10]
+    pretrain.run_pretraining(crashed, **TINY, train=train, mesh=mesh)
+    assert _checkpoint_steps(crashed) == [10, 20]
+
+    def metrics(model_dir):
+        with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+            return [json.loads(line) for line in f]
+
+    records = metrics(crashed)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 2, 3]  # epoch 2 ran twice
+    last = {r["epoch"]: r["loss"] for r in records}
+    assert [last[e] for e in range(4)] == [r["loss"] for r in metrics(straight)]
+    a = _values(loop.build_state(straight, **TINY, train=train, mesh=mesh))
+    b = _values(loop.build_state(crashed, **TINY, train=train, mesh=mesh))
+    assert len(a) == len(b) > 10
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_bad_config_values_fail_before_any_work(tmp_path):
     bad = dict(TINY, classifier=loop.ClassifierConfig(layout="rows"),
                method=loop.MethodConfig(temperature=0))
@@ -190,6 +248,9 @@ def test_bad_config_values_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="FaultConfig.nonfinite must be"):
         loop.validate_configs(TINY["data"], TINY["model"], TINY["optim"],
                               fault=loop.FaultConfig(nonfinite="ignore"))
+    with pytest.raises(ValueError, match="checkpoint_every_epochs must be >= 1"):
+        loop.validate_configs(TINY["data"], TINY["model"], TINY["optim"],
+                              loop.TrainConfig(checkpoint_every_epochs=0))
 
 
 @pytest.mark.slow

@@ -9,8 +9,18 @@ measurement of a change to the epoch loop (issue 14, item 2).
 
 Each run is a fresh model_dir. Reported per checkout: the median over rounds of the
 median epoch time (metrics.jsonl ``train_seconds``, epoch 0 left out: it traces), of
-the whole process' wall time, and the images per second of the epoch loop. Run nothing
-else heavy beside it.
+the mean epoch's wall time in the loop (stages.jsonl: from one epoch's steps to the
+next's, so mining, callbacks and the checkpoint are in it; a mean, so that a checkpoint
+every k epochs is spread over them: take epochs = 2 + a multiple of k) and of the part
+of it that is not the steps (less noisy than the steps themselves), of the whole
+process' wall time, and the images per second of the epoch loop. Run nothing else heavy beside it.
+
+``--variant_binding`` (one per ``--code_dirs`` entry, '' for none) adds a gin binding
+to that entry's runs, so one checkout can be measured against itself with an option
+changed, e.g. the checkpoint period:
+
+  python tools/bench_epochs.py --code_dirs=.,. --variant_binding= \
+      --variant_binding="TrainConfig.checkpoint_every_epochs = 5" ...
 """
 
 from __future__ import annotations
@@ -33,16 +43,30 @@ flags.DEFINE_string("dataset", None, "--dataset of every run.")
 flags.DEFINE_multi_string("gin_file", [], "--gin_file of every run (relative to each "
                           "checkout unless absolute).")
 flags.DEFINE_multi_string("gin_bindings", [], "--gin_bindings of every run.")
+flags.DEFINE_multi_string("variant_binding", [], "One gin binding per --code_dirs entry "
+                          "('' for none), added to that entry's runs only.")
 flags.DEFINE_string("json", None, "Write the records and the summary here.")
 
 
-def one_run(code_dir: str) -> dict:
+def loop_epochs(stages_path: str) -> list[tuple[float, float]]:
+    """(wall, steps) seconds of each epoch in the loop but the first two. The wall time
+    runs from one epoch's "steps" record to the next's (those records are written when
+    an epoch's steps end), so it holds the next epoch's mining, steps and callbacks and
+    this epoch's checkpoint; wall - steps is the epoch's overhead. Epoch 0's record is
+    left out (it traces), so is the first interval."""
+    with open(stages_path) as f:
+        steps = [(r["time"], r["seconds"]) for r in map(json.loads, filter(str.strip, f))
+                 if r.get("stage") == "steps"]
+    return [(b[0] - a[0], b[1]) for a, b in zip(steps[1:], steps[2:])]
+
+
+def one_run(code_dir: str, binding: str = "") -> dict:
     model_dir = tempfile.mkdtemp(prefix="bench_epochs_")
     cmd = [sys.executable, os.path.join(code_dir, "tools", "train.py"),
            f"--model_dir={model_dir}", f"--epochs={FLAGS.epochs}",
            *[f"--gin_file={g if os.path.isabs(g) else os.path.join(code_dir, g)}"
              for g in FLAGS.gin_file],
-           *[f"--gin_bindings={b}" for b in FLAGS.gin_bindings],
+           *[f"--gin_bindings={b}" for b in [*FLAGS.gin_bindings, binding] if b],
            *([f"--dataset={FLAGS.dataset}"] if FLAGS.dataset else [])]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.path.abspath(code_dir))
     start = time.perf_counter()
@@ -56,8 +80,13 @@ def one_run(code_dir: str) -> dict:
         batch = int(json.load(f)["batch_size"])
     epochs = [r["train_seconds"] for r in records if r.get("epoch", 0) > 0]
     steps = records[-1]["step"] - records[0]["step"]
-    return {"code_dir": code_dir, "wall_s": wall, "epoch_s": epochs,
-            "median_epoch_s": statistics.median(epochs),
+    loop = loop_epochs(os.path.join(model_dir, "stages.jsonl"))
+    overhead = [w - s for w, s in loop]
+    return {"code_dir": code_dir, "binding": binding, "wall_s": wall, "epoch_s": epochs,
+            "median_epoch_s": statistics.median(epochs), "loop_epoch_s": [w for w, _ in loop],
+            "mean_loop_epoch_s": statistics.mean(w for w, _ in loop) if loop else float("nan"),
+            "overhead_s": overhead,
+            "mean_overhead_s": statistics.mean(overhead) if overhead else float("nan"),
             "images_per_s": steps * batch / sum(epochs), "model_dir": model_dir}
 
 
@@ -69,36 +98,49 @@ def main(argv):
     for code_dir in FLAGS.code_dirs:
         if not os.path.exists(os.path.join(code_dir, "tools", "train.py")):
             raise app.UsageError(f"--code_dirs: {code_dir} has no tools/train.py")
+    bindings = FLAGS.variant_binding or [""] * len(FLAGS.code_dirs)
+    if len(bindings) != len(FLAGS.code_dirs):
+        raise app.UsageError(f"--variant_binding: {len(bindings)} given for "
+                             f"{len(FLAGS.code_dirs)} --code_dirs entries (one each, '' for none)")
+    variants = [(c, b, c + (f" + {b}" if b else "")) for c, b in zip(FLAGS.code_dirs, bindings)]
+    if len({name for *_, name in variants}) != len(variants):
+        raise app.UsageError("--code_dirs / --variant_binding: two entries are the same run")
     records = []
     for round_index in range(FLAGS.rounds):
-        for code_dir in FLAGS.code_dirs:
-            record = one_run(code_dir)
-            record["round"] = round_index
+        for code_dir, binding, name in variants:
+            record = one_run(code_dir, binding)
+            record["round"], record["variant"] = round_index, name
             records.append(record)
-            print(f"round {round_index} {code_dir}: median epoch {record['median_epoch_s']:.2f} s, "
+            print(f"round {round_index} {name}: median epoch {record['median_epoch_s']:.2f} s "
+                  f"(in the loop, mean {record['mean_loop_epoch_s']:.2f} s, of which not steps "
+                  f"{record['mean_overhead_s']:.2f} s), "
                   f"{record['images_per_s']:.0f} images/s, wall {record['wall_s']:.0f} s",
                   flush=True)
     summary = {}
-    for code_dir in FLAGS.code_dirs:
-        mine = [r for r in records if r["code_dir"] == code_dir]
-        summary[code_dir] = {
-            key: {"median": statistics.median(r[key] for r in mine),
-                  "min": min(r[key] for r in mine), "max": max(r[key] for r in mine)}
-            for key in ("median_epoch_s", "images_per_s", "wall_s")}
-    first = FLAGS.code_dirs[0]
-    print("| checkout | median epoch s (min-max) | images/s | wall s | epoch time vs first |")
-    print("|---|---|---|---|---|")
-    for code_dir, s in summary.items():
-        e, i, w = s["median_epoch_s"], s["images_per_s"], s["wall_s"]
-        ratio = e["median"] / summary[first]["median_epoch_s"]["median"]
-        print(f"| {code_dir} | {e['median']:.2f} ({e['min']:.2f}-{e['max']:.2f}) | "
+    keys = ("median_epoch_s", "mean_loop_epoch_s", "mean_overhead_s", "images_per_s", "wall_s")
+    for *_, name in variants:
+        mine = [r for r in records if r["variant"] == name]
+        summary[name] = {key: {"median": statistics.median(r[key] for r in mine),
+                               "min": min(r[key] for r in mine),
+                               "max": max(r[key] for r in mine)} for key in keys}
+    first = variants[0][2]
+    print("| run | median epoch s (min-max) | mean epoch in the loop s (min-max) | of which "
+          "not steps s (min-max) | images/s | wall s | epoch in the loop vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for name, s in summary.items():
+        e, loop, over, i, w = (s[key] for key in keys)
+        ratio = loop["median"] / summary[first]["mean_loop_epoch_s"]["median"]
+        print(f"| {name} | {e['median']:.2f} ({e['min']:.2f}-{e['max']:.2f}) | "
+              f"{loop['median']:.2f} ({loop['min']:.2f}-{loop['max']:.2f}) | "
+              f"{over['median']:.2f} ({over['min']:.2f}-{over['max']:.2f}) | "
               f"{i['median']:.0f} | {w['median']:.0f} | {ratio:.3f} |")
     if FLAGS.json:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
         with open(FLAGS.json, "w") as f:
             json.dump({"flags": {"epochs": FLAGS.epochs, "rounds": FLAGS.rounds,
                                  "dataset": FLAGS.dataset, "gin_file": FLAGS.gin_file,
-                                 "gin_bindings": FLAGS.gin_bindings},
+                                 "gin_bindings": FLAGS.gin_bindings,
+                                 "variant_binding": bindings},
                        "records": records, "summary": summary}, f, indent=1)
 
 

@@ -1,4 +1,4 @@
-"""Checkpoints every epoch and every M steps (W saved sharded, never gathered)."""
+"""Checkpoints every k epochs and every M steps (W saved sharded, never gathered)."""
 
 import os
 
@@ -15,11 +15,14 @@ class CheckpointSaver(keras.callbacks.Callback):
     (seed, epoch), so a resumed run starts at the next batch with the same views.
     """
 
-    def __init__(self, *, manager, model_dir: str, step, every_steps: int = 0):
-        """``manager``: the run's tf.train.CheckpointManager; ``step()``: the global step."""
+    def __init__(self, *, manager, model_dir: str, step, every_steps: int = 0,
+                 every_epochs: int = 1):
+        """``manager``: the run's tf.train.CheckpointManager; ``step()``: the global step;
+        a save at the end of every ``every_epochs``-th epoch (counted from epoch 0, so
+        the same epochs whether or not the run was resumed) and at the run's end."""
         super().__init__()
         self.manager, self.model_dir, self.step = manager, model_dir, step
-        self.every_steps = every_steps
+        self.every_steps, self.every_epochs = every_steps, every_epochs
         self.saved_step = None
 
     def on_train_begin(self, logs=None):
@@ -41,7 +44,8 @@ class CheckpointSaver(keras.callbacks.Callback):
             self._save()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._save()
+        if (epoch + 1) % self.every_epochs == 0:
+            self._save()
 
-    def on_train_end(self, logs=None):  # a stop at TrainConfig.max_steps, inside an epoch
+    def on_train_end(self, logs=None):  # the last epoch, or a stop at max_steps
         self._save()

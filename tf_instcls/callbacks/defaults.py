@@ -47,5 +47,6 @@ def default_callbacks(state, config, knn_evaluator=None) -> list:
                        batch_size=train.batch_size, step=step, results=results,
                        verbose=train.verbose),
         CheckpointSaver(manager=state.manager, model_dir=model_dir, step=step,
-                        every_steps=train.checkpoint_every_steps),
+                        every_steps=train.checkpoint_every_steps,
+                        every_epochs=train.checkpoint_every_epochs),
         ScalarSummaries(model_dir=model_dir, step=step)]
