@@ -1,5 +1,5 @@
-"""tools/bench_epochs.py's own logic: the epoch's wall time in the loop from stages.jsonl
-(checkpoints included), and its variants' flags checked before any run."""
+"""tools/bench_epochs.py: the epoch's wall time in the loop from stages.jsonl (checkpoints
+included; stages.epoch_loop_times), and its variants' flags checked before any run."""
 
 import json
 import os
@@ -8,21 +8,20 @@ import sys
 
 import pytest
 
+from tf_instcls.training import stages
+
 ROOT = os.path.dirname(os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import bench_epochs  # noqa: E402
 
 
-def test_loop_epochs_span_steps_to_steps_with_the_checkpoint_inside(tmp_path):
-    path = tmp_path / "stages.jsonl"
+def test_epoch_loop_times_span_steps_to_steps_with_the_checkpoint_inside(tmp_path):
     records = [("startup", 1.0, 1.0), ("steps", 10.0, 9.0), ("checkpoint", 10.5, 0.5),
                ("steps", 20.0, 9.0), ("checkpoint", 21.0, 1.0), ("mining", 21.2, 0.2),
                ("steps", 31.0, 9.5), ("steps", 45.0, 13.5)]
-    path.write_text("".join(json.dumps({"stage": s, "seconds": d, "time": t}) + "\n"
-                            for s, t, d in records) + "\n")
+    (tmp_path / stages.FILENAME).write_text(
+        "".join(json.dumps({"stage": s, "seconds": d, "time": t}) + "\n"
+                for s, t, d in records) + "\n")
     # epoch 0 (10.0) and the first interval (10 -> 20) are left out; (wall, steps)
-    assert bench_epochs.loop_epochs(str(path)) == [(11.0, 9.5), (14.0, 13.5)]
+    assert stages.epoch_loop_times(str(tmp_path)) == [(11.0, 9.5), (14.0, 13.5)]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -35,6 +35,8 @@ import time
 
 from absl import app, flags
 
+from tf_instcls.training import stages
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("code_dirs", None, "Checkouts to compare (each has tools/train.py).")
 flags.DEFINE_integer("rounds", 2, "Interleaved rounds.", lower_bound=1)
@@ -46,18 +48,6 @@ flags.DEFINE_multi_string("gin_bindings", [], "--gin_bindings of every run.")
 flags.DEFINE_multi_string("variant_binding", [], "One gin binding per --code_dirs entry "
                           "('' for none), added to that entry's runs only.")
 flags.DEFINE_string("json", None, "Write the records and the summary here.")
-
-
-def loop_epochs(stages_path: str) -> list[tuple[float, float]]:
-    """(wall, steps) seconds of each epoch in the loop but the first two. The wall time
-    runs from one epoch's "steps" record to the next's (those records are written when
-    an epoch's steps end), so it holds the next epoch's mining, steps and callbacks and
-    this epoch's checkpoint; wall - steps is the epoch's overhead. Epoch 0's record is
-    left out (it traces), so is the first interval."""
-    with open(stages_path) as f:
-        steps = [(r["time"], r["seconds"]) for r in map(json.loads, filter(str.strip, f))
-                 if r.get("stage") == "steps"]
-    return [(b[0] - a[0], b[1]) for a, b in zip(steps[1:], steps[2:])]
 
 
 def one_run(code_dir: str, binding: str = "") -> dict:
@@ -80,7 +70,7 @@ def one_run(code_dir: str, binding: str = "") -> dict:
         batch = int(json.load(f)["batch_size"])
     epochs = [r["train_seconds"] for r in records if r.get("epoch", 0) > 0]
     steps = records[-1]["step"] - records[0]["step"]
-    loop = loop_epochs(os.path.join(model_dir, "stages.jsonl"))
+    loop = stages.epoch_loop_times(model_dir)
     overhead = [w - s for w, s in loop]
     return {"code_dir": code_dir, "binding": binding, "wall_s": wall, "epoch_s": epochs,
             "median_epoch_s": statistics.median(epochs), "loop_epoch_s": [w for w, _ in loop],

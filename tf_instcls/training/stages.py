@@ -70,6 +70,16 @@ def read(model_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def epoch_loop_times(model_dir: str) -> list[tuple[float, float]]:
+    """(wall, steps) seconds of each epoch in the loop but the first two. The wall time
+    runs from one epoch's "steps" record to the next's (those records are written when
+    an epoch's steps end), so it holds the next epoch's mining, steps and callbacks and
+    this epoch's checkpoint; wall - steps is the epoch's overhead. Epoch 0's record is
+    left out (it traces), so is the first interval."""
+    steps = [(r["time"], r["seconds"]) for r in read(model_dir) if r.get("stage") == "steps"]
+    return [(b[0] - a[0], b[1]) for a, b in zip(steps[1:], steps[2:])]
+
+
 def directory_bytes(path: str, prefix: str = "") -> int:
     """Bytes of the files in ``path`` whose names start with ``prefix``."""
     if not os.path.isdir(path):

@@ -1,23 +1,22 @@
 """The epoch loop's overhead (its wall time minus the steps) of bench.sh's four runs, from
 their stages.jsonl copies (bench_runs/every{1,5}_round{0,1}); tools/bench_epochs.py now
-reports the same figure itself.
+reports the same figure itself (both through stages.epoch_loop_times).
 
     python results/issue14/checkpoint_cost/overhead.py > results/issue14/checkpoint_cost/overhead.md
 """
 import glob
 import os
 import statistics
-import sys
+
+from tf_instcls.training.stages import epoch_loop_times
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "tools"))
-from bench_epochs import loop_epochs  # noqa: E402
 
 print("| run (checkpoint every k epochs, round) | epochs timed | checkpoints in them "
       "| mean epoch in the loop s | mean steps s | mean overhead s (loop - steps) |")
 print("|---|---|---|---|---|---|")
 for run in sorted(glob.glob(os.path.join(HERE, "bench_runs", "*"))):
-    loop = loop_epochs(os.path.join(run, "stages.jsonl"))
+    loop = epoch_loop_times(run)
     k = 5 if "every5" in run else 1
     saves = sum(1 for e in range(1, 1 + len(loop)) if (e + 1) % k == 0)  # epochs 1..10's saves
     wall, steps = statistics.mean(w for w, _ in loop), statistics.mean(s for _, s in loop)
