@@ -8,7 +8,7 @@ import glob
 import os
 import statistics
 
-from tf_instcls.training.stages import epoch_loop_times
+from tf_instcls.training import stages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -16,9 +16,10 @@ print("| run (checkpoint every k epochs, round) | epochs timed | checkpoints in 
       "| mean epoch in the loop s | mean steps s | mean overhead s (loop - steps) |")
 print("|---|---|---|---|---|---|")
 for run in sorted(glob.glob(os.path.join(HERE, "bench_runs", "*"))):
-    loop = epoch_loop_times(run)
-    k = 5 if "every5" in run else 1
-    saves = sum(1 for e in range(1, 1 + len(loop)) if (e + 1) % k == 0)  # epochs 1..10's saves
+    loop = stages.epoch_loop_times(run)
+    records = stages.read(run)
+    ends = [r["time"] for r in records if r["stage"] == "steps"]  # the timed span: ends[1:]
+    saves = sum(1 for r in records if r["stage"] == "checkpoint" and ends[1] < r["time"] < ends[-1])
     wall, steps = statistics.mean(w for w, _ in loop), statistics.mean(s for _, s in loop)
     print(f"| {os.path.basename(run)} | {len(loop)} | {saves} | {wall:.2f} | {steps:.2f} "
           f"| {statistics.mean(w - s for w, s in loop):.3f} |")

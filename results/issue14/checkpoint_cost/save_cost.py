@@ -12,6 +12,7 @@ save is timed. It also counts how often TensorFlow traces a new tf.function for 
 The shapes (and dtypes) are those of a recipe checkpoint's tensors; the values are zeros.
 """
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -85,7 +86,7 @@ def main(argv):
                 retraced[name] += traces["count"] - before
         size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in
                    os.walk(os.path.join(tmp, "0")) for f in files if f"ckpt-{FLAGS.saves}." in f)
-    elements = sum(max(1, int(tf.reduce_prod(shape))) for shape, _ in shapes)
+    elements = sum(math.prod(shape) for shape, _ in shapes)
     print(f"{len(shapes)} tensors, {elements:,} elements, {size / 2**20:.1f} MiB a checkpoint; "
           f"{FLAGS.saves} timed saves of each kind, alternating")
     print("| variables | median s a save (range) | saves that traced a new tf.function |")

@@ -9,20 +9,19 @@ checkpoint's share of steps + mining + checkpoint (the epoch loop's recorded wor
 wall-time budget that share is the share of epochs the checkpoints take from the run.
 """
 import glob
-import json
 import os
 import statistics
+
+from tf_instcls.training import stages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def seconds(path):
+def seconds(run_dir):
     by_stage = {"steps": [], "mining": [], "checkpoint": []}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("stage") in by_stage:
-                by_stage[record["stage"]].append(record["seconds"])
+    for record in stages.read(run_dir):
+        if record.get("stage") in by_stage:
+            by_stage[record["stage"]].append(record["seconds"])
     return by_stage
 
 
@@ -36,7 +35,7 @@ def main():
         if run in seen:
             continue
         seen.add(run)
-        s = seconds(path)
+        s = seconds(os.path.dirname(path))
         if not s["checkpoint"]:
             continue
         total = sum(map(sum, s.values()))

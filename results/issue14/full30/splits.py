@@ -20,7 +20,7 @@ import math
 import os
 
 from absl import app, flags
-from summarize import effect, seed_rows, stats  # this directory (run as a script); --runs
+from summarize import effect, finished_seeds, stats  # this directory (run as a script); --runs
 
 flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled).")
 flags.DEFINE_list("seeds", [], "Only these seeds of each side (e.g. the same-conditions runs); "
@@ -34,14 +34,7 @@ KEYS = ("features", "embedding")
 
 def _seeds(work):
     """{seed: summarize.py's row} for the seeds that finished (those of --seeds only)."""
-    rows = {row["seed"]: row for row in seed_rows(work)}
-    if not FLAGS.seeds:
-        return rows
-    wanted = [int(s) for s in FLAGS.seeds]
-    missing = [s for s in wanted if s not in rows]
-    if missing:
-        raise app.UsageError(f"{work} has no finished seed {missing} (finished: {sorted(rows)})")
-    return {s: rows[s] for s in wanted}
+    return finished_seeds(work, [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None)
 
 
 def _fmt(mean, std):

@@ -80,6 +80,18 @@ def seed_rows(work):
     return rows
 
 
+def finished_seeds(work, wanted=None):
+    """{seed: seed_rows' row} of a run_recipe.py work dir: every finished seed, or only
+    ``wanted`` (a UsageError names any of them that has not finished)."""
+    rows = {row["seed"]: row for row in seed_rows(work)}
+    if wanted is None:
+        return rows
+    missing = [s for s in wanted if s not in rows]
+    if missing:
+        raise app.UsageError(f"{work} has no finished seed {missing} (finished: {sorted(rows)})")
+    return {s: rows[s] for s in wanted}
+
+
 def main(argv):
     del argv
     table, out = [], {}

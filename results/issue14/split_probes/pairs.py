@@ -17,7 +17,7 @@ import sys
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "full30"))
-from summarize import seed_rows, stats  # noqa: E402  (results/issue14/full30; defines --runs)
+from summarize import finished_seeds, stats  # noqa: E402  (results/issue14/full30; defines --runs)
 
 flags.DEFINE_list("pairs", [], "split:work_dir_a:seed_a:work_dir_b:seed_b entries, one per pair.")
 flags.DEFINE_list("names", ["recipe", "SimCLR"], "What sides a and b are called.")
@@ -27,10 +27,7 @@ KEYS = ("features", "embedding")
 
 
 def _row(work, seed):
-    rows = {row["seed"]: row for row in seed_rows(os.path.join(FLAGS.runs, work))}
-    if seed not in rows:
-        raise app.UsageError(f"{work} has no finished seed {seed} (finished: {sorted(rows)})")
-    return rows[seed]
+    return finished_seeds(os.path.join(FLAGS.runs, work), [seed])[seed]
 
 
 def rule(diffs):
