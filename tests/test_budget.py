@@ -3,6 +3,7 @@ brute force, the planner's timing rules on a given clock, the agreement over the
 and real runs: the plan fixes the schedule's length, is checkpointed, a resumed run
 follows it exactly, and a spent budget ends the run with its plan saved."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -96,11 +97,69 @@ def test_replans_come_after_each_tenth_of_the_plan_from_the_epochs_since_the_las
     assert epochs == budget.plan_epochs(budget_s=1000.0, elapsed_s=clock, next_epoch=21,
                                         epoch_s=figures["epoch_s"], max_epochs=500)
     assert planner.planned == epochs
-    # no re-plan in the last tenth of the run, however many epochs were timed
+    # in the last tenth of the run: a check every TIMED_EPOCHS epochs, none at its end
     late = budget.EpochPlanner(budget_s=1e9, started=0.0, max_epochs=500,
                                agree=lambda values: values, planned=100)
-    late.walls = [1.0] * 50
-    assert late.ready(89) and not late.ready(90)
+    late.walls = [1.0]
+    assert not late.ready(90) and not late.ready(95)
+    late.walls = [1.0] * budget.TIMED_EPOCHS
+    assert late.ready(90) and late.ready(99) and not late.ready(100)
+
+
+def _late_planner(walls_before, planned=100, budget_s=1000.0):
+    """A planner at epoch 90 of a 100-epoch plan made for 10 s epochs (900 s spent), after
+    ``walls_before`` (epochs 90 onwards)."""
+    planner = budget.EpochPlanner(budget_s=budget_s, started=0.0, max_epochs=500,
+                                  agree=lambda values: values, planned=planned)
+    planner._skip_first = False
+    clock = 900.0
+    for wall in walls_before:
+        planner.start_epoch(now=clock)
+        clock += wall
+        planner.end_epoch(full=True, now=clock)
+    return planner, clock
+
+
+def test_in_the_last_tenth_a_slower_machine_shortens_the_plan_and_a_faster_one_does_not():
+    # slower: 2 epochs of 15 s -> 930 s spent at epoch 92; 8 more at 15 s would end at
+    # 1,050 s, past the 1,000 s budget; 4 more (990 s) fit, 5 (1,005 s) do not
+    slow, clock = _late_planner([15.0, 15.0])
+    assert slow.ready(92)
+    epochs, figures = slow.plan(92, now=clock)
+    assert figures["late"] and figures["epoch_s"] == 15.0 and epochs == 96
+    assert figures["expected_end_s"] == 990.0 and slow.planned == 96
+    # the next check uses every epoch of the last tenth: (15 + 15 + 5 + 5) / 4 = 10 s;
+    # 940 s spent, 6 more fit: the cut is undone, up to the plan before the last tenth
+    for wall in (5.0, 5.0):
+        slow.start_epoch(now=clock)
+        clock += wall
+        slow.end_epoch(full=True, now=clock)
+    assert slow.ready(94)  # 94 >= 0.9 x 96: still the last tenth
+    epochs, figures = slow.plan(94, now=clock)
+    assert figures["epoch_s"] == 10.0 and figures["timed_epochs"] == 4
+    assert epochs == 100 and figures["previous_epochs"] == 96
+    for wall in (1.0, 1.0):  # much faster: 942 s spent, but never past the plan of 100
+        slow.start_epoch(now=clock)
+        clock += wall
+        slow.end_epoch(full=True, now=clock)
+    epochs, figures = slow.plan(96, now=clock)
+    assert figures["late"] and epochs == 100
+    # faster: 2 epochs of 5 s, 910 s spent; 8 more fit easily, but the plan stays 100
+    fast, clock = _late_planner([5.0, 5.0])
+    epochs, figures = fast.plan(92, now=clock)
+    assert figures["late"] and epochs == 100
+    # before the last tenth (epoch 100 of 120) a re-plan may lengthen the plan as before:
+    # 950 s spent, 210 more epochs of 5 s fit 2,000 s
+    early, clock = _late_planner([5.0] * 10, planned=120, budget_s=2000.0)
+    epochs, figures = early.plan(100, now=clock)
+    assert not figures["late"] and epochs == 310
+
+
+def test_a_plan_cut_to_the_current_epoch_in_the_last_tenth_ends_the_run():
+    # 2 epochs of 45 s: 990 s spent at epoch 92, no epoch more fits the 1,000 s budget
+    planner, clock = _late_planner([45.0, 45.0])
+    epochs, figures = planner.plan(92, now=clock)
+    assert figures["late"] and epochs == 92
 
 
 def test_planned_cosine_follows_the_plan_continuously_against_float64():
@@ -302,3 +361,37 @@ def test_a_budget_that_holds_every_epoch_keeps_the_fixed_epochs_schedule(tmp_pat
     budgeted = [r["lr"] for r in _records(tmp_path / "budget" / "metrics.jsonl", None)]
     fixed = [r["lr"] for r in _records(tmp_path / "fixed" / "metrics.jsonl", None)]
     assert len(budgeted) == 5 and budgeted == fixed  # to the bit, epoch by epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_late_cut_ends_the_run_on_time_with_its_last_epoch_saved(tmp_path, monkeypatch,
+                                                                    capsys, caplog, every):
+    """Planned 10 epochs (forced), the check at epoch 9, in the last tenth, cuts the plan
+    to 9: the run ends after epoch 8 with one line, no warning, and a checkpoint of its
+    last step and its new plan, whether that step was saved before the cut (a checkpoint
+    every epoch: saved again, with the plan) or not (every 5 epochs: saved once); a rerun
+    has nothing to do."""
+    answers = iter([10, 10, 10, 9])
+    monkeypatch.setattr(budget, "plan_epochs", lambda **kwargs: next(answers))
+    configs = _configs(tmp_path, budget_minutes=60, epochs=12, every=0)
+    configs["train"] = dataclasses.replace(configs["train"], checkpoint_every_epochs=every)
+    mesh = parallel.build_mesh(1)
+    pretrain.run_pretraining(str(tmp_path), mesh=mesh, **configs)
+    plans = _records(tmp_path / "stages.jsonl", "plan")
+    assert [(p["next_epoch"], p["previous_epochs"], p["planned_epochs"], p["late"])
+            for p in plans] == [(3, 0, 10, False), (5, 10, 10, False), (7, 10, 10, False),
+                                (9, 10, 9, True)]
+    metrics = _records(tmp_path / "metrics.jsonl", None)
+    assert [r["epoch"] for r in metrics] == list(range(9))
+    steps = int(metrics[-1]["step"]) // 9
+    saves = [r["step"] for r in _records(tmp_path / "stages.jsonl", "checkpoint")]
+    assert saves == ([steps * e for e in range(1, 10)] + [9 * steps] if every == 1
+                     else [5 * steps, 9 * steps])
+    assert tf.train.latest_checkpoint(f"{tmp_path}/checkpoints").endswith(f"-{9 * steps}")
+    assert _planned(tmp_path) == 9
+    assert "ends after 9 of 10 planned epochs" in capsys.readouterr().out
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")
+                and "time budget" in r.getMessage()]
+    logs = pretrain.run_pretraining(str(tmp_path), mesh=mesh, **configs)  # nothing to do
+    assert len(_records(tmp_path / "metrics.jsonl", None)) == 9 and "loss" not in logs

@@ -28,9 +28,14 @@ class CheckpointSaver(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.saved_step = self.step()  # the restored (or initial) position
 
-    def _save(self):
+    def save(self, force: bool = False):
+        """Saves now, unless this step is saved already (``force``: saves it again, e.g.
+        for a time budget's plan, changed after the step's save)."""
+        self._save(force=force)
+
+    def _save(self, force: bool = False):
         step = self.step()
-        if step == self.saved_step:
+        if step == self.saved_step and not force:
             return
         with stages.timed(self.model_dir, "checkpoint", step=step) as fields:
             path = checkpoints.save(self.manager, step)

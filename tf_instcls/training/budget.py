@@ -18,7 +18,13 @@ process' figures, so all agree.
 Re-plans: a shared 2-core machine's speed drifts (on one machine, one run's epochs went
 from 4.4 to 5.4 s within ten minutes), so the planner plans again after every
 ``REPLAN_FRACTION`` of the planned epochs, from the epochs timed since its last plan,
-until the last ``REPLAN_FRACTION`` of the run. A plan that changes the end changes only
+until the last ``REPLAN_FRACTION`` of the run. In that last tenth the end may not move
+past the plan made before it: every ``TIMED_EPOCHS`` epochs the planner checks, from the
+mean of all the epochs timed in the last tenth, that the run still ends within the
+budget, and shortens the plan if it does not, or restores it (up to that plan) if the
+machine recovered, so a cut made on a noisy first pair of epochs is not final. (Machines
+that slowed there put runs up to 69 s past a 28-minute budget: WORKSPACE.md, "The end of
+a budget".) A plan that changes the end changes only
 how fast the cosine's progress runs from where it stands to the new end
 (``schedules.planned_cosine``): the learning rate stays continuous and the curve a
 cosine in its progress. An unchanged end changes nothing. (A first version restarted a
@@ -79,6 +85,8 @@ class EpochPlanner:
         self.agree, self.monitor_every, self.planned = agree, monitor_every, planned
         self.walls: list[float] = []  # full epochs timed since the last plan (less the
         # monitor's time)
+        self.late: list[float] = []  # every epoch timed in the plan's last tenth
+        self.ceiling = 0  # the plan made before its last tenth (0: not there yet)
         self.monitor: list[float] = []  # the monitor's evaluations' seconds
         self._epoch_start: float | None = None
         self._skip_first = True
@@ -103,9 +111,12 @@ class EpochPlanner:
         """Whether to plan at the start of ``epoch``."""
         if not self.planned:
             return len(self.walls) >= TIMED_EPOCHS
-        if epoch >= (1 - REPLAN_FRACTION) * self.planned:  # too late to steer
-            return False
+        if self._late(epoch):  # the last tenth: a check that may not lengthen the plan
+            return epoch < self.planned and len(self.walls) >= TIMED_EPOCHS
         return len(self.walls) >= max(TIMED_EPOCHS, math.ceil(REPLAN_FRACTION * self.planned))
+
+    def _late(self, epoch: int) -> bool:
+        return bool(self.planned) and epoch >= (1 - REPLAN_FRACTION) * self.planned
 
     def add_monitor_seconds(self, seconds: float) -> None:
         """An evaluation of the monitor outside an epoch (at initialisation)."""
@@ -116,6 +127,11 @@ class EpochPlanner:
         so far are used up (the next plan waits for new ones)."""
         now = time.perf_counter() if now is None else now
         recent, self.walls = self.walls, []
+        late = self._late(next_epoch)
+        if late:  # the mean of every epoch of the last tenth: steadier than the last two
+            self.late += recent
+            recent = self.late
+            self.ceiling = self.ceiling or self.planned  # (a run stays in its last tenth)
         # the monitor's first evaluation traces: its later ones, once there are any
         evaluations = self.monitor[1:] or self.monitor
         mine = [now - self.started, sum(recent) / len(recent),
@@ -125,7 +141,9 @@ class EpochPlanner:
                              next_epoch=next_epoch, epoch_s=epoch_s,
                              max_epochs=self.max_epochs, monitor_every=self.monitor_every,
                              monitor_s=monitor_s)
-        figures = {"previous_epochs": self.planned, "timed_epochs": len(recent),
+        if late:
+            epochs = min(epochs, self.ceiling)
+        figures = {"previous_epochs": self.planned, "timed_epochs": len(recent), "late": late,
                    "budget_s": self.budget_s, "elapsed_s": round(elapsed_s, 2),
                    "epoch_s": round(epoch_s, 3), "monitor_s": round(monitor_s, 3),
                    "monitor_every": self.monitor_every, "next_epoch": next_epoch,

@@ -19,6 +19,7 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
+from tf_instcls.callbacks.checkpoint import CheckpointSaver
 from tf_instcls.methods import METHODS, Method, trains_w
 from tf_instcls.parallel import layouts, watchdog
 from tf_instcls.training import budget, checkpoints, stages
@@ -478,15 +479,26 @@ def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: 
     minutes = figures["budget_s"] / 60
     if epochs > epoch:
         what = (f"{epochs} epochs planned" if not previous
-                else f"re-planned {previous} -> {epochs} epochs")
+                else f"re-planned {previous} -> {epochs} epochs"
+                + (" (the machine slowed in the run's last tenth)" if figures["late"] else ""))
         print(f"time budget {minutes:g} min: {what} ({figures['epoch_s']:.1f} s an epoch, "
               f"{figures['elapsed_s']:.0f} s spent; expected to end "
               f"{figures['expected_end_s'] / 60:.1f} min after the start)", flush=True)
+    elif figures["late"]:  # the learning rate has nearly decayed: the run ends on time
+        print(f"time budget {minutes:g} min: the machine slowed in the run's last tenth; it "
+              f"ends after {epoch} of {previous} planned epochs ({figures['elapsed_s']:.0f} s "
+              f"spent, {figures['epoch_s']:.1f} s an epoch)", flush=True)
     else:
         logging.warning("time budget %g min: spent after %d epochs (%.0f s; %.1f s an "
                         "epoch); the run ends here, before its learning rate decayed",
                         minutes, epoch, figures["elapsed_s"], figures["epoch_s"])
-        checkpoints.save(state.manager, state.step)  # the plan, so a rerun does not go on
+    if epochs <= epoch:  # the run ends here: its last epoch (which TrainConfig.
+        # checkpoint_every_epochs may have skipped) and the plan, so a rerun does not go on
+        savers = [c for c in callbacks if isinstance(c, CheckpointSaver)]
+        for saver in savers:
+            saver.save(force=True)
+        if not savers:
+            checkpoints.save(state.manager, state.step)
     return epochs * spe
 
 

@@ -25,17 +25,24 @@ def seconds(run_dir):
     return by_stage
 
 
-def main():
+def budget_runs():
+    """(work dir, seed dir, its path) of every committed 28-minute budget run under
+    results/issue14 that has a stages.jsonl; a run copied into two results directories
+    counts once."""
     pattern = os.path.join(HERE, "..", "*", "r24*budget28", "seed*", "stages.jsonl")
-    paths = sorted(glob.glob(pattern))
-    seen, rows = set(), []
-    for path in paths:
+    seen = set()
+    for path in sorted(glob.glob(pattern)):
         parts = path.split(os.sep)
-        run = (parts[-3], parts[-2])  # a run copied into two results directories counts once
-        if run in seen:
-            continue
-        seen.add(run)
-        s = seconds(os.path.dirname(path))
+        run = (parts[-3], parts[-2])
+        if run not in seen:
+            seen.add(run)
+            yield (*run, os.path.dirname(path))
+
+
+def main():
+    rows = []
+    for *run, run_dir in budget_runs():
+        s = seconds(run_dir)
         if not s["checkpoint"]:
             continue
         total = sum(map(sum, s.values()))

@@ -12,8 +12,9 @@ side a minus side b (by default the recipe minus SimCLR), and whether that diffe
 an effect by run_ablation.py's rule (it exceeds the larger of the two seed spreads;
 summarize.py's ``effect``). Pooled: the per-split differences' mean +- std over splits,
 and per seed (seed s of a minus seed s of b on the same split; the seeds are not
-otherwise paired). Raw pixels and random init are side a's work dir's. ``--seeds`` keeps only
-the given seeds of both sides, e.g. the runs made in adjacent same-conditions pairs.
+otherwise paired). Raw pixels and random init are side a's (first) work dir's. ``--seeds``
+keeps only the given seeds of both sides, e.g. the runs made in adjacent same-conditions
+pairs. A side may join work dirs with "+" (their seeds pooled; a seed in two is an error).
 """
 import json
 import math
@@ -22,7 +23,8 @@ import os
 from absl import app, flags
 from summarize import effect, finished_seeds, stats  # this directory (run as a script); --runs
 
-flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled).")
+flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled); "
+                  "a side may join work dirs with '+' (their seeds pooled).")
 flags.DEFINE_list("seeds", [], "Only these seeds of each side (e.g. the same-conditions runs); "
                   "default: every finished seed.")
 flags.DEFINE_list("names", ["recipe", "SimCLR"], "What the two work dirs of each triple "
@@ -32,9 +34,26 @@ FLAGS = flags.FLAGS
 KEYS = ("features", "embedding")
 
 
-def _seeds(work):
-    """{seed: summarize.py's row} for the seeds that finished (those of --seeds only)."""
-    return finished_seeds(work, [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None)
+def _seeds(works):
+    """{seed: summarize.py's row} for the seeds that finished (those of --seeds only) in
+    one work dir, or in several joined by "+" (e.g. a recipe's runs before and after a
+    change that leaves its training unchanged); a seed found in two of them is an error."""
+    wanted = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
+    found = {}
+    for work in works.split("+"):
+        rows = finished_seeds(os.path.join(FLAGS.runs, work),
+                              None if wanted is None or "+" in works else wanted)
+        twice = sorted(set(rows) & set(found))
+        if twice:
+            raise app.UsageError(f"seed(s) {twice} of {work} are also in another of {works}")
+        found.update(rows)
+    if wanted is not None:
+        missing = [s for s in wanted if s not in found]
+        if missing:
+            raise app.UsageError(f"{works} has no finished seed {missing} "
+                                 f"(finished: {sorted(found)})")
+        found = {s: found[s] for s in wanted}
+    return found
 
 
 def _fmt(mean, std):
@@ -56,9 +75,8 @@ def main(argv):
     rows, split_diffs, seed_diffs = [], {k: [] for k in KEYS}, {k: [] for k in KEYS}
     for triple in FLAGS.splits:
         split, dir_a, dir_b = triple.split(":")
-        side_a = _seeds(os.path.join(FLAGS.runs, dir_a))
-        side_b = _seeds(os.path.join(FLAGS.runs, dir_b))
-        raw, init = _baselines(os.path.join(FLAGS.runs, dir_a))
+        side_a, side_b = _seeds(dir_a), _seeds(dir_b)
+        raw, init = _baselines(os.path.join(FLAGS.runs, dir_a.split("+")[0]))
         row = {"split": split, "seeds": (sorted(side_a), sorted(side_b)), "raw": raw,
                "init": init}
         for key in KEYS:
