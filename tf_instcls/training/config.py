@@ -217,7 +217,9 @@ class TrainConfig:
     # A wall-clock budget in minutes (0: none). With one, `epochs` is the most the run may
     # train: after a few timed epochs it plans how many fit the budget on this machine
     # (counted from the run's start; the kNN monitor's evaluations included), fixes the
-    # schedule's length to that, and checkpoints the plan (training/budget.py).
+    # schedule's length to that, and checkpoints the plan (training/budget.py). It
+    # re-plans after every tenth of the run, and in the last tenth only checks that the
+    # run still ends within the budget (cutting the plan if the machine slowed).
     time_budget_minutes: float = 0.0
 
 
