@@ -23,7 +23,7 @@ past the plan made before it: every ``TIMED_EPOCHS`` epochs the planner checks, 
 mean of all the epochs timed in the last tenth, that the run still ends within the
 budget, and shortens the plan if it does not, or restores it (up to that plan) if the
 machine recovered, so a cut made on a noisy first pair of epochs is not final. (Machines
-that slowed there put runs up to 69 s past a 28-minute budget: WORKSPACE.md, "The end of
+that slowed there put runs up to 64 s past a 28-minute budget: WORKSPACE.md, "The end of
 a budget".) A plan that changes the end changes only
 how fast the cosine's progress runs from where it stands to the new end
 (``schedules.planned_cosine``): the learning rate stays continuous and the curve a

@@ -46,7 +46,7 @@ def main():
         if not s["checkpoint"]:
             continue
         total = sum(map(sum, s.values()))
-        rows.append((*run, len(s["checkpoint"]), statistics.median(s["steps"]),
+        rows.append((*run, len(s["steps"]), statistics.median(s["steps"]),
                      statistics.median(s["checkpoint"]), 100 * sum(s["checkpoint"]) / total))
     print("| work dir | seed | epochs | median steps s an epoch | median checkpoint s "
           "| checkpoint share of the epoch loop |")
