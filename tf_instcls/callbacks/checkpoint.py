@@ -28,10 +28,10 @@ class CheckpointSaver(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.saved_step = self.step()  # the restored (or initial) position
 
-    def save(self, force: bool = False):
-        """Saves now, unless this step is saved already (``force``: saves it again, e.g.
-        for a time budget's plan, changed after the step's save)."""
-        self._save(force=force)
+    def on_plan_ends_run(self):
+        """A time budget's plan ends the run at this step (training/loop.py): saves it
+        now, again if it was saved already, since the plan changed after that save."""
+        self._save(force=True)
 
     def _save(self, force: bool = False):
         step = self.step()

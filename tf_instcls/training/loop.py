@@ -19,7 +19,6 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
-from tf_instcls.callbacks.checkpoint import CheckpointSaver
 from tf_instcls.methods import METHODS, Method, trains_w
 from tf_instcls.parallel import layouts, watchdog
 from tf_instcls.training import budget, checkpoints, stages
@@ -480,7 +479,8 @@ def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: 
     if epochs > epoch:
         what = (f"{epochs} epochs planned" if not previous
                 else f"re-planned {previous} -> {epochs} epochs"
-                + (" (the machine slowed in the run's last tenth)" if figures["late"] else ""))
+                + ("" if not figures["late"] else " (the machine slowed in the run's last tenth)"
+                   if epochs < previous else " (the machine recovered in the run's last tenth)"))
         print(f"time budget {minutes:g} min: {what} ({figures['epoch_s']:.1f} s an epoch, "
               f"{figures['elapsed_s']:.0f} s spent; expected to end "
               f"{figures['expected_end_s'] / 60:.1f} min after the start)", flush=True)
@@ -494,9 +494,9 @@ def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: 
                         minutes, epoch, figures["elapsed_s"], figures["epoch_s"])
     if epochs <= epoch:  # the run ends here: its last epoch (which TrainConfig.
         # checkpoint_every_epochs may have skipped) and the plan, so a rerun does not go on
-        savers = [c for c in callbacks if isinstance(c, CheckpointSaver)]
+        savers = [c for c in callbacks if hasattr(c, "on_plan_ends_run")]  # the saver
         for saver in savers:
-            saver.save(force=True)
+            saver.on_plan_ends_run()
         if not savers:
             checkpoints.save(state.manager, state.step)
     return epochs * spe
