@@ -21,7 +21,12 @@ import math
 import os
 
 from absl import app, flags
-from summarize import effect, finished_seeds, stats  # this directory (run as a script); --runs
+from summarize import (  # this directory (run as a script); --runs
+    effect,
+    finished_seeds,
+    pick_seeds,
+    stats,
+)
 
 flags.DEFINE_list("splits", [], "split:work_dir_a:work_dir_b triples (a minus b is tabled); "
                   "a side may join work dirs with '+' (their seeds pooled).")
@@ -38,22 +43,15 @@ def _seeds(works):
     """{seed: summarize.py's row} for the seeds that finished (those of --seeds only) in
     one work dir, or in several joined by "+" (e.g. a recipe's runs before and after a
     change that leaves its training unchanged); a seed found in two of them is an error."""
-    wanted = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None
     found = {}
     for work in works.split("+"):
-        rows = finished_seeds(os.path.join(FLAGS.runs, work),
-                              None if wanted is None or "+" in works else wanted)
+        rows = finished_seeds(os.path.join(FLAGS.runs, work))
         twice = sorted(set(rows) & set(found))
         if twice:
             raise app.UsageError(f"seed(s) {twice} of {work} are also in another of {works}")
         found.update(rows)
-    if wanted is not None:
-        missing = [s for s in wanted if s not in found]
-        if missing:
-            raise app.UsageError(f"{works} has no finished seed {missing} "
-                                 f"(finished: {sorted(found)})")
-        found = {s: found[s] for s in wanted}
-    return found
+    return pick_seeds(found, [int(s) for s in FLAGS.seeds] if FLAGS.seeds else None,
+                      os.path.join(FLAGS.runs, works))
 
 
 def _fmt(mean, std):

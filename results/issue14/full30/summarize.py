@@ -83,12 +83,17 @@ def seed_rows(work):
 def finished_seeds(work, wanted=None):
     """{seed: seed_rows' row} of a run_recipe.py work dir: every finished seed, or only
     ``wanted`` (a UsageError names any of them that has not finished)."""
-    rows = {row["seed"]: row for row in seed_rows(work)}
+    return pick_seeds({row["seed"]: row for row in seed_rows(work)}, wanted, work)
+
+
+def pick_seeds(rows, wanted, where):
+    """``rows`` ({seed: row}) itself, or only the ``wanted`` seeds; a UsageError names
+    ``where`` and any wanted seed it lacks."""
     if wanted is None:
         return rows
     missing = [s for s in wanted if s not in rows]
     if missing:
-        raise app.UsageError(f"{work} has no finished seed {missing} (finished: {sorted(rows)})")
+        raise app.UsageError(f"{where} has no finished seed {missing} (finished: {sorted(rows)})")
     return {s: rows[s] for s in wanted}
 
 
