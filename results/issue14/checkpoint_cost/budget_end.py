@@ -11,11 +11,11 @@ seconds and expected end), the mean epoch after it, and the end against the budg
 planner did not re-plan in the plan's last tenth (before 2026-12-02, third session), so
 whatever the machine did there went straight into the end.
 
-"With the late check" replays today's planner (``budget.EpochPlanner``, the check that may
-only shorten the plan in its last tenth) on the same run's recorded epoch times from its
-last plan on: where it would have cut the plan, and where the loop would then have ended
-(the epochs' times as recorded; a cut changes only how many of them run; a cut may be
-undone, up to the last plan, when the machine recovers). Runs planned
+"With the late check" replays today's planner (``budget.EpochPlanner``, whose check in the
+plan's last tenth may cut the plan, or undo a cut, but never lengthen it past the last
+plan) on the same run's recorded epoch times from its last plan on: where it would have
+cut the plan, and where the loop would then have ended (the epochs' times as recorded; a
+cut changes only how many of them run). Runs planned
 once at epoch 3 (the first budget code, before re-plans) are not replayed: today's
 planner would have re-planned them all along.
 """
