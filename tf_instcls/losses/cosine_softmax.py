@@ -69,11 +69,11 @@ class CosineSoftmax:
         self.factor1 = int(math.ceil(self.local_rows / self.factor2))
         self.chunks = ChunkGrid(placement, batch_shards, spec.batch, spec.chunk)
         # W whole on the one device, the batch in one piece: the label term of the
-        # gradient goes through the K' targets' rows (a gather and a segment sum, O(c K'
-        # D)) instead of a [c, N] label matrix and a residual pass over it. Elsewhere W is
-        # row-sharded or the batch is split, and DTensor has no scatter into a sharded
-        # tensor (WORKSPACE.md, "No scatter into a row-sharded tensor"), so the label
-        # matrix stays.
+        # gradient goes through the K' targets' rows (a gather and a sorted row
+        # scatter, O(c K' D)) instead of a [c, N] label matrix and a residual pass
+        # over it. Elsewhere W is row-sharded or the batch is split, and DTensor has no
+        # scatter into a sharded tensor (WORKSPACE.md, "No scatter into a row-sharded
+        # tensor"), so the label matrix stays.
         one_piece = placement.row_shards == 1 and batch_shards == 1
         self.sparse_labels = one_piece and self.chunks.num_chunks == 1
         # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
@@ -235,13 +235,13 @@ class CosineSoftmax:
     def _sparse_label_gradient(self, parts, upstream, x_chunk, w_unit, t_chunk):
         """The gradient of :meth:`_chunk_gradient` with the label term kept sparse:
         dJ/dz = row_b exp(z) - g_bk at the K' targets, g_bk = row_b denom_b q_bk. Returns
-        (dJ/dx [c, D], the dense part of dW^T [D, N], the label part of dW [N, D])."""
+        (dJ/dx [c, D], dW [N, D])."""
         expo, inv_denom, posterior = parts[:3]
         row = tf.reshape(inv_denom, [-1]) * upstream * self.spec.inv_temperature  # [c]
         g = posterior / tf.reshape(inv_denom, [-1, 1]) * tf.expand_dims(row, 1)  # [c, K']
         expo = tf.reshape(expo, [-1, self.spec.num_classes])  # [c, N], no pass over it
         grad_x, dense_t = self._sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk)
-        return grad_x, dense_t, self._label_rows(g, t_chunk, x_chunk)
+        return grad_x, self._minus_label_rows(tf.transpose(dense_t), g, t_chunk, x_chunk)
 
     @staticmethod
     def _sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk):
@@ -253,13 +253,25 @@ class CosineSoftmax:
             tf.expand_dims(g, 2) * targets_w, axis=1)
         return grad_x, tf.matmul(x_chunk * row, expo, transpose_a=True)
 
-    def _label_rows(self, g, targets, x):
-        """The label part of dW [N, D]: g_bk x_b summed into row t_bk (repeated targets
-        add up, as in Q)."""
-        updates = tf.expand_dims(g, 2) * tf.expand_dims(x, 1)  # [c, K', D]
-        return tf.math.unsorted_segment_sum(
-            tf.reshape(updates, [-1, self.spec.dim]), tf.reshape(targets, [-1]),
-            self.spec.num_classes)
+    def _minus_label_rows(self, grad_w, g, targets, x):
+        """``grad_w`` [N, D] minus the label part of dW: g_bk x_b taken off row t_bk
+        (repeated targets add up, as in Q).
+
+        The B K' rows go in sorted by target, added in place into ``grad_w`` (a fresh
+        buffer that TensorScatterAdd takes over). TF's CPU kernels add one row at a time
+        in the order given; in the targets' order successive rows of the [N, D] output
+        are near each other in memory instead of spread at random over it. Against a
+        segment sum in the given order and a subtraction it cut Eq. 3's extra time per
+        step about in half (WORKSPACE.md, issue 17, item 2). The sort is O(B K'), the
+        sorted products O(B K' D) as before.
+        """
+        k = targets.shape[1]
+        flat = tf.reshape(targets, [-1])  # [c K']
+        order = tf.argsort(flat)
+        rows = tf.expand_dims(-tf.gather(tf.reshape(g, [-1]), order), 1) * tf.gather(
+            x, order // k)  # [c K', D]: -g_bk x_b in the targets' order
+        return tf.tensor_scatter_nd_add(
+            grad_w, tf.expand_dims(tf.gather(flat, order), 1), rows)
 
     def __call__(self, x_unit, class_weights):
         """Loss (and hit) of unit embeddings ``x_unit`` [B, D] against W [N, D]."""
@@ -291,9 +303,8 @@ class CosineSoftmax:
                         upstream, saved, grids, w_unit, shard_ids, valid
                     )
                 elif self.sparse_labels:
-                    grad_x, dense_t, label_w = self._sparse_label_gradient(
+                    grad_x, grad_w = self._sparse_label_gradient(
                         parts, upstream, x_unit, w_unit, self.targets)
-                    grad_w = tf.transpose(dense_t) - label_w
                 else:
                     grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
                     grad_w = tf.transpose(grad_w_t)
@@ -375,7 +386,7 @@ class CosineSoftmax:
         per-row loss's two loops), at the cost of holding the [D, N] sum from the start.
         With W whole and the batch in one piece (``fused_sparse``) the label term
         stays sparse, as in :meth:`_sparse_label_gradient`: each chunk keeps its [c, K']
-        label weights, and one segment sum after the loop adds them to dW.
+        label weights, and one sorted row scatter after the loop takes them off dW.
         """
         chunks = self.chunks
         b, dim, num = self.spec.batch, self.spec.dim, self.spec.num_classes
@@ -409,14 +420,12 @@ class CosineSoftmax:
             loss = tf.reduce_mean(chunks.ungrid(state[0]))
             outputs = (loss, chunks.ungrid(state[1])) if self.with_accuracy else loss
             grad_x, grad_w_t = chunks.ungrid(state[-2]), state[-1]
-            label_w = None
-            if sparse:  # sum_b g_bk x_b into row t_bk of dW (repeated targets add up)
-                label_w = self._label_rows(chunks.ungrid(state[-3]), self.targets, x_unit)
+            g = chunks.ungrid(state[-3]) if sparse else None  # the label weights [B, K']
 
             def grad(upstream, *unused_hit_grad):
                 grad_w = tf.transpose(grad_w_t)
-                if label_w is not None:
-                    grad_w = grad_w - label_w
+                if g is not None:  # g_bk x_b off row t_bk of dW
+                    grad_w = self._minus_label_rows(grad_w, g, self.targets, x_unit)
                 return grad_x * upstream, grad_w * upstream
 
             return outputs, grad
