@@ -268,6 +268,9 @@ class CosineSoftmax:
         k = targets.shape[1]
         flat = tf.reshape(targets, [-1])  # [c K']
         order = tf.argsort(flat)
+        # The gathered rows of x wait for g. Nothing else orders them: run early, they
+        # were held through the loss's peak ([B K', D] more; DTensor drops control edges).
+        x = x + tf.reduce_sum(g[:1, :1]) * 0.0
         rows = tf.expand_dims(-tf.gather(tf.reshape(g, [-1]), order), 1) * tf.gather(
             x, order // k)  # [c K', D]: -g_bk x_b in the targets' order
         return tf.tensor_scatter_nd_add(
@@ -419,13 +422,12 @@ class CosineSoftmax:
             state = chunks.loop(body, first + sums)
             loss = tf.reduce_mean(chunks.ungrid(state[0]))
             outputs = (loss, chunks.ungrid(state[1])) if self.with_accuracy else loss
-            grad_x, grad_w_t = chunks.ungrid(state[-2]), state[-1]
-            g = chunks.ungrid(state[-3]) if sparse else None  # the label weights [B, K']
+            grad_x, grad_w = chunks.ungrid(state[-2]), tf.transpose(state[-1])
+            if sparse:  # g_bk x_b off row t_bk of dW, here: the backward pass only scales
+                grad_w = self._minus_label_rows(
+                    grad_w, chunks.ungrid(state[-3]), self.targets, x_unit)
 
             def grad(upstream, *unused_hit_grad):
-                grad_w = tf.transpose(grad_w_t)
-                if g is not None:  # g_bk x_b off row t_bk of dW
-                    grad_w = self._minus_label_rows(grad_w, g, self.targets, x_unit)
                 return grad_x * upstream, grad_w * upstream
 
             return outputs, grad
