@@ -266,11 +266,12 @@ class CosineSoftmax:
         sorted products O(B K' D) as before.
         """
         k = targets.shape[1]
-        flat = tf.reshape(targets, [-1])  # [c K']
+        # The sort and the gathered rows wait for g (a data dependency: DTensor drops
+        # control edges). Nothing else orders them; run early, the sort's [c K'] indices
+        # and x's [c K', D] rows were held through the loss's peak.
+        gate = tf.cast(tf.reduce_sum(g[:1, :1]) * 0.0, targets.dtype)
+        flat = tf.reshape(targets, [-1]) + gate  # [c K']
         order = tf.argsort(flat)
-        # The gathered rows of x wait for g. Nothing else orders them: run early, they
-        # were held through the loss's peak ([B K', D] more; DTensor drops control edges).
-        x = x + tf.reduce_sum(g[:1, :1]) * 0.0
         rows = tf.expand_dims(-tf.gather(tf.reshape(g, [-1]), order), 1) * tf.gather(
             x, order // k)  # [c K', D]: -g_bk x_b in the targets' order
         return tf.tensor_scatter_nd_add(
