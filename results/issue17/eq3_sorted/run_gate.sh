@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 17 item 2 (rules.md, addendum 2): before = e9fcfd9 in /work/frozen_before, final =
+# Issue 17 item 2 (rules.md, addendum 2): before = e9fcfd9 in /work/frozen_before, gate =
 # 1896534 in /work/frozen_gate (git worktree add <dir> <commit>). Writes into this directory.
 set -u
 . /work/main/.venv/bin/activate
