@@ -1,7 +1,11 @@
-"""Issue 17 item 2: the Eq. 3 / Eq. 1 ratios of run.sh's workers (bench_classifier.py
---paired), per worker and pooled over the rounds, for each code version.
+"""Issue 17 item 2: the Eq. 3 / Eq. 1 ratios of ``bench_classifier.py --paired`` workers,
+per worker and pooled over the rounds, for each code version. A version's records are
+``<tag>_round*.json`` in the directory; tags default to ``before after``.
 
-    python results/issue17/eq3_sorted/pool.py results/issue17/eq3_sorted
+    python results/issue17/eq3_sorted/pool.py results/issue17/eq3_paired    # 9th session
+    python results/issue17/eq3_sorted/pool.py results/issue17/eq3_sorted    # run 1
+    python results/issue17/eq3_sorted/pool.py results/issue17/eq3_sorted run2_before run2_final
+    python results/issue17/eq3_sorted/pool.py results/issue17/eq3_sorted run3_before run3_gate
 """
 import glob
 import json
@@ -10,7 +14,7 @@ import statistics
 import sys
 
 root = sys.argv[1]
-for tag in ("before", "after"):
+for tag in sys.argv[2:] or ("before", "after"):
     pooled = []
     for path in sorted(glob.glob(os.path.join(root, f"{tag}_round*.json"))):
         with open(path) as f:
