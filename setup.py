@@ -34,13 +34,13 @@ setup(
     ),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    # The gin configs and the tools ship inside the package (tf_instcls/gin and
-    # tf_instcls/tools in the wheel; no top-level `tools` in site-packages), so the
-    # installed tools find the installed configs (tools/common.py: GIN_DIR); in a
-    # checkout they are gin/ and tools/.
+    # The gin configs ship inside the package (tf_instcls/gin in the wheel), so the
+    # installed binaries (tf_instcls.cli) find them (cli/gin_config.py: GIN_DIR); in a
+    # checkout they are gin/. tools/ (thin scripts over tf_instcls.cli) and benchmarks/
+    # are not shipped.
     packages=find_packages(include=["tf_instcls", "tf_instcls.*"])
-    + ["tf_instcls.gin", "tf_instcls.gin.ablations", "tf_instcls.tools"],
-    package_dir={"tf_instcls.gin": "gin", "tf_instcls.tools": "tools"},
+    + ["tf_instcls.gin", "tf_instcls.gin.ablations"],
+    package_dir={"tf_instcls.gin": "gin"},
     package_data={"tf_instcls.gin": ["*.gin"], "tf_instcls.gin.ablations": ["*.gin"]},
     python_requires=">=3.10,<3.13",
     install_requires=[
@@ -55,18 +55,19 @@ setup(
         "tensorboard>=2.20",  # tf.summary needs it; TF 2.21 does not pull it in
     ],
     entry_points={"console_scripts": [
-        "tf-instcls-train=tf_instcls.tools.train:run",
-        "tf-instcls-export=tf_instcls.tools.export:run",
-        "tf-instcls-embed=tf_instcls.tools.embed:run",
-        "tf-instcls-eval-knn=tf_instcls.tools.eval_knn:run",
-        "tf-instcls-eval-linear=tf_instcls.tools.eval_linear:run",
-        "tf-instcls-finetune=tf_instcls.tools.finetune:run",
-        "tf-instcls-analyze=tf_instcls.tools.analyze:run",
-        "tf-instcls-results-table=tf_instcls.tools.results_table:run",
+        "tf-instcls-train=tf_instcls.cli.train:run",
+        "tf-instcls-export=tf_instcls.cli.export:run",
+        "tf-instcls-embed=tf_instcls.cli.embed:run",
+        "tf-instcls-eval-knn=tf_instcls.cli.eval_knn:run",
+        "tf-instcls-eval-linear=tf_instcls.cli.eval_linear:run",
+        "tf-instcls-finetune=tf_instcls.cli.finetune:run",
+        "tf-instcls-analyze=tf_instcls.cli.analyze:run",
+        "tf-instcls-results-table=tf_instcls.cli.results_table:run",
+        "tf-instcls-similarity-stats=tf_instcls.cli.similarity_stats:run",
     ]},
     extras_require={
         "test": ["pytest>=8", "ruff>=0.6", "setuptools>=64"],  # setuptools: the wheel test
-        "bench": ["faiss-cpu>=1.8"],  # tools/bench_mining.py compares against faiss
+        "bench": ["faiss-cpu>=1.8"],  # benchmarks/bench_mining.py compares against faiss
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
 )

@@ -8,9 +8,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
-# The checkout's tools/ (absl binaries), importable as `tools` by the tests; an install
-# ships them as tf_instcls.tools instead (no top-level `tools` in site-packages).
-sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The checkout's benchmarks/ (scripts, not shipped), importable by module name as when
+# they run (their shared `harness`, `processes`, ...).
+sys.path.insert(1, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
 
 from tf_instcls.parallel import configure_virtual_devices  # noqa: E402
 
@@ -34,7 +35,7 @@ def tiny_run(tmp_path_factory):
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=256, verbose=0, checkpoint_every_steps=2),
-        method=loop.MethodConfig(num_hard_negatives=8),
+        method=loop.FullConfig(num_hard_negatives=8),
         monitor=loop.MonitorConfig(k=10),
     )
     pretrain.run_pretraining(model_dir, **configs, mesh=parallel.build_mesh(2))

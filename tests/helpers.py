@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from tf_instcls import parallel
 from tf_instcls.losses import instance_classification_loss
-from tools.common import subprocess_env  # noqa: F401  (the tests' child processes)
+
+from harness import subprocess_env  # noqa: F401  (the tests' child processes)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

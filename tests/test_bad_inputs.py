@@ -15,7 +15,7 @@ from tf_instcls.training import loop, restore
 
 TINY_MODEL = loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16)
 TINY_TRAIN = loop.TrainConfig(epochs=1, batch_size=64, verbose=0)
-TINY_METHOD = loop.MethodConfig(num_hard_negatives=8)
+TINY_METHOD = loop.FullConfig(num_hard_negatives=8)
 
 
 def _npz(tmp_path, name="d.npz", n=200, **arrays):
@@ -80,17 +80,17 @@ CASES = [
         t, train=_with(TINY_TRAIN, batch_size=2), devices=4),
      ValueError, r"batch_size 2 is not divisible by the 4 devices.*\(or fewer devices\)"),
     ("num_sampled >= N", lambda t: _build(
-        t, method=_with(TINY_METHOD, name="sampled", num_sampled=65536, smoothing=0.0)),
+        t, method=loop.SampledConfig(num_sampled=65536)),
      ValueError, r"N = 200 training images.*num_sampled = 65536 must be < N"),
-    ("npid_noise >= N", lambda t: _build(
+    ("NPID noise >= N", lambda t: _build(
         t, model=_with(TINY_MODEL, use_head=False), devices=2,
-        method=_with(TINY_METHOD, name="npid", npid_noise=4096, smoothing=0.0)),
-     ValueError, r"N = 200 training images.*npid_noise = 4096 must be < N"),
+        method=loop.NPIDConfig(noise=4096)),
+     ValueError, r"N = 200 training images.*NPIDConfig.noise = 4096 must be < N"),
     ("K >= N", lambda t: _build(t, method=_with(TINY_METHOD, num_hard_negatives=200)),
      ValueError, r"N = 200 training images.*num_hard_negatives = 200 must be < N"),
     ("smoothing without K", lambda t: _build(
         t, method=_with(TINY_METHOD, num_hard_negatives=0, smoothing=0.2)),
-     ValueError, r"smoothing = 0.2 needs hard negatives: set MethodConfig.num_hard_negatives "
+     ValueError, r"smoothing = 0.2 needs hard negatives: set FullConfig.num_hard_negatives "
                  r">= 1"),
     ("zero epochs", lambda t: _build(t, train=_with(TINY_TRAIN, epochs=0)),
      ValueError, r"TrainConfig.epochs must be >= 1; got 0"),

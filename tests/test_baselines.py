@@ -228,8 +228,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
                 monitor=loop.MonitorConfig(k=10))
     train = loop.TrainConfig(epochs=1, batch_size=256, verbose=0)
     npid = dict(model=loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False),
-                method=loop.MethodConfig(name="npid", npid_noise=64, npid_z_estimate="epoch",
-                                         smoothing=0.0))
+                method=loop.NPIDConfig(noise=64, z_estimate="epoch", temperature=0.15))
     logs = pretrain.run_pretraining(str(tmp_path / "npid"), **base, **npid, train=train,
                                     mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["knn_top1"] > 20
@@ -253,7 +252,7 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
 
     sampled = dict(model=loop.ModelConfig(backbone_width=4, embedding_dim=16,
                                           head_hidden_dim=16),
-                   method=loop.MethodConfig(name="sampled", num_sampled=128, smoothing=0.0))
+                   method=loop.SampledConfig(num_sampled=128))
     logs = pretrain.run_pretraining(str(tmp_path / "sampled"), **base, **sampled, train=train,
                                     mesh=mesh)
     assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
@@ -268,7 +267,7 @@ def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
 
     from helpers import ROOT, subprocess_env
 
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "run_ablation.py"), "--grid=table2",
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"), "--grid=table2",
            f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
            "--epochs=1", "--batch_size=128", "--virtual_devices=2", "--only=no_head,no_prior",
            "--seeds=0,1",
@@ -303,7 +302,7 @@ def test_run_ablation_calls_an_effect_only_beyond_the_seed_spread():
     import importlib
     import os
 
-    ablation = importlib.import_module("tools.run_ablation")
+    ablation = importlib.import_module("run_ablation")  # benchmarks/, on the tests' path
     ref = {"knn_top1": 50.0, "knn_top1_std": 1.0}
     assert ablation.effect(ref, ref) == "reference"
     assert ablation.effect({"knn_top1": 52.5, "knn_top1_std": 2.0}, ref) == "+2.50 (effect)"
@@ -316,7 +315,7 @@ def test_run_ablation_calls_an_effect_only_beyond_the_seed_spread():
     runs = {r.name: r for r in ablation.grid("baselines")}
     for name in ("npid", "npid_nce", "simclr"):  # each method's own gin recipe, layered
         assert len(runs[name].gin_files) == 1 and os.path.exists(runs[name].gin_files[0])
-    assert runs["npid_nce"].bindings == ["MethodConfig.npid_noise = 400"]  # < N of 4k images
+    assert runs["npid_nce"].bindings == ["NPIDConfig.noise = 400"]  # < N of 4k images
     # rows are the shipped gin/ablations files, not strings repeating them
     for name, gin in (("no_head", "no_head"), ("no_prior", "no_prior"),
                       ("no_smoothing", "no_smoothing"), ("sampled_1024", "sampled")):
@@ -339,12 +338,11 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
 
     configs = dict(data=loop.DataConfig(image_size=16),
                    model=loop.ModelConfig(backbone_width=4, embedding_dim=16, use_head=False),
-                   method=loop.MethodConfig(name="npid", npid_noise=64, temperature=0.07,
-                                            smoothing=0.0),
+                   method=loop.NPIDConfig(noise=64, temperature=0.07),
                    classifier=loop.ClassifierConfig(init_mode="gaussian"),
                    monitor=loop.MonitorConfig(k=10),
                    optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.03))
-    assert configs["method"].npid_z_estimate == "step"
+    assert configs["method"].z_estimate == "step"
     train = loop.TrainConfig(epochs=1, batch_size=128, verbose=0, log_steps=True)
     mesh = parallel.build_mesh(1)
     logs = pretrain.run_pretraining(str(tmp_path), **configs, train=train, mesh=mesh)

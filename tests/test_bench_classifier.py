@@ -1,4 +1,4 @@
-"""tools/bench_classifier.py end to end, and the memory bound of chunking it measures.
+"""benchmarks/bench_classifier.py end to end, and the memory bound of chunking it measures.
 
 The chunked loss must hold about chunk x N / T logits, not B x N / T: here the
 allocator's measured peak during a full step (loss, backward, momentum update) must be
@@ -23,7 +23,7 @@ FIELDS = ("layout", "devices", "num_instances", "dim", "batch_size", "chunk_size
 def test_bench_records_and_chunked_memory_bound(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "bench_classifier.py"),
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_classifier.py"),
          "--virtual_devices=2", "--num_instances=8192", "--dim=16", "--batch_size=1024",
          "--layouts=sharded,replicated", "--chunk_size=0,64", "--reductions=none,mean",
          "--steps=1", "--warmup=1",
@@ -58,7 +58,7 @@ def test_paired_mode_alternates_eq1_and_eq3_in_one_worker(tmp_path):
     """--paired (issue 17 item 2): both steps run in one worker, each pair's ratio is
     its own Eq. 3 / Eq. 1 time, and the two steps are really different losses."""
     out = tmp_path / "paired.json"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "bench_classifier.py"),
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_classifier.py"),
            "--virtual_devices=1", "--num_instances=4096", "--dim=16", "--batch_size=128",
            "--layouts=sharded", "--paired", "--num_hard=10", "--steps=4", "--warmup=1",
            "--repeats=2", f"--json={out}"]

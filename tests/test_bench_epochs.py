@@ -1,4 +1,4 @@
-"""tools/bench_epochs.py: the epoch's wall time in the loop from stages.jsonl (checkpoints
+"""benchmarks/bench_epochs.py: the epoch's wall time in the loop from stages.jsonl (checkpoints
 included; stages.epoch_loop_times), and its variants' flags checked before any run."""
 
 import json
@@ -29,7 +29,7 @@ def test_epoch_loop_times_span_steps_to_steps_with_the_checkpoint_inside(tmp_pat
     (["--variant_binding=", "--variant_binding="], "two entries are the same run"),
 ])
 def test_variants_are_checked_before_any_run(extra, message):
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_epochs.py"),
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_epochs.py"),
                           f"--code_dirs={ROOT},{ROOT}", *extra], capture_output=True,
                          text=True, timeout=120)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

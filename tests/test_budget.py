@@ -229,7 +229,7 @@ def _configs(tmp_path, *, budget_minutes, epochs=7, max_steps=0, every=2):
         optim=loop.OptimConfig(warmup_epochs=1),
         train=loop.TrainConfig(epochs=epochs, batch_size=256, verbose=0, deterministic=True,
                                time_budget_minutes=budget_minutes, max_steps=max_steps),
-        method=loop.MethodConfig(num_hard_negatives=8),
+        method=loop.FullConfig(num_hard_negatives=8),
         monitor=loop.MonitorConfig(k=10, every_epochs=every),
     )
 

@@ -73,7 +73,7 @@ def test_simclr_trains_without_w_and_resumes(tmp_path):
     configs = dict(data=loop.DataConfig(image_size=16),
                    model=loop.ModelConfig(backbone_width=4, embedding_dim=16,
                                           head_hidden_dim=16),
-                   method=loop.MethodConfig(name="simclr", temperature=0.5, smoothing=0.0),
+                   method=loop.SimCLRConfig(temperature=0.5),
                    classifier=loop.ClassifierConfig(init_mode="gaussian"),
                    monitor=loop.MonitorConfig(k=10),
                    optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.06,

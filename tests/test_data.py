@@ -218,7 +218,7 @@ def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
-        method=loop.MethodConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
+        method=loop.FullConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
     logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
     assert logs["step"] == 4 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100
 
@@ -249,8 +249,9 @@ def test_a_one_view_run_trains(tmp_path, method):
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=2, batch_size=64, verbose=0),
-        method=loop.MethodConfig(name=method, num_hard_negatives=8, npid_noise=32,
-                                 smoothing=0.2 if method == "full" else 0.0),
+        method={"full": loop.FullConfig(num_hard_negatives=8),
+                "npid": loop.NPIDConfig(noise=32, temperature=0.15),
+                "simclr": loop.SimCLRConfig(temperature=0.15)}[method],
         monitor=loop.MonitorConfig(k=10))
     logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=parallel.build_mesh(2))
     # 216 training images (the rest held out): 3 steps an epoch
@@ -262,8 +263,8 @@ def test_simclr_needs_two_views():
     from tf_instcls.training import loop
 
     run = config_lib.RunConfig(data=loop.DataConfig(views=1),
-                               method=loop.MethodConfig(name="simclr"))
-    with pytest.raises(ValueError, match="needs DataConfig.views = 2"):
+                               method=loop.SimCLRConfig())
+    with pytest.raises(ValueError, match="'simclr' needs DataConfig.views >= 2; got 1"):
         config_lib.validate(run)
 
 
@@ -378,7 +379,7 @@ def test_a_run_trains_at_a_smaller_side_and_exports_at_image_size(tmp_path):
                                head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
-        method=loop.MethodConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
+        method=loop.FullConfig(num_hard_negatives=8), monitor=loop.MonitorConfig(k=10))
     mesh = parallel.build_mesh(2)
     logs = pretrain.run_pretraining(str(tmp_path), **configs, mesh=mesh)
     assert logs["step"] == 3 and np.isfinite(logs["loss"]) and 0 <= logs["knn_top1"] <= 100

@@ -260,7 +260,7 @@ def test_the_wheel_installs_and_every_console_script_answers_help(tmp_path):
 
     assert f"tf_instcls-{tf_instcls.__version__}-" in os.path.basename(wheel)
     with zipfile.ZipFile(wheel) as z:
-        names = z.namelist()
+        files = names = z.namelist()
         meta = z.read(next(n for n in names if n.endswith("dist-info/METADATA"))).decode()
         entry = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert any(n.endswith("dist-info/licenses/LICENSE") or n.endswith("dist-info/LICENSE")
@@ -285,13 +285,13 @@ def test_the_wheel_installs_and_every_console_script_answers_help(tmp_path):
         assert done.returncode in (0, 1) and "Traceback" not in done.stderr, \
             (name, done.stderr[-2000:])
         assert "[flags]" in done.stdout and "--helpfull" in done.stdout, (name, done.stdout)
-    # the installed tools find the installed configs (not this checkout's gin/)
-    # the tools are tf_instcls.tools there: no top-level package named `tools`
-    assert (target / "tf_instcls" / "tools" / "train.py").exists()
-    assert not (target / "tools").exists()
-    assert not any(n.startswith("tools/") for n in names)
-    found = subprocess.run([sys.executable, "-c", "from tf_instcls.tools import common; "
-                            "print(common.GIN_DIR)"], env=env, capture_output=True,
+    # the installed binaries find the installed configs (not this checkout's gin/); the
+    # binaries are tf_instcls.cli there; neither tools/ nor benchmarks/ is shipped
+    assert (target / "tf_instcls" / "cli" / "train.py").exists()
+    assert not (target / "tools").exists() and not (target / "benchmarks").exists()
+    assert not any(n.startswith(("tools/", "benchmarks/")) for n in files)
+    found = subprocess.run([sys.executable, "-c", "from tf_instcls.cli import gin_config; "
+                            "print(gin_config.GIN_DIR)"], env=env, capture_output=True,
                            text=True, timeout=300, cwd=tmp_path)
     gin_dir = found.stdout.strip()
     assert gin_dir.startswith(str(target)), (gin_dir, found.stderr[-2000:])

@@ -27,7 +27,7 @@ TINY = dict(
     data=loop.DataConfig(image_size=16),
     model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
     optim=loop.OptimConfig(warmup_epochs=0),
-    method=loop.MethodConfig(num_hard_negatives=8),
+    method=loop.FullConfig(num_hard_negatives=8),
     monitor=loop.MonitorConfig(every_epochs=0),
 )
 TRAIN = loop.TrainConfig(epochs=1, batch_size=256, verbose=0, checkpoint_every_steps=1)
@@ -241,7 +241,7 @@ def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp
 
 def test_bad_config_values_fail_before_any_work(tmp_path):
     bad = dict(TINY, classifier=loop.ClassifierConfig(layout="rows"),
-               method=loop.MethodConfig(temperature=0))
+               method=loop.FullConfig(temperature=0))
     with pytest.raises(ValueError, match="ClassifierConfig.layout.*temperature must be > 0"):
         loop.build_state(str(tmp_path / "x"), **bad, train=TRAIN, mesh=parallel.build_mesh(1))
     assert not os.path.exists(tmp_path / "x")
@@ -320,7 +320,7 @@ def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
     import json
 
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "soak.py"), f"--work_dir={tmp_path}",
+        [sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), f"--work_dir={tmp_path}",
          "--budget_s=25", "--kill_min_s=0.5", "--kill_max_s=3",
          *[f"--gin_bindings={b}" for b in (
              "DataConfig.image_size = 16", "ModelConfig.backbone_width = 8",

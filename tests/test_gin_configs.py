@@ -7,8 +7,8 @@ import os
 import pytest
 
 import gin
+from tf_instcls.cli import gin_config
 from tf_instcls.training import loop
-from tools import common
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gin")
 CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
@@ -16,7 +16,7 @@ CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
 
 def _parse(files, bindings=()):
     gin.clear_config(clear_constants=True)
-    return common.configs_from_gin(files, bindings, search_path=GIN_DIR)
+    return gin_config.configs_from_gin(files, bindings, search_path=GIN_DIR)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -60,13 +60,21 @@ def test_a_binding_renamed_by_the_split_fails_with_its_new_name(tmp_path):
     old.write_text("ModelConfig.method = 'npid'\nTrainConfig.smoothing = 0.0\n")
     with pytest.raises(ValueError, match=r"ModelConfig.method -> MethodConfig.name \(in "
                                          r".*old.gin\).*TrainConfig.smoothing -> "
-                                         r"MethodConfig.smoothing"):
+                                         r"FullConfig.smoothing"):
         _parse([digits, str(old)])
-    config = _parse([digits], ["MonitorConfig.every_epochs = 0", "MethodConfig.name = 'npid'"])
-    assert config.monitor.every_epochs == 0 and config.method.name == "npid"
+    # the methods' own configs: an old MethodConfig field names its method's config
+    with pytest.raises(ValueError, match=r"MethodConfig.npid_noise -> NPIDConfig.noise"):
+        _parse([digits], ["MethodConfig.npid_noise = 400"])
+    config = _parse([digits], ["MonitorConfig.every_epochs = 0", "MethodConfig.name = 'npid'",
+                               "NPIDConfig.noise = 400"])
+    assert config.monitor.every_epochs == 0 and isinstance(config.method, loop.NPIDConfig)
+    assert config.method.noise == 400 and config.method.temperature == 0.07
     assert config.model.backbone == "convnet_small"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.method.name = "full"  # each part is frozen
+        config.method.noise = 1  # each part is frozen
+    with pytest.raises(ValueError, match=r"MethodConfig.name = 'byol' is not a registered "
+                                         r"method; registered: full, sampled, npid, simclr"):
+        _parse([digits], ["MethodConfig.name = 'byol'"])
 
 
 ABLATIONS = sorted(glob.glob(os.path.join(GIN_DIR, "ablations", "*.gin")))
@@ -79,15 +87,16 @@ def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
     model, method, optim = config.model, config.method, config.optim
     name = os.path.basename(path)
     if name == "npid.gin":
-        assert method.name == "npid" and method.npid_noise == 4096 and not model.use_head
+        assert isinstance(method, loop.NPIDConfig) and method.noise == 4096
+        assert not model.use_head
         assert method.temperature == 0.07 and config.classifier.init_mode == "gaussian"
     if name == "sampled.gin":
-        assert method.name == "sampled" and method.num_sampled == 1024
+        assert isinstance(method, loop.SampledConfig) and method.num_sampled == 1024
     if name == "no_head.gin":
         assert not model.use_head
     if name == "simclr.gin":
-        assert method.name == "simclr" and method.temperature == 0.5
-        assert method.smoothing == 0 and optim.base_learning_rate == 0.06
+        assert isinstance(method, loop.SimCLRConfig) and method.temperature == 0.5
+        assert method.num_hard_negatives_mined == 0 and optim.base_learning_rate == 0.06
 
 
 def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
@@ -109,11 +118,17 @@ def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():
     assert config.optim.classifier_weight_decay is None and config.method.temperature == 0.15
 
 
-def test_sampled_with_smoothing_is_refused():
+def test_a_method_without_smoothing_has_no_smoothing_to_set():
+    """Smoothing belongs to the full method's config: the sampled method neither mines
+    nor accepts a smoothing binding."""
     config = _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
                     ["MethodConfig.name = 'sampled'"])
-    with pytest.raises(ValueError, match="has no label smoothing"):
-        loop.validate(config)
+    loop.validate(config)
+    assert isinstance(config.method, loop.SampledConfig)
+    assert config.method.num_hard_negatives_mined == 0
+    with pytest.raises(ValueError, match="SampledConfig.*smoothing"):
+        _parse([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
+               ["MethodConfig.name = 'sampled'", "SampledConfig.smoothing = 0.2"])
 
 
 def test_every_augmentation_value_is_settable_from_gin_and_defaults_follow_the_size():

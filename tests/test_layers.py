@@ -1,7 +1,8 @@
-"""The package's layers import only downwards (issue 13, item 5): defaults -> data -> models ->
-parallel -> losses -> mining -> methods -> training -> callbacks -> eval -> export ->
-pretrain. Every ``import`` statement counts, including the ones inside functions: an
-import deferred to call time is still a dependency (and a hidden circle)."""
+"""The package's layers import only downwards: defaults -> data -> models -> parallel ->
+losses -> mining -> methods -> training -> callbacks -> eval -> export -> pretrain -> cli
+(the binaries). Every ``import`` statement counts, including the ones inside functions:
+an import deferred to call time is still a dependency (and a hidden circle). Within a
+layer, no two modules import each other, directly or through others."""
 
 import ast
 import pathlib
@@ -24,6 +25,7 @@ LAYERS = (
     ("eval",),
     ("export",),
     ("pretrain",),
+    ("cli",),
 )
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
 
@@ -77,3 +79,67 @@ def test_the_check_finds_an_upward_import(tmp_path):
     tree = ast.parse("def f():\n    from tf_instcls.eval import knn\n")
     assert [(2, "eval")] == list(_imported_units(tree))
     assert LEVEL["eval"] > LEVEL["callbacks"]
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict:
+    """{module: the tf_instcls modules it imports} (``from tf_instcls.x import y`` counts
+    as x.y when x/y.py exists, else as x)."""
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                    and node.module.startswith("tf_instcls"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    edges.add(full if full in modules else node.module)
+            elif isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in modules)
+        # a package's __init__ re-exports its modules; importing the package is not a
+        # dependency of those modules on each other
+        graph[name] = {e for e in edges if e != name and e in modules
+                       and not (path.name == "__init__.py" and e.startswith(name + "."))}
+    return graph
+
+
+def _cycle(graph: dict) -> list | None:
+    """One import cycle among modules that are not packages' __init__, or None."""
+    packages = {n for n in graph if (PACKAGE.parent / n.replace(".", "/") / "__init__.py")
+                .exists()}
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in packages:
+                continue
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return None
+
+    for node in sorted(set(graph) - packages):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_two_modules_import_each_other():
+    cycle = _cycle(_module_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}}) == [
+        "a.x", "a.y", "a.z", "a.x"]
+    assert _cycle({"a.x": {"a.y"}, "a.y": set()}) is None

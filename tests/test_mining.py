@@ -171,7 +171,7 @@ def test_mining_tells_the_watchdog_after_every_block(monkeypatch):
 
 
 def test_bench_mining_times_group_sizes_and_they_agree(tmp_path):
-    """tools/bench_mining.py (faiss optional): every group size returns the same table."""
+    """benchmarks/bench_mining.py (faiss optional): every group size returns the same table."""
     import json
     import os
     import subprocess
@@ -181,7 +181,7 @@ def test_bench_mining_times_group_sizes_and_they_agree(tmp_path):
 
     root = os.path.dirname(os.path.dirname(__file__))
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, os.path.join(root, "tools", "bench_mining.py"),
+    subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_mining.py"),
                     "--num_instances=3000", "--dim=8", "--k=10", "--repeats=1",
                     "--group_sizes=default,0,3", "--faiss=false", f"--json={out}"],
                    check=True, env=subprocess_env(), capture_output=True)

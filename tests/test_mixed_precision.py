@@ -20,7 +20,7 @@ CONFIGS = dict(
     model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16,
                            precision="mixed_bfloat16"),
     optim=loop.OptimConfig(warmup_epochs=0),
-    method=loop.MethodConfig(num_hard_negatives=8),
+    method=loop.FullConfig(num_hard_negatives=8),
     monitor=loop.MonitorConfig(every_epochs=0),
 )
 TRAIN = loop.TrainConfig(epochs=2, batch_size=256, verbose=0, log_steps=True,

@@ -114,7 +114,7 @@ def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypa
         model=loop.ModelConfig(backbone="tiny_mlp", backbone_width=8, embedding_dim=8,
                                head_hidden_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
-        method=loop.MethodConfig(num_hard_negatives=4),
+        method=loop.FullConfig(num_hard_negatives=4),
         monitor=loop.MonitorConfig(every_epochs=0),
     )
     train = loop.TrainConfig(epochs=1, batch_size=16, verbose=0)
@@ -152,7 +152,7 @@ def test_head_output_bn_centres_the_embeddings_and_the_run_restores_it(tmp_path)
                                head_hidden_dim=16, head_output_bn=True),
         optim=loop.OptimConfig(warmup_epochs=0, base_learning_rate=0.1),
         train=loop.TrainConfig(epochs=1, batch_size=16, verbose=0),
-        method=loop.MethodConfig(num_hard_negatives=4),
+        method=loop.FullConfig(num_hard_negatives=4),
         monitor=loop.MonitorConfig(every_epochs=0),
     )
     mesh = parallel.build_mesh(2)

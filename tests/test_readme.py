@@ -17,7 +17,7 @@ TINY = ["--epochs=1", "--batch_size=32",
         "--gin_bindings=ModelConfig.backbone_width = 4",
         "--gin_bindings=ModelConfig.head_hidden_dim = 16",
         "--gin_bindings=DataConfig.image_size = 16",
-        "--gin_bindings=MethodConfig.num_hard_negatives = 8",
+        "--gin_bindings=FullConfig.num_hard_negatives = 8",
         "--gin_bindings=MonitorConfig.k = 10"]
 
 

@@ -23,7 +23,7 @@ def written(tmp_path_factory):
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=8),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=24, verbose=0),
-        method=loop.MethodConfig(num_hard_negatives=4),
+        method=loop.FullConfig(num_hard_negatives=4),
         monitor=loop.MonitorConfig(every_epochs=0),
     )
     model_dir = root / "t4"

@@ -15,7 +15,7 @@ CONFIGS = dict(
     model=loop.ModelConfig(backbone="convnet_small", backbone_width=4, head_hidden_dim=16,
                            embedding_dim=16),
     optim=loop.OptimConfig(warmup_epochs=0),
-    method=loop.MethodConfig(num_hard_negatives=8),
+    method=loop.FullConfig(num_hard_negatives=8),
     monitor=loop.MonitorConfig(every_epochs=0),
 )
 # 600 images at batch 128: 4 steps an epoch, 3 epochs = 12 steps

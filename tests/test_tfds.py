@@ -73,7 +73,7 @@ def tfds_run(tmp_path_factory):
         model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16),
         optim=loop.OptimConfig(warmup_epochs=0),
         train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
-        method=loop.MethodConfig(num_hard_negatives=8),
+        method=loop.FullConfig(num_hard_negatives=8),
         monitor=loop.MonitorConfig(k=10),
     )
     with tfds.testing.mock_data(num_examples=192):

@@ -1,4 +1,4 @@
-"""Every default that more than one place uses, written once (issue 13, item 2), with
+"""Every default that more than one place uses, written once, with
 where it comes from. The lowest layer: anything may import it, it imports nothing."""
 
 # The paper (Liu et al. 2021): cosine-softmax temperature, embedding width, MLP head.

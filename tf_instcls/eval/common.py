@@ -14,7 +14,6 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import defaults
-from tf_instcls.eval.evaluators import FEATURE_KINDS
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.features import extract_features
 from tf_instcls.training.restore import (
@@ -23,6 +22,10 @@ from tf_instcls.training.restore import (
     head_hidden_dim,
     load_encoder,
 )
+
+# The two representations of an encoder: the backbone's pooled features, the head's
+# output.
+FEATURE_KINDS = ("features", "embedding")
 
 
 @dataclasses.dataclass
@@ -220,12 +223,3 @@ def _jsonable(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def markdown_table(headers, rows) -> str:
-    def cell(v):
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"

@@ -19,10 +19,10 @@ import hashlib
 
 from tf_instcls import defaults
 from tf_instcls.eval import analysis
+from tf_instcls.eval.common import FEATURE_KINDS
 from tf_instcls.eval.knn import knn_grid
 from tf_instcls.eval.linear import train_linear
-
-FEATURE_KINDS = ("features", "embedding")  # backbone pool / head output
+from tf_instcls.eval.tables import markdown_table
 
 
 def _available(wanted, features: dict) -> list:
@@ -73,8 +73,6 @@ class KNNEvaluator:
 
     def markdown(self, entries: list) -> str:
         """The sweep's top-1 as a k x T table per result (when there is a sweep)."""
-        from tf_instcls.eval.common import markdown_table
-
         md = ""
         for entry in entries:
             if "grid" not in entry:

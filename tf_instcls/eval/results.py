@@ -6,7 +6,7 @@ import glob
 import json
 import os
 
-from tf_instcls.eval.common import markdown_table
+from tf_instcls.eval.tables import markdown_table
 
 # The paper's reference rows (ImageNet, ResNet-50), quoted from DESIGN.md.
 PAPER_TABLE6 = [("Ours (paper, 1000 ep)", 71.4, 90.3), ("MoCo v2", 71.1, None),

@@ -5,6 +5,7 @@ the JSON + Markdown report. The evaluation tools are thin binaries around it."""
 from __future__ import annotations
 
 from tf_instcls.eval import common
+from tf_instcls.eval.tables import markdown_table
 
 
 def load_models(path: str, mesh, *, checkpoint: str | None = None, baselines: bool = False,
@@ -49,7 +50,7 @@ def evaluate(evaluator, models, splits, *, out_dir: str, report: str, tool: str,
             if "instance_acc" in result:
                 line += f" {result['instance_acc']:.2f}%"
             print(line, flush=True)
-    markdown = (heading + common.markdown_table(headers, rows)
+    markdown = (heading + markdown_table(headers, rows)
                 + (evaluator.markdown(out["results"]) if hasattr(evaluator, "markdown")
                    else ""))
     json_path, md_path = common.write_results(out_dir, report, out, markdown)

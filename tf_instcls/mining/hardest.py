@@ -13,7 +13,7 @@ The local top k is two-stage and still exact: a row's similarities are cut into 
 element of the row's top k + 1 lies in one of them: k + 1 other groups with larger
 maxima would hold k + 1 larger elements), and the top k + 1 of their elements are taken.
 One top-k over N / GROUP maxima and one over (k + 1) GROUP candidates replace a top-k
-over all N columns, which was ~80% of mining on CPU (``tools/bench_mining.py``).
+over all N columns, which was ~80% of mining on CPU (``benchmarks/bench_mining.py``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ squared_difference, the normalisation), and TensorFlow differentiates that compo
 op by op: broadcasts become Tile ops, the mean's and the variance's gradients are each
 materialised, added (AddN) and multiplied back. On this CPU that made BN's elementwise
 work about a third of the ResNet-18-CIFAR train step, as much as the forward
-convolutions (``tools/bench_step_parts.py --profile``). TensorFlow's fused kernel
+convolutions (``benchmarks/bench_step_parts.py --profile``). TensorFlow's fused kernel
 (FusedBatchNormV3) would do it in two passes, but DTensor has no layout propagation for
 it ("'tf.FusedBatchNormV3' op does not implement layout propagation"), and BN over a
 batch sharded across devices must reduce its statistics over the global batch.

@@ -5,17 +5,18 @@
 | ``DataConfig`` | images, split, augmentation | ``data`` |
 | ``ModelConfig`` | backbone + head (the encoder) | ``models`` |
 | ``ClassifierConfig`` | W: layout, chunking, unit rows, initialisation | ``parallel``, the prior |
-| ``MethodConfig`` | the method, its loss: temperature, Eq. 3, NPID, sampled | ``methods`` |
+| ``method``: its own config | ``FullConfig``, ``SampledConfig``, ``NPIDConfig``... | ``methods`` |
 | ``OptimConfig`` | SGD, schedule, W's own step, loss scaling | ``training.optimizer`` |
 | ``TrainConfig`` | the loop: epochs, batch, seed, checkpoints, console | ``training.loop`` |
 | ``MonitorConfig`` | the kNN monitor | ``callbacks.KNNMonitor`` |
 | ``FaultConfig`` | non-finite steps, the watchdog | ``training.loop`` |
 
-``RunConfig`` holds one of each. Every default is written once (``tf_instcls.defaults``
-for the ones shared with evaluation). gin stays at the edge (``tools/common.py``
-registers these classes); the library never imports it. Renamed bindings (this split
-moved fields out of ``ModelConfig`` and ``TrainConfig``) are listed in ``RENAMED``; the
-gin glue turns an old name into an error that names the new one.
+``RunConfig`` holds one of each; its ``method`` is the chosen method's own config (each
+method module defines it, ``methods.register`` makes it known). Every default is written
+once (``tf_instcls.defaults`` for the ones shared with evaluation). gin stays at the edge
+(``cli/gin_config.py`` registers these classes); the library never imports it. Renamed
+bindings are listed in ``RENAMED``; the gin glue turns an old name into an error that
+names the new one.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import dataclasses
 
 from tf_instcls import data as data_lib
 from tf_instcls import defaults, models
-from tf_instcls.methods import METHODS
+from tf_instcls.methods import (  # noqa: F401 (the methods' configs, re-exported)
+    METHODS,
+    FullConfig,
+    MethodConfig,
+    NPIDConfig,
+    SampledConfig,
+    SimCLRConfig,
+)
 from tf_instcls.training.prior import INIT_MODES
 
 
@@ -141,38 +149,6 @@ class ClassifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodConfig:
-    """The pretraining method and its loss."""
-
-    # full: the paper's full instance classification; sampled: softmax over the batch's
-    # classes + num_sampled uniform ones (Table 3); npid: memory bank + NCE (NPID);
-    # simclr: NT-Xent over the views of the global batch, no W
-    name: str = "full"
-    # Every method's temperature: the cosine softmax's, NPID's (0.07: npid.gin) and
-    # SimCLR's NT-Xent (0.5: simclr.gin). One knob, so none is silently ignored.
-    temperature: float = defaults.TEMPERATURE
-    smoothing: float = 0.2  # alpha of Eq. 2-3; 0 disables smoothing
-    num_hard_negatives: int = 100  # K of Eq. 2; 0: no mining (needs smoothing = 0)
-    mining_period: int = 1  # epochs between hard-negative mining (the paper: 1)
-    num_sampled: int = 1024  # S of "sampled"
-    npid_noise: int = 4096  # m of NCE; 0: the full non-parametric softmax
-    npid_momentum: float = 0.5  # memory update v <- normalise(mu v + (1 - mu) f)
-    npid_proximal: float = 0.0  # lambda of NPID's proximal term (paper: 30)
-    # NCE's normalising constant Z: "step" (default) uses every step's own estimate
-    # (self-normalised NCE: the gradient is bounded by 2 / t); "first" estimates it once,
-    # on the first step, as NPID's code; "epoch" re-estimates it on each epoch's first
-    # step. Measured on the 4,068-image split (WORKSPACE.md, NPID with NCE): "first"
-    # diverges (the bank fills in 32 steps, Z stays that of a random bank), "epoch"
-    # collapses the features to one direction, "step" neither.
-    npid_z_estimate: str = "step"
-
-    @property
-    def mines(self) -> bool:
-        """Eq. 3 is on: the run keeps a mined table of hard negatives."""
-        return self.smoothing > 0 and self.num_hard_negatives > 0
-
-
-@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """The paper's optimizer: SGD m=0.9, wd=1e-4, lr 0.48 per 4096, warm-up + cosine."""
 
@@ -248,7 +224,7 @@ class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     classifier: ClassifierConfig = dataclasses.field(default_factory=ClassifierConfig)
-    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+    method: MethodConfig = dataclasses.field(default_factory=FullConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
@@ -266,31 +242,44 @@ class RunConfig:
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
 
-CONFIG_CLASSES = ("DataConfig", "ModelConfig", "ClassifierConfig", "MethodConfig",
-                  "OptimConfig", "TrainConfig", "MonitorConfig", "FaultConfig")
+# RunConfig's fields -> their classes' names (``method``: the chosen method's config class)
+CONFIG_CLASSES = {"data": "DataConfig", "model": "ModelConfig",
+                  "classifier": "ClassifierConfig", "optim": "OptimConfig",
+                  "train": "TrainConfig", "monitor": "MonitorConfig", "fault": "FaultConfig"}
 
-# Bindings renamed when the configs were split by owner: old -> new.
+# Renamed bindings, old -> new: first when the configs were split by owner, then when
+# each method got its own config.
+_TEMPERATURE = "FullConfig.temperature (the method's config: SampledConfig, NPIDConfig, ...)"
 RENAMED = {
-    "ModelConfig.temperature": "MethodConfig.temperature",
+    "ModelConfig.temperature": _TEMPERATURE,
     "ModelConfig.method": "MethodConfig.name",
-    "ModelConfig.num_sampled": "MethodConfig.num_sampled",
-    "ModelConfig.npid_noise": "MethodConfig.npid_noise",
-    "ModelConfig.npid_momentum": "MethodConfig.npid_momentum",
-    "ModelConfig.npid_proximal": "MethodConfig.npid_proximal",
-    "ModelConfig.npid_z_estimate": "MethodConfig.npid_z_estimate",
+    "ModelConfig.num_sampled": "SampledConfig.num_sampled",
+    "ModelConfig.npid_noise": "NPIDConfig.noise",
+    "ModelConfig.npid_momentum": "NPIDConfig.momentum",
+    "ModelConfig.npid_proximal": "NPIDConfig.proximal",
+    "ModelConfig.npid_z_estimate": "NPIDConfig.z_estimate",
     "ModelConfig.classifier_layout": "ClassifierConfig.layout",
     "ModelConfig.chunk_size": "ClassifierConfig.chunk_size",
     "ModelConfig.unit_norm_classifier": "ClassifierConfig.unit_norm",
     "TrainConfig.init_mode": "ClassifierConfig.init_mode",
-    "TrainConfig.smoothing": "MethodConfig.smoothing",
-    "TrainConfig.num_hard_negatives": "MethodConfig.num_hard_negatives",
-    "TrainConfig.mining_period": "MethodConfig.mining_period",
+    "TrainConfig.smoothing": "FullConfig.smoothing",
+    "TrainConfig.num_hard_negatives": "FullConfig.num_hard_negatives",
+    "TrainConfig.mining_period": "FullConfig.mining_period",
     "TrainConfig.knn_k": "MonitorConfig.k",
     "TrainConfig.knn_temperature": "MonitorConfig.temperature",
     "TrainConfig.knn_every_epochs": "MonitorConfig.every_epochs",
     "TrainConfig.nonfinite": "FaultConfig.nonfinite",
     "TrainConfig.max_consecutive_skips": "FaultConfig.max_consecutive_skips",
     "TrainConfig.step_timeout_s": "FaultConfig.step_timeout_s",
+    "MethodConfig.temperature": _TEMPERATURE,
+    "MethodConfig.smoothing": "FullConfig.smoothing",
+    "MethodConfig.num_hard_negatives": "FullConfig.num_hard_negatives",
+    "MethodConfig.mining_period": "FullConfig.mining_period",
+    "MethodConfig.num_sampled": "SampledConfig.num_sampled",
+    "MethodConfig.npid_noise": "NPIDConfig.noise",
+    "MethodConfig.npid_momentum": "NPIDConfig.momentum",
+    "MethodConfig.npid_proximal": "NPIDConfig.proximal",
+    "MethodConfig.npid_z_estimate": "NPIDConfig.z_estimate",
 }
 
 
@@ -365,14 +354,18 @@ def validate(config: RunConfig) -> None:
             problems.append(message)
 
     need(train.epochs >= 1, f"TrainConfig.epochs must be >= 1; got {train.epochs}")
+    registered = isinstance(method, MethodConfig) and method.method in METHODS
+    need(registered, f"the run's method config {method!r} configures no registered method "
+         f"({', '.join(METHODS)})")
+    if registered:
+        problems.extend(method.problems())
+        need(data.views >= method.views_needed, f"method {method.method!r} needs "
+             f"DataConfig.views >= {method.views_needed}; got {data.views}")
     try:
         data.augment_config()
     except (ValueError, TypeError) as err:
         need(False, f"DataConfig augmentation: {err}")
     need(train.batch_size >= 1, f"TrainConfig.batch_size must be >= 1; got {train.batch_size}")
-    need(0 <= method.smoothing < 1, f"MethodConfig.smoothing must be in [0, 1); got "
-         f"{method.smoothing}")
-    need(method.num_hard_negatives >= 0, "MethodConfig.num_hard_negatives must be >= 0")
     need(classifier.init_mode in INIT_MODES, f"ClassifierConfig.init_mode must be one of "
          f"{INIT_MODES}; got {classifier.init_mode!r}")
     need(fault.nonfinite in ("stop", "skip"), "FaultConfig.nonfinite must be 'stop' or "
@@ -381,7 +374,6 @@ def validate(config: RunConfig) -> None:
     need(train.checkpoint_every_steps >= 0, "TrainConfig.checkpoint_every_steps must be >= 0")
     need(train.checkpoint_every_epochs >= 1, "TrainConfig.checkpoint_every_epochs must be >= 1 "
          "(1: a checkpoint at every epoch's end)")
-    need(method.mining_period >= 1, "MethodConfig.mining_period must be >= 1")
     need(fault.step_timeout_s >= 0, "FaultConfig.step_timeout_s must be >= 0")
     need(train.max_steps >= 0, "TrainConfig.max_steps must be >= 0 (0: no limit)")
     need(monitor.every_epochs >= 0, "MonitorConfig.every_epochs must be >= 0")
@@ -395,23 +387,8 @@ def validate(config: RunConfig) -> None:
          f"{monitor.temperature}")
     need(classifier.layout in ("sharded", "replicated"), "ClassifierConfig.layout "
          f"must be 'sharded' or 'replicated'; got {classifier.layout!r}")
-    need(method.temperature > 0, f"MethodConfig.temperature must be > 0; got "
-         f"{method.temperature}")
-    need(method.name in METHODS, f"MethodConfig.name must be one of {tuple(METHODS)}; got "
-         f"{method.name!r}")
-    need(method.num_sampled >= 1, "MethodConfig.num_sampled must be >= 1")
-    need(method.npid_noise >= 0, "MethodConfig.npid_noise must be >= 0")
-    need(method.npid_z_estimate in ("first", "epoch", "step"), "MethodConfig.npid_z_estimate "
-         f"must be 'first', 'epoch' or 'step'; got {method.npid_z_estimate!r}")
-    need(0 <= method.npid_momentum < 1, "MethodConfig.npid_momentum must be in [0, 1)")
-    need(method.smoothing == 0 or method.num_hard_negatives >= 1, "MethodConfig.smoothing = "
-         f"{method.smoothing} needs hard negatives: set MethodConfig.num_hard_negatives >= 1 "
-         "(the paper: 100) or smoothing = 0")
     need(model.use_head or not model.head_output_bn, "ModelConfig.head_output_bn = True "
          "needs the MLP head (ModelConfig.use_head = True)")
-    need(method.name == "full" or method.smoothing == 0,
-         f"MethodConfig.name = {method.name!r} has no label smoothing: set "
-         "MethodConfig.smoothing = 0")
     need(model.precision in models.PRECISIONS, "ModelConfig.precision must be one of "
          f"{models.PRECISIONS}; got {model.precision!r}")
     need(optim.initial_loss_scale >= 1, "OptimConfig.initial_loss_scale must be >= 1")
@@ -439,8 +416,6 @@ def validate(config: RunConfig) -> None:
                         else _schedule_problem(data.train_size_schedule, train.epochs))
     need(schedule_problem is None, f"DataConfig.train_size_schedule: {schedule_problem}")
     need(data.views in (1, 2), f"DataConfig.views must be 1 or 2; got {data.views}")
-    need(data.views == 2 or method.name != "simclr", "MethodConfig.name = 'simclr' needs "
-         "DataConfig.views = 2 (NT-Xent's positive is the other view)")
     need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
     need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
          f"{models.backbone_names()}; got {model.backbone!r}")
@@ -450,17 +425,7 @@ def validate(config: RunConfig) -> None:
 
 def validate_against_data(config: RunConfig, n: int) -> None:
     """The values that must be smaller than the number of training images N."""
-    method = config.method
-    problems = []
-    if method.smoothing > 0 and method.num_hard_negatives >= n:
-        problems.append(f"MethodConfig.num_hard_negatives = {method.num_hard_negatives} must "
-                        "be < N (each image has N - 1 others)")
-    if method.name == "sampled" and method.num_sampled >= n:
-        problems.append(f"MethodConfig.num_sampled = {method.num_sampled} must be < N: a "
-                        "sample that size covers every class, which is method 'full'")
-    if method.name == "npid" and method.npid_noise >= n:
-        problems.append(f"MethodConfig.npid_noise = {method.npid_noise} must be < N (NPID "
-                        "draws m << N noise samples; m = 0 is the full non-parametric softmax)")
+    problems = config.method.problems_with_data(n)
     if problems:
         raise ValueError(f"bad configuration for {config.data.dataset} (N = {n} training "
                          "images): " + "; ".join(problems))

@@ -19,7 +19,7 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
-from tf_instcls.methods import METHODS, Method, trains_w
+from tf_instcls.methods import Method, build_method, method_class
 from tf_instcls.parallel import layouts, watchdog
 from tf_instcls.training import budget, checkpoints, stages
 from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-exported)
@@ -27,11 +27,15 @@ from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-ex
     ClassifierConfig,
     DataConfig,
     FaultConfig,
+    FullConfig,
     MethodConfig,
     ModelConfig,
     MonitorConfig,
+    NPIDConfig,
     OptimConfig,
     RunConfig,
+    SampledConfig,
+    SimCLRConfig,
     TrainConfig,
     validate,
     validate_against_data,
@@ -140,10 +144,10 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
         "batch_size": train.batch_size, "seed": train.seed,
         "init_mode": classifier_cfg.init_mode,
-        "num_hard_negatives": method_cfg.num_hard_negatives if method_cfg.mines else 0,
+        "num_hard_negatives": method_cfg.num_hard_negatives_mined,
         "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
         "head_output_bn": model.head_output_bn,
-        "method": method_cfg.name,
+        "method": method_cfg.method,
         # what the evaluation tools need to rebuild the same train / held-out split
         "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
     }
@@ -162,11 +166,11 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         train_source.num_images, model.embedding_dim, mesh=mesh,
         layout=classifier_cfg.layout, temperature=method_cfg.temperature,
         chunk_size=classifier_cfg.chunk_size, seed=train.seed,
-        unit_norm_rows=classifier_cfg.unit_norm and trains_w(method_cfg.name),
+        unit_norm_rows=classifier_cfg.unit_norm and method_class(method_cfg).trains_w,
     )
     optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
     optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables])
-    if trains_w(method_cfg.name):  # NPID's bank (W's place) is not trained; SimCLR has no W
+    if method_class(method_cfg).trains_w:  # NPID's bank (W's place) is not trained; SimCLR has no W
         optimizer.build(classifier.distributed_variables,
                         learning_rate_scale=optim.classifier_lr_scale,
                         weight_decay=optim.classifier_weight_decay,
@@ -174,12 +178,11 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
     global_step = layouts.replicated_variable(0, mesh, "global_step", tf.int64)
     hard_table = hard_table_epoch = None
     extra = {}
-    if method_cfg.mines:
-        hard_table = classifier.build_table(method_cfg.num_hard_negatives)
+    if method_cfg.num_hard_negatives_mined:  # the method's loss reads mined negatives
+        hard_table = classifier.build_table(method_cfg.num_hard_negatives_mined)
         hard_table_epoch = layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64)
         extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
-    method = METHODS[method_cfg.name](method_cfg, classifier, seed=train.seed,
-                                      steps_per_epoch=steps, smoothing=method_cfg.smoothing)
+    method = build_method(method_cfg, classifier, seed=train.seed, steps_per_epoch=steps)
     extra.update(method.variables())  # the method's own state (NPID's Z) is checkpointed
     loss_scale = None
     if model.precision == "mixed_float16":

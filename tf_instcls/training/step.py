@@ -54,7 +54,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
     @tf.function
     def step(images, ids, global_step):
         hard_negatives = None
-        if hard_table is not None and method.smoothing > 0:
+        if hard_table is not None:  # the method mines: its loss reads them
             hard_negatives = classifier.lookup_rows(hard_table, ids)  # [b, K]
         before = [tf.identity(v.read_value()) for v in statistics]
         with tf.GradientTape() as tape:

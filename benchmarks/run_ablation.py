@@ -2,9 +2,9 @@ r"""Runs a named ablation grid of the paper (Tables 2-5) or the issue's baseline
 one dataset at one budget, evaluates every run with kNN (and optionally linear), and
 writes paper-layout Markdown + JSON.
 
-  python tools/run_ablation.py --grid=baselines --work_dir=runs/ablation \
+  python benchmarks/run_ablation.py --grid=baselines --work_dir=runs/ablation \
       --gin_file=gin/cifar10_subset_npz.gin --epochs=10 --virtual_devices=2
-  python tools/run_ablation.py --grid=table5 --work_dir=runs/t5 --epochs=50 --linear
+  python benchmarks/run_ablation.py --grid=table5 --work_dir=runs/t5 --epochs=50 --linear
 
 Grids: baselines (full + prior + smoothing; no smoothing; no prior; no MLP head;
 sampled 2^10; NPID full softmax; NPID NCE; SimCLR), table2, table3 (full vs sampled
@@ -33,18 +33,14 @@ from typing import NamedTuple
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
+import harness
+from harness import spread
 
-from . import common
-from .common import spread
-
-ROOT = common.ROOT
+ROOT = harness.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", "baselines", "baselines | table2 | table3 | table4 | table5")
 flags.DEFINE_string("work_dir", None, "One sub-directory per run, plus the tables.")
-flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "cifar10_subset_npz.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "Base config of every run.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every run.")
 flags.DEFINE_integer("epochs", 10, "Epochs of every run (the budget).", lower_bound=1)
@@ -71,7 +67,7 @@ PAPER = {  # ImageNet, ResNet-50, 200 epochs, linear top-1 (DESIGN.md)
 def ablation(*names: str) -> tuple:
     """gin/ablations/<name>.gin for each name: the rows are built from these files, so a
     grid and a user's `--gin_file=gin/ablations/X.gin` run the same thing."""
-    return tuple(os.path.join(common.GIN_DIR, "ablations", f"{name}.gin") for name in names)
+    return tuple(os.path.join(harness.GIN_DIR, "ablations", f"{name}.gin") for name in names)
 
 
 def _flag(name: str):
@@ -108,16 +104,16 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                 gin_files=ablation("sampled")),
             Run("npid", "NPID: memory bank, full non-parametric softmax (m = 0), t = 0.07, "
                 "linear head, NPID's lr 0.03 / 256 and wd 5e-4 (gin/ablations/npid.gin)",
-                ["MethodConfig.npid_noise = 0"], gin_files=ablation("npid")),
+                ["NPIDConfig.noise = 0"], gin_files=ablation("npid")),
             Run("npid_nce", f"NPID with NCE: m = {_flag('npid_noise')} noise samples, "
-                "npid.gin's Z estimate", [f"MethodConfig.npid_noise = {_flag('npid_noise')}"],
+                "npid.gin's Z estimate", [f"NPIDConfig.noise = {_flag('npid_noise')}"],
                 gin_files=ablation("npid")),
             Run("simclr", "SimCLR: NT-Xent over the 2B views, no W (gin/ablations/simclr.gin)",
                 [], gin_files=ablation("simclr")),
         ]
     if name == "table3":
         runs = [Run(f"sampled_{2 ** p}", f"sampled softmax, S = 2^{p}",
-                    [f"MethodConfig.num_sampled = {2 ** p}"],
+                    [f"SampledConfig.num_sampled = {2 ** p}"],
                     gin_files=ablation("no_prior", "sampled"), reference="full")
                 for p in (10, 12, 14, 16)]
         return [Run("full", "full softmax (no prior, no smoothing)", [],
@@ -130,7 +126,7 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                 for mode in ("gaussian", "prior_running_bn")]
     if name == "table5":
         return [Run(f"k{k}_a{a:g}", f"K = {k}, alpha = {a:g}",
-                    [f"MethodConfig.num_hard_negatives = {k}", f"MethodConfig.smoothing = {a}"])
+                    [f"FullConfig.num_hard_negatives = {k}", f"FullConfig.smoothing = {a}"])
                 for k, a in ((0, 0.0), (100, 0.1), (100, 0.2), (100, 0.3), (50, 0.2),
                              (200, 0.2))]
     raise app.UsageError(f"unknown --grid {name!r}")
@@ -172,7 +168,7 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
     start = time.time()
     print(f"[{name}] training ({epochs} epochs) ...", flush=True)
     with open(os.path.join(model_dir, "ablation.log"), "a") as log:
-        proc = subprocess.run(cmd, env=common.subprocess_env(), stdout=log, stderr=log, cwd=ROOT)
+        proc = subprocess.run(cmd, env=harness.subprocess_env(), stdout=log, stderr=log, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"[{name}] training failed (rc {proc.returncode}); see "
                            f"{model_dir}/ablation.log")
@@ -189,7 +185,7 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
         lin = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_linear.py"),
                               f"--model_dir={model_dir}", f"--out_dir={out}",
                               f"--virtual_devices={FLAGS.virtual_devices}"],
-                             env=common.subprocess_env(), capture_output=True, text=True, cwd=ROOT)
+                             env=harness.subprocess_env(), capture_output=True, text=True, cwd=ROOT)
         if lin.returncode != 0:
             raise RuntimeError(f"[{name}] linear evaluation failed: {lin.stderr[-2000:]}")
         with open(os.path.join(out, "linear.json")) as f:

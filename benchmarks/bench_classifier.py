@@ -25,9 +25,9 @@ run in the same interleaved rounds as our configurations.
 Eq. 3 step on the same W and alternates them, swapping their order every pair, so each
 adjacent pair gives one Eq. 3 / Eq. 1 ratio free of the spread between processes.
 
-  python tools/bench_classifier.py --virtual_devices=4 --num_instances=262144 \
+  python benchmarks/bench_classifier.py --virtual_devices=4 --num_instances=262144 \
       --batch_size=1024 --json=bench_out/classifier_t4.json
-  python tools/bench_classifier.py --paired --virtual_devices=1 --layouts=sharded \
+  python benchmarks/bench_classifier.py --paired --virtual_devices=1 --layouts=sharded \
       --smoothing=0.2 --num_hard=100 --steps=10 --repeats=3
 """
 
@@ -43,11 +43,7 @@ import time
 
 from absl import app, flags, logging
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
-
-from . import common
+import harness
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("layouts", ["sharded", "replicated"], "Layouts of W to benchmark.")
@@ -489,7 +485,7 @@ def _torch_peers() -> list:
 
 
 def _spawn(config: dict, python: str | None = None) -> dict:
-    env = common.subprocess_env()
+    env = harness.subprocess_env()
     if config.get("cpu_allocator") == "bfc":
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"  # read once, when TensorFlow starts
     proc = subprocess.run(

@@ -8,9 +8,9 @@ r"""The issue-14 protocol, end to end, for one recipe and several seeds:
 3. weighted kNN (k = 200, tau = 0.07) of the export's ``features`` and ``embedding``:
    the train images are the bank (their labels used only here), the holdout the queries.
 
-  python tools/run_recipe.py --work_dir=runs/recipe --seeds=0,1,2 \
+  python benchmarks/run_recipe.py --work_dir=runs/recipe --seeds=0,1,2 \
       --data=../shared/data/cifar10_subset_train.npz --gin_file=gin/cifar10_subset_npz.gin
-  python tools/run_recipe.py --work_dir=runs/recipe_simclr --seeds=0 \
+  python benchmarks/run_recipe.py --work_dir=runs/recipe_simclr --seeds=0 \
       --gin_file=gin/cifar10_subset_npz.gin --gin_file=gin/ablations/simclr.gin
 
 Writes <work_dir>/recipe.json (one row per seed, plus mean and sample std) and recipe.md.
@@ -28,13 +28,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
+import harness
 
-from . import common
-
-ROOT = common.ROOT
+ROOT = harness.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Split, one model_dir per seed, and the results.")
 flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data",
@@ -42,7 +38,7 @@ flags.DEFINE_string("data", os.path.join(ROOT, "..", "shared", "data",
                     "Labelled npz (x uint8 [n, h, w, 3], y) to split.")
 flags.DEFINE_float("holdout_fraction", 0.2, "Class-stratified held-out fraction.")
 flags.DEFINE_integer("split_seed", 0, "Seed of the split (the same for every recipe).")
-flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "cifar10_subset_npz.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "The recipe (repeatable, layered).")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds (TrainConfig.seed).")
@@ -71,7 +67,7 @@ def _run(cmd: list[str], log_path: str) -> float:
     start = time.perf_counter()
     with open(log_path, "w") as log:
         done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                              env=common.subprocess_env())
+                              env=harness.subprocess_env())
     if done.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}); see {log_path}")
     return time.perf_counter() - start
@@ -139,7 +135,7 @@ def summarise(results: list[dict]) -> dict:
         values = [_find(r["knn"], kind, representation) for r in results]
         values = [v for v in values if v is not None]
         if values:
-            mean, std = common.spread(values)  # sample std: the seed-to-seed spread
+            mean, std = harness.spread(values)  # sample std: the seed-to-seed spread
             summary[name] = {"mean": mean, "std": std, "values": values}  # None: one seed
     walls = [r["train_wall_s"] for r in results]
     # no std: wall times are comparable only between unloaded runs (say which were)

@@ -5,27 +5,24 @@ two augmented views) without training. Step: run the DTensor train step repeated
 one batch already on the mesh (no input cost). Images are counted as instances
 (each gives two views).
 
-  python tools/bench_pipeline.py --gin_file=gin/cifar10_subset_npz.gin --virtual_devices=4
+  python benchmarks/bench_pipeline.py --gin_file=gin/cifar10_subset_npz.gin --virtual_devices=4
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
+from tf_instcls.cli import gin_config
 
-from . import common
+import harness
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")], "gin configs.")
+flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "digits.gin")], "gin configs.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings.")
 flags.DEFINE_integer("virtual_devices", 4, "T virtual CPU devices; 0 = real devices.",
                      lower_bound=0)
@@ -44,7 +41,7 @@ def main(argv):
     from tf_instcls.training import loop
     from tf_instcls.training.step import make_train_step
 
-    config = common.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    config = gin_config.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     data, model, train = config.data, config.model, config.train
     mesh = parallel.build_mesh(FLAGS.virtual_devices or None,
                                device_type="CPU" if FLAGS.virtual_devices else None)

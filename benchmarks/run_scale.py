@@ -7,7 +7,7 @@ process's wall time and peak resident memory (from ``wait4``) are recorded, and 
 stages the processes wrote (``stages.jsonl``: start-up, restore, prior, mining, steps,
 checkpoints, kNN, export) are collated into one JSON and a Markdown table.
 
-  python tools/run_scale.py --dataset=synthetic:1281167:16 --model_dir=runs/million \
+  python benchmarks/run_scale.py --dataset=synthetic:1281167:16 --model_dir=runs/million \
       --gin_file=gin/scale_synthetic.gin --virtual_devices=4 --max_steps=250 \
       --kill_at_step=150 --json=results/issue15/million/million.json
 """
@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
-
-from .processes import export_command, logged_steps, run_process, summarise, train_command
+from processes import export_command, logged_steps, run_process, summarise, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", None, "The training data, e.g. synthetic:1281167:16.")

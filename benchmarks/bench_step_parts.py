@@ -16,7 +16,7 @@ With ``--profile`` the first part of each precision is also run under TensorFlow
 profiler and its self time is reported per op type (convolutions, BN's elementwise
 ops, casts, ...).
 
-  python tools/bench_step_parts.py --gin_file=gin/cifar10_subset_npz.gin \
+  python benchmarks/bench_step_parts.py --gin_file=gin/cifar10_subset_npz.gin \
       --precisions=float32,mixed_bfloat16 --rounds=3 --steps=10 --json=OUT.json
 """
 
@@ -25,20 +25,17 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
+from tf_instcls.cli import gin_config
 
-from . import common
+import harness
 
 FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "cifar10_subset_npz.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "gin configs.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "ModelConfig.precision values.")
@@ -80,7 +77,7 @@ def _parts(base, precision):
                            state.method)
     handles = [layouts.variable_handle(v) for v in state.encoder.trainable_variables]
 
-    encoder_step = common.encoder_sgd_step(state.encoder, handles)
+    encoder_step = harness.encoder_sgd_step(state.encoder, handles)
 
     @tf.function
     def encoder_fwd(x):
@@ -92,7 +89,7 @@ def _parts(base, precision):
                                  backbone_width=config.model.backbone_width,
                                  precision=precision)
     plain_x = tf.constant(tf.reshape(batch["images"], [-1, size, size, 3]))
-    plain_step = common.encoder_sgd_step(plain, plain.trainable_variables)
+    plain_step = harness.encoder_sgd_step(plain, plain.trainable_variables)
 
     calls = {
         "step": lambda: parallel.to_numpy(step(images, ids, state.global_step)["loss"]),
@@ -112,7 +109,7 @@ def main(argv):
     unknown = set(FLAGS.parts) - set(PARTS)
     if unknown:
         raise app.UsageError(f"--parts: unknown {sorted(unknown)}; accepted: {PARTS}")
-    base = common.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    base = gin_config.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
     calls = {p: _parts(base, p) for p in FLAGS.precisions}
     times = {(p, k): [] for p in calls for k in calls[p]}
     for r in range(FLAGS.rounds):
@@ -127,7 +124,7 @@ def main(argv):
     for (p, k), v in times.items():
         rows.append({"precision": p, "part": k, "median_ms": statistics.median(v),
                      "min_ms": min(v), "max_ms": max(v), "rounds_ms": v})
-    profiles = ({p: common.op_self_times(calls[p][FLAGS.parts[0]]) for p in calls}
+    profiles = ({p: harness.op_self_times(calls[p][FLAGS.parts[0]]) for p in calls}
                 if FLAGS.profile else {})
     for p, ops in profiles.items():
         busy = sum(t for k, t in ops.items() if k != "IDLE")

@@ -2,7 +2,7 @@ r"""Plots the per-epoch metrics of several runs side by side (one panel per metr
 
 The diagnosis plots of WORKSPACE.md ("Why learning was slow") come from this:
 
-  python tools/compare_runs.py --out=results/issue14/geometry.png \
+  python benchmarks/compare_runs.py --out=results/issue14/geometry.png \
       --run=paper:runs/paper --run=unit_w:runs/unit_w \
       --metrics=knn_top1,loss,w_alignment,w_mean_cos,emb_mean_cos,w_norm_mean
 

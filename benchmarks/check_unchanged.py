@@ -2,7 +2,7 @@ r"""Proof that a refactoring changed no behaviour: the same deterministic runs, 
 two copies of the code, must log bit-identical per-step losses.
 
   git worktree add /tmp/before <commit before the change>
-  python tools/check_unchanged.py --code_dirs=/tmp/before,. --json=results/unchanged.json
+  python benchmarks/check_unchanged.py --code_dirs=/tmp/before,. --json=results/unchanged.json
 
 Each case is a short ``tools/train.py`` run with ``TrainConfig.deterministic`` and
 ``TrainConfig.log_steps`` (steps.jsonl: loss and instance accuracy of every step; the
@@ -37,11 +37,7 @@ import tempfile
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
-
-from .common import ROOT
+from harness import ROOT
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_subset_train.npz")
 
@@ -66,9 +62,9 @@ def _cases() -> dict:
                        "--virtual_devices=4", "--epochs=2",
                        "--gin_bindings=TrainConfig.batch_size = 64"],
         "npid": digits + ["--gin_file=gin/ablations/npid.gin", "--epochs=2",
-                          "--gin_bindings=MethodConfig.npid_noise = 400"],
+                          "--gin_bindings=NPIDConfig.noise = 400"],
         "sampled": digits + ["--gin_file=gin/ablations/sampled.gin", "--epochs=2",
-                             "--gin_bindings=MethodConfig.num_sampled = 256"],
+                             "--gin_bindings=SampledConfig.num_sampled = 256"],
         "simclr": digits + ["--gin_file=gin/ablations/simclr.gin", "--epochs=2"],
     }
 
@@ -111,18 +107,32 @@ def _eval_tools(dirs: list, work: str) -> dict:
 
 
 def _for_checkout(code_dir: str, args: list) -> list:
-    """``args`` in the binding names of ``code_dir``: a checkout from before the configs
-    were split by owner (no tf_instcls/training/config.py) gets the old names back."""
-    if os.path.exists(os.path.join(code_dir, "tf_instcls", "training", "config.py")):
-        return list(args)
+    """``args`` in the binding names of ``code_dir``: a binding whose config class that
+    checkout does not define (it predates a rename) gets its old name back, from
+    ``training.config.RENAMED``."""
+    import glob
+    import re
+
     from tf_instcls.training.config import RENAMED
 
-    old_names = {new: old for old, new in RENAMED.items()}
+    sources = "".join(open(p).read() for p in glob.glob(
+        os.path.join(code_dir, "tf_instcls", "**", "*.py"), recursive=True))
+    defined = set(re.findall(r"^class (\w+)", sources, re.MULTILINE))
+
+    def known(name):
+        return name.split(".")[0] in defined
+
     out = []
     for arg in args:
         if arg.startswith("--gin_bindings="):
             name, _, value = arg[len("--gin_bindings="):].partition("=")
-            arg = f"--gin_bindings={old_names.get(name.strip(), name.strip())} ={value}"
+            name = name.strip()
+            if not known(name):
+                older = [old for old, new in RENAMED.items() if new == name and known(old)]
+                if not older:
+                    raise ValueError(f"{code_dir} knows no binding for {name}")
+                name = older[-1]
+            arg = f"--gin_bindings={name} ={value}"
         out.append(arg)
     return out
 

@@ -3,7 +3,7 @@ interleaved (A B A B ...) so that both see the same machine: the before / after
 measurement of a change to the epoch loop (issue 14, item 2).
 
   git worktree add /tmp/before <commit>
-  python tools/bench_epochs.py --code_dirs=/tmp/before,. --rounds=2 --epochs=6 \
+  python benchmarks/bench_epochs.py --code_dirs=/tmp/before,. --rounds=2 --epochs=6 \
       --dataset=npz:runs/recipe/train_unlabelled.npz --gin_file=gin/cifar10_subset_npz.gin \
       --json=results/issue14/throughput/bench_epochs.json
 
@@ -19,7 +19,7 @@ process' wall time, and the images per second of the epoch loop. Run nothing els
 to that entry's runs, so one checkout can be measured against itself with an option
 changed, e.g. the checkpoint period:
 
-  python tools/bench_epochs.py --code_dirs=.,. --variant_binding= \
+  python benchmarks/bench_epochs.py --code_dirs=.,. --variant_binding= \
       --variant_binding="TrainConfig.checkpoint_every_epochs = 5" ...
 """
 

@@ -2,7 +2,7 @@ r"""Train-step throughput of the encoder alone (forward + backward + SGD), by pr
 and batch size, measured side by side: the configurations take turns, --rounds times,
 and each figure is the median over rounds (spread: min-max).
 
-  python tools/bench_backbone.py --backbone=resnet18_cifar --width=16 --image_size=32 \
+  python benchmarks/bench_backbone.py --backbone=resnet18_cifar --width=16 --image_size=32 \
       --batch_sizes=128,256 --precisions=float32,mixed_bfloat16 --rounds=5 \
       --out=results/issue14/bench_backbone.json
 
@@ -14,16 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
-
-from . import common
+import harness
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("backbone", "resnet18_cifar", "Backbone name.")
@@ -49,7 +44,7 @@ def make_step(precision, batch, jit):
                                    head_hidden_dim=FLAGS.head_hidden_dim,
                                    backbone_width=FLAGS.width, precision=precision)
     images = tf.random.normal([batch, FLAGS.image_size, FLAGS.image_size, 3])
-    step = common.encoder_sgd_step(encoder, encoder.trainable_variables, jit_compile=jit)
+    step = harness.encoder_sgd_step(encoder, encoder.trainable_variables, jit_compile=jit)
 
     step(images).numpy()  # trace + warm up
     step(images).numpy()

@@ -6,10 +6,10 @@ the [bs, N/P] similarities of a mining block). Communication per step is what th
 hybrid-parallel step moves (DESIGN.md's 8 steps): the features all-gathered, two
 [2B] all-reduces (the softmax's max and exp-sum), the [2B, D] feature gradients
 all-reduced, and the backbone's gradients all-reduced. Times scale the constants this
-machine measured (``tools/scale_curve.py``'s fits: mining seconds per N^2 D, checkpoint
+machine measured (``benchmarks/scale_curve.py``'s fits: mining seconds per N^2 D, checkpoint
 bytes per second) by a stated device speed; they are projections, not measurements.
 
-  python tools/project_scale.py --curve=results/issue15/curve/scale_curve.json \
+  python benchmarks/project_scale.py --curve=results/issue15/curve/scale_curve.json \
       --out=results/issue15/projections.md
 """
 

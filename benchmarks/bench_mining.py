@@ -4,7 +4,7 @@ faiss: IndexFlatIP on L2-normalised W, search k + 1 neighbours, self removed. Bo
 tables are compared (an entry may differ only between float32-equal similarities).
 Optionally also reports mining's share of an epoch from a training run's log.
 
-  python tools/bench_mining.py --num_instances=100000 --dim=128 --k=100 \
+  python benchmarks/bench_mining.py --num_instances=100000 --dim=128 --k=100 \
       --json=results/bench_mining_n100000.json
 """
 

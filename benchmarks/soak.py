@@ -1,8 +1,8 @@
 r"""Soak check: trains with random SIGKILLs and restarts, then verifies that the final
 state equals an uninterrupted run's, tensor by tensor.
 
-  python tools/soak.py --work_dir=/tmp/soak --budget_s=600
-  python tools/soak.py --work_dir=/tmp/soak --gin_file=gin/cifar10_subset_npz.gin \
+  python benchmarks/soak.py --work_dir=/tmp/soak --budget_s=600
+  python benchmarks/soak.py --work_dir=/tmp/soak --gin_file=gin/cifar10_subset_npz.gin \
       --gin_bindings="TrainConfig.epochs = 3" --kill_min_s=5 --kill_max_s=30
 
 Both runs use ``TrainConfig.deterministic = True`` (op determinism) and save often
@@ -25,16 +25,12 @@ import time
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
+import harness
 
-from . import common
-
-ROOT = common.ROOT
+ROOT = harness.ROOT
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", None, "Holds reference/, soak/ and soak.json.")
-flags.DEFINE_multi_string("gin_file", [os.path.join(common.GIN_DIR, "digits.gin")],
+flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "digits.gin")],
                           "Training config (default: the digits demo).")
 flags.DEFINE_multi_string("gin_bindings", ["DataConfig.image_size = 16",
                                            "ModelConfig.backbone_width = 8",
@@ -69,7 +65,7 @@ def _command(model_dir):
 
 def _run_to_end(model_dir, log):
     with open(log, "a") as out:
-        proc = subprocess.run(_command(model_dir), env=common.subprocess_env(), stdout=out,
+        proc = subprocess.run(_command(model_dir), env=harness.subprocess_env(), stdout=out,
                               stderr=out)
     if proc.returncode != 0:
         raise RuntimeError(f"training in {model_dir} failed (rc {proc.returncode}); see {log}")
@@ -136,7 +132,7 @@ def main(argv):
         wait = rng.uniform(FLAGS.kill_min_s, FLAGS.kill_max_s)
         with open(log, "a") as out:
             steps_before = _count_steps(soak)
-            proc = subprocess.Popen(_command(soak), env=common.subprocess_env(), stdout=out,
+            proc = subprocess.Popen(_command(soak), env=harness.subprocess_env(), stdout=out,
                                     stderr=out)
             # the clock starts at this attempt's first step (start-up is not training)
             while proc.poll() is None and _count_steps(soak) <= steps_before:

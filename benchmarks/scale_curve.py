@@ -3,13 +3,13 @@ r"""Each stage's cost as N grows (issue 15, item 3): the same scale run at sever
 For every N: ``tools/train.py`` on ``synthetic:N:SIZE`` for ``--max_steps`` steps (the
 prior, one exact mining pass, the steps, a checkpoint), the same command again (it
 restores the checkpoint and stops: the restore's time), ``tools/export.py``, and
-``tools/bench_classifier.py`` at the same N, D and batch (the classifier's part of the
+``benchmarks/bench_classifier.py`` at the same N, D and batch (the classifier's part of the
 step). ``--large_ns`` are run without the prior and without mining (Gaussian W, no
 smoothing): the N^2 mining and the linear prior are not affordable there on this CPU, so
 they are projected from the fits. Each stage is fitted to its law (a + b N, mining
 a + c N^2) and plotted.
 
-  python tools/scale_curve.py --ns=10000,100000 --reuse=1281167:runs/issue15/million \
+  python benchmarks/scale_curve.py --ns=10000,100000 --reuse=1281167:runs/issue15/million \
       --large_ns=8000000 --large_chunk_size=64 --gin_file=gin/scale_synthetic.gin \
       --out_dir=results/issue15/curve
 """
@@ -18,15 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags
 
-if not __package__:  # run as a script (python tools/X.py): relative imports, PEP 366
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    __package__ = "tools"
-
-from .processes import export_command, run_process, summarise, tool_command, train_command
+from processes import export_command, run_process, summarise, tool_command, train_command
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("ns", ["10000", "100000"], "N values with every stage.")
@@ -41,7 +36,7 @@ flags.DEFINE_integer("dim", 32, "D for the classifier benchmark (the gin file's 
                      "ModelConfig.embedding_dim).", lower_bound=1)
 flags.DEFINE_string("runs_dir", "runs/scale_curve", "Where the runs' model_dirs go.")
 flags.DEFINE_multi_string("reuse", [], "N:MODEL_DIR of a finished scale run (e.g. the "
-                          "million-way run of tools/run_scale.py) to take N's stages from "
+                          "million-way run of benchmarks/run_scale.py) to take N's stages from "
                           "instead of training again; the classifier benchmark still runs.")
 flags.DEFINE_integer("large_chunk_size", 0, "ClassifierConfig.chunk_size for --large_ns, in the "
                      "run and the classifier benchmark (0: unchunked): bounds the [2B, N/T] "
@@ -72,8 +67,8 @@ def measure(n: int, large: bool, reuse: str | None = None) -> dict:
     model_dir = os.path.join(FLAGS.runs_dir, f"n{n}")
     bindings = list(FLAGS.gin_bindings)
     if large:
-        bindings += ["ClassifierConfig.init_mode = 'gaussian'", "MethodConfig.smoothing = 0.0",
-                     "MethodConfig.num_hard_negatives = 0"]
+        bindings += ["ClassifierConfig.init_mode = 'gaussian'", "FullConfig.smoothing = 0.0",
+                     "FullConfig.num_hard_negatives = 0"]
         if FLAGS.large_chunk_size:
             bindings.append(f"ClassifierConfig.chunk_size = {FLAGS.large_chunk_size}")
     train = train_command(model_dir, f"synthetic:{n}:{FLAGS.image_size}",

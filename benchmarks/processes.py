@@ -1,4 +1,4 @@
-"""Child processes of the scale tools (run_scale, scale_curve): run one with its own wall
+"""Child processes of the scale benchmarks (run_scale, scale_curve): run one with its own wall
 time and peak memory, optionally SIGKILLed on a condition; read and summarise what a
 run wrote (steps.jsonl, stages.jsonl)."""
 
@@ -11,12 +11,15 @@ import subprocess
 import sys
 import time
 
-from . import common
+import harness
 
 
 def tool_command(tool: str, *args: str) -> list:
-    """``python tools/<tool>.py ARGS`` of this checkout (or installed copy)."""
-    return [sys.executable, os.path.join(common.ROOT, "tools", f"{tool}.py"), *args]
+    """``python tools/<tool>.py ARGS`` (a user binary) or ``python benchmarks/<tool>.py
+    ARGS`` of this checkout."""
+    folder = "benchmarks" if os.path.exists(os.path.join(harness.BENCHMARKS, f"{tool}.py")) \
+        else "tools"
+    return [sys.executable, os.path.join(harness.ROOT, folder, f"{tool}.py"), *args]
 
 
 def train_command(model_dir: str, dataset: str, *, virtual_devices: int, max_steps: int,
@@ -40,7 +43,7 @@ def run_process(command: list, log_path: str, kill_when=None, poll_s: float = 2.
     start = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                env=common.subprocess_env(), cwd=common.ROOT)
+                                env=harness.subprocess_env(), cwd=harness.ROOT)
         killed = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

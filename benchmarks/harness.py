@@ -1,0 +1,78 @@
+"""What the benchmarks and experiment drivers share: the checkout, child processes,
+seed spreads, an encoder's SGD step and per-op profiles."""
+
+from __future__ import annotations
+
+import os
+
+BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCHMARKS)
+GIN_DIR = os.path.join(ROOT, "gin")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def spread(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample std (ddof 1; None for one value) of the non-missing values: the
+    seed-to-seed spread of run_recipe and run_ablation."""
+    import numpy as np
+
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def subprocess_env() -> dict:
+    """Environment for a child tool process: quiet TF logs, this checkout importable."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
+
+
+def encoder_sgd_step(encoder, variables, *, jit_compile=False):
+    """tf.function of the benchmarks: forward + backward + plain SGD (lr 0.01) of an
+    encoder with loss = mean squared embedding, on ``variables`` (the encoder's own, or
+    their DTensor handles)."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def step(x):
+        with tf.GradientTape() as tape:
+            out = encoder(x, training=True)
+            loss = tf.reduce_mean(tf.square(tf.cast(out["embedding"], tf.float32)))
+        grads = tape.gradient(loss, variables)
+        for v, g in zip(variables, grads):
+            v.assign_sub(0.01 * tf.cast(g, v.dtype))
+        return loss
+
+    return step
+
+
+def op_self_times(call, calls: int = 5, *, by_name: bool = False) -> dict:
+    """Self time (us) per op type (or per (type, name) with ``by_name``), summed over
+    ``calls`` calls of ``call`` run under TensorFlow's profiler."""
+    import collections
+    import glob
+    import json
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    with tempfile.TemporaryDirectory(prefix="tf_instcls_profile_") as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(calls):
+            call()
+        tf.profiler.experimental.stop()
+        files = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        data, ok = plugin.xspace_to_tools_data(files, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"the profiler's op stats could not be read from {files}")
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    totals = collections.Counter()
+    for row in table["rows"]:
+        values = dict(zip(columns, [c.get("v") for c in row["c"]]))
+        key = (values["type"], values["operation"]) if by_name else values["type"]
+        totals[key] += values["total_self_time"]
+    return dict(totals)

@@ -1,0 +1,144 @@
+r"""Pretrains an encoder by full instance classification (absl + gin).
+
+With no flags it runs the embedded demo (gin/digits.gin: scikit-learn's digits, a small
+ConvNet, a few minutes on 2 CPU cores) and ends by printing the kNN top-1 accuracy:
+
+  python tools/train.py
+  python tools/train.py --gin_file=gin/cifar10_subset_npz.gin --model_dir=runs/cifar_subset
+
+Rerunning with the same --model_dir resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+from tf_instcls.cli import gin_config
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string("gin_file", [os.path.join(gin_config.GIN_DIR, "digits.gin")],
+                          "gin config files, applied in order (default: the digits demo).")
+flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"TrainConfig.epochs = 5\".")
+flags.DEFINE_string("model_dir", None, "Checkpoints, metrics.jsonl, TensorBoard, gin config "
+                    "(default: runs/<gin file name>).")
+flags.DEFINE_string("dataset", None, "Overrides DataConfig.dataset: digits | npz:PATH | "
+                    "folder:PATH | tfds:NAME[:SPLIT] | synthetic:N[:SIZE[:C]].")
+flags.DEFINE_integer("epochs", None, "Overrides TrainConfig.epochs.", lower_bound=1)
+flags.DEFINE_float("time_budget_minutes", None, "Overrides TrainConfig.time_budget_minutes: "
+                   "plan the epochs that fit this many minutes on this machine (at most "
+                   "TrainConfig.epochs); 0: train exactly TrainConfig.epochs.", lower_bound=0)
+flags.DEFINE_integer("max_steps", None, "Overrides TrainConfig.max_steps: stop (with a "
+                     "checkpoint) at this global step; rerun with a larger value to go on.",
+                     lower_bound=0)
+flags.DEFINE_integer("batch_size", None, "Overrides TrainConfig.batch_size (instances per "
+                     "step; each gives two views).", lower_bound=1)
+flags.DEFINE_integer("virtual_devices", 0, "T virtual CPU devices for the mesh; 0 = the "
+                     "real local devices (all GPUs if any, else the CPU).", lower_bound=0)
+flags.DEFINE_bool("multi_client", False, "Join a DTensor multi-client run configured by the "
+                  "DTENSOR_CLIENT_ID / DTENSOR_NUM_CLIENTS / DTENSOR_JOBS environment.")
+
+
+def _parse_gin():
+    import gin
+
+    bindings = list(FLAGS.gin_bindings)
+    if FLAGS.dataset is not None:
+        bindings.append(f"DataConfig.dataset = {FLAGS.dataset!r}")
+    if FLAGS.epochs is not None:
+        bindings.append(f"TrainConfig.epochs = {FLAGS.epochs}")
+    if FLAGS.batch_size is not None:
+        bindings.append(f"TrainConfig.batch_size = {FLAGS.batch_size}")
+    if FLAGS.time_budget_minutes is not None:
+        bindings.append(f"TrainConfig.time_budget_minutes = {float(FLAGS.time_budget_minutes)}")
+    if FLAGS.max_steps is not None:
+        bindings.append(f"TrainConfig.max_steps = {FLAGS.max_steps}")
+    for path in FLAGS.gin_file:
+        if not os.path.exists(path):
+            raise app.UsageError(f"--gin_file not found: {path}")
+    try:
+        config = gin_config.configs_from_gin(FLAGS.gin_file, bindings)
+    except (ValueError, SyntaxError, KeyError) as err:
+        raise app.UsageError(f"bad gin config or binding: {err}") from err
+    return gin, config
+
+
+def _config_block(config, mesh, model_dir) -> str:
+    """The run's configuration in one block (the full gin config: model_dir/config.gin)."""
+    data, model, optim, train = config.data, config.model, config.optim, config.train
+    method, classifier = config.method, config.classifier
+    width = f", width {model.backbone_width}" if model.backbone_width else ""
+    head = f"MLP head {model.head_hidden_dim} -> {model.embedding_dim}" if model.use_head \
+        else f"linear head -> {model.embedding_dim}"
+    stages = data.train_stages(train.epochs)
+    epochs = (f"{train.time_budget_minutes:g} min (epochs planned, at most {train.epochs})"
+              if train.time_budget_minutes else f"{train.epochs} epochs")
+    views = "" if data.trains_at_image_size else ", training views " + ", ".join(
+        f"{side} px" + (f" (epochs {first + 1}-{end})" if len(stages) > 1 else "")
+        for first, end, side in stages)
+    return "\n".join([
+        f"tf_instcls: {method.method} on {data.dataset} ({data.image_size} px{views})",
+        f"  model   {model.backbone}{width}, {head}, {model.precision}",
+        f"  method  {method.describe()}; W init {classifier.init_mode}",
+        f"  train   {epochs} x batch {train.batch_size}, base lr "
+        f"{optim.base_learning_rate} per {optim.base_batch_size}, wd {optim.weight_decay}",
+        f"  mesh    {mesh.size} {mesh.device_type()} device(s); W {classifier.layout}",
+        f"  output  {model_dir} (config.gin, metrics.jsonl, checkpoints/, tb/)"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # our and TF's INFO lines: with --verbosity=0
+        logging.set_verbosity(logging.WARNING)
+    from tf_instcls import parallel
+
+    if FLAGS.virtual_devices:
+        parallel.configure_virtual_devices(FLAGS.virtual_devices)
+    if FLAGS.multi_client:
+        parallel.initialize_multi_client("CPU" if FLAGS.virtual_devices else None)
+    gin, config = _parse_gin()
+    name = os.path.splitext(os.path.basename(FLAGS.gin_file[-1]))[0]
+    model_dir = FLAGS.model_dir or os.path.join("runs", name)
+    # multi-client: one mesh over every device of every process
+    local = None if FLAGS.multi_client else (FLAGS.virtual_devices or None)
+    mesh = parallel.build_mesh(local, device_type="CPU" if FLAGS.virtual_devices else None)
+    print(_config_block(config, mesh, model_dir), flush=True)
+    os.makedirs(model_dir, exist_ok=True)
+    if not parallel.is_multi_client() or _client_id() == 0:
+        with open(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(gin.config_str())
+    from tf_instcls import pretrain
+
+    logs = pretrain.run_pretraining(model_dir, config=config, mesh=mesh)
+    if not parallel.is_multi_client() or _client_id() == 0:
+        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+            f.write(gin.operative_config_str())
+    if "stopped_at_step" in logs:
+        pass  # the loop said where it stopped and how to go on
+    elif not logs:  # resumed at the end: no epoch ran
+        print(f"nothing to do: the run in {model_dir} has already finished its "
+              f"{config.train.epochs} epochs (results in its metrics.jsonl)", flush=True)
+    elif "knn_top1" in logs:
+        init = logs.get("knn_top1_at_init")
+        extra = f" (at initialisation: {init:.2f}%)" if init is not None else ""
+        print(f"kNN top-1: {logs['knn_top1']:.2f}%{extra}", flush=True)
+    else:
+        print(f"done: loss {logs.get('loss', float('nan')):.4f} (no labels: no kNN accuracy)")
+
+
+def _client_id():
+    from tensorflow.experimental import dtensor
+
+    return dtensor.client_id()
+
+
+def run():
+    """Console-script entry point (``tf-instcls-train``)."""
+    app.run(main, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    app.run(main)
