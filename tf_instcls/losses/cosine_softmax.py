@@ -20,11 +20,11 @@ _NEG = -1e30  # logit given to padded classes before the max
 _NORM_EPS = 1e-12  # floor on the squared norm, as tf.math.l2_normalize
 
 
-def _zero_after(value):
+def zero_after(value):
     """A scalar 0.0 computed from ``value``, to start a [D, N] sum from: a plain tf.zeros
     of that shape is folded by DTensor's MLIR passes into a constant kept alive for good.
     ``multiply_no_nan`` keeps it 0 where ``value`` is NaN or inf. (Not a way to order ops:
-    grappler may fold it to a constant, see _minus_label_rows.)"""
+    grappler may fold it to a constant, see CosineSoftmax._minus_label_rows.)"""
     corner = value[tuple(slice(0, 1) for _ in value.shape)]
     return tf.math.multiply_no_nan(tf.reduce_sum(corner), 0.0)
 
@@ -53,7 +53,11 @@ class LossSpec:
 
 
 class CosineSoftmax:
-    """Loss and analytic gradient of the cosine softmax on unit vectors.
+    """Loss and analytic gradient of the cosine softmax on unit vectors, the batch in
+    one piece: the kernel of one shard of W (logits, targets, exp-sums, label matrix or
+    sparse label rows, gradient of a chunk of rows). ``ChunkedCosineSoftmax`` runs it
+    over chunks of the batch, ``FusedMeanCosineSoftmax`` takes the chunked mean's
+    gradient in the same pass; ``build_cosine_softmax`` picks the one a call needs.
 
     Works on a [P, B/P] view of the batch (P = batch shards: the mesh size for DDP,
     else 1) and a [c, S, L] view of the logits (S = row shards of W, L = N / S), so
@@ -81,18 +85,12 @@ class CosineSoftmax:
         # gradient goes through the K' targets' rows (a gather and a sorted row
         # scatter, O(c K' D)) instead of a [c, N] label matrix and a residual pass
         # over it. Elsewhere W is row-sharded or the batch is split, and DTensor has no
-        # scatter into a sharded tensor (WORKSPACE.md, "No scatter into a row-sharded
-        # tensor"), so the label matrix stays.
-        one_piece = placement.row_shards == 1 and batch_shards == 1
-        self.sparse_labels = one_piece and self.chunks.num_chunks == 1
+        # scatter into a sharded tensor (a scatter into a row-sharded [N, D] gathers it
+        # whole, tests/test_dtensor_facts.py), so the label matrix stays.
+        self.one_piece = placement.row_shards == 1 and batch_shards == 1
+        self.sparse_labels = self.one_piece and self.chunks.num_chunks == 1
         # Below tau = 0.05, exp(z) could overflow or underflow: shift by the (all-reduced) row max.
         self.fixed_shift = spec.inv_temperature <= 20.0
-        # The mean over the batch, in chunks: each chunk's gradient is taken in the same
-        # pass as its loss (``_fused_mean``). W whole and the batch in one piece: the
-        # label term stays sparse, so a chunk holds one [c, N] buffer; elsewhere the
-        # label matrix Q is a second one.
-        self.fused = spec.mean and self.chunks.num_chunks > 1
-        self.fused_sparse = self.fused and one_piece and self.fixed_shift
         self.num_padding = spec.num_classes - spec.valid
         self.log_label_weights = tf.constant(np.log(spec.label_weights), tf.float32)
 
@@ -272,8 +270,8 @@ class CosineSoftmax:
         successive rows of the [N, D] output are near each other in memory instead of
         spread at random over it. Against a segment sum in the given order and a
         subtraction, the label rows' own cost fell from about 70 to 38 ms at T = 1, B =
-        1024, K = 100, and Eq. 3 / Eq. 1 by 0.01-0.02 in the step (WORKSPACE.md, issue
-        17, item 2). The sort is O(B K'), the sorted products O(B K' D) as before.
+        1024, K = 100, and Eq. 3 / Eq. 1 by 0.01-0.02 in the step. The sort is O(B K'),
+        the sorted products O(B K' D) as before.
         """
         k = targets.shape[1]
         # The sort and the gathered rows wait for g (a data dependency: DTensor drops
@@ -295,16 +293,22 @@ class CosineSoftmax:
         shard_ids = layouts.shard_index(self.placement)
         valid = self._column_masks(shard_ids)
         w_unit = l2_normalize_rows(class_weights, self._row_mask(shard_ids))
-        chunked = self.chunks.num_chunks > 1
-        if self.fused:
-            return self._fused_mean(x_unit, w_unit, shard_ids, valid)
+        return self._reduce(self._loss(x_unit, w_unit, shard_ids, valid))
+
+    def _reduce(self, outputs):
+        """The [B] losses, or their mean (``LossSpec.mean``); the hits stay [B]."""
+        if not self.spec.mean:
+            return outputs
+        if self.with_accuracy:
+            return tf.reduce_mean(outputs[0]), outputs[1]
+        return tf.reduce_mean(outputs)
+
+    def _loss(self, x_unit, w_unit, shard_ids, valid):
+        """The loss op with its analytic gradient, the batch in one piece."""
 
         @tf.custom_gradient
         def cosine_softmax(x_unit, w_unit):
-            if chunked:  # both passes use the grids
-                grids = (self.chunks.grid(x_unit), self.chunks.grid(self.targets))
-                outputs, saved = self._chunked_forward(grids, w_unit, shard_ids, valid)
-            elif self.sparse_labels and self.fixed_shift:
+            if self.sparse_labels and self.fixed_shift:
                 values, expo, denom, posterior = self._forward_from_exp(
                     x_unit, self.targets, w_unit, valid)
                 outputs = tuple(values) if self.with_accuracy else values[0]
@@ -315,138 +319,15 @@ class CosineSoftmax:
                 )
 
             def grad(upstream, *unused_hit_grad):
-                if chunked:
-                    grad_x, grad_w = self._chunked_backward(
-                        upstream, saved, grids, w_unit, shard_ids, valid
-                    )
-                elif self.sparse_labels:
-                    grad_x, grad_w = self._sparse_label_gradient(
+                if self.sparse_labels:
+                    return self._sparse_label_gradient(
                         parts, upstream, x_unit, w_unit, self.targets)
-                else:
-                    grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
-                    grad_w = tf.transpose(grad_w_t)
-                return grad_x, grad_w
+                grad_x, grad_w_t = self._chunk_gradient(parts, upstream, x_unit, w_unit)
+                return grad_x, tf.transpose(grad_w_t)
 
             return outputs, grad
 
-        outputs = cosine_softmax(x_unit, w_unit)
-        if not self.spec.mean:
-            return outputs
-        if self.with_accuracy:
-            return tf.reduce_mean(outputs[0]), outputs[1]
-        return tf.reduce_mean(outputs)
-
-    # -- chunks: one loop for the forward pass, one for the backward (losses/chunks.py) --
-    def _pin_dw(self, value):
-        """The [D, N] dW accumulator: N sharded like W's rows (DHP), else replicated."""
-        return layouts.pin_columns(value, self.placement)
-
-    def _chunked_forward(self, grids, w_unit, shard_ids, valid):
-        x_grid, t_grid = grids  # [P, n, c, D], [P, n, c, K']
-        chunks = self.chunks
-        p, n, c, k = (chunks.batch_shards, chunks.num_chunks, chunks.chunk,
-                      self.targets.shape[1])
-        rows = chunks.pin(tf.zeros([p, n, c]))
-        outputs = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
-        saved = [rows, rows, chunks.pin(tf.zeros([p, n, c, k]))]  # shift, denom, posterior
-
-        def body(i, *grids):
-            out, _, (shift, denom, posterior) = self._forward_chunk(
-                chunks.take(x_grid, i), chunks.take(t_grid, i), w_unit, shard_ids, valid
-            )
-            values = list(out) if self.with_accuracy else [out]
-            values += [tf.reshape(shift, [-1]), tf.reshape(denom, [-1]), posterior]
-            return [i + 1] + [chunks.put(g, i, v) for g, v in zip(grids, values)]
-
-        grids = chunks.loop(body, outputs + saved)
-        outputs = [chunks.ungrid(g) for g in grids[: len(outputs)]]
-        saved = grids[len(outputs):]  # [P, n, c] / [P, n, c, K'] for every row
-        return (tuple(outputs) if self.with_accuracy else outputs[0]), saved
-
-    def _chunked_backward(self, upstream, saved, grids, w_unit, shard_ids, valid):
-        x_grid, t_grid = grids
-        chunks = self.chunks
-        # Padded rows get a zero upstream gradient, so they add nothing to dW.
-        g_grid = chunks.grid(upstream)
-
-        def body(i, grad_x_grid, grad_w_t):
-            x_chunk = chunks.take(x_grid, i)
-            shift, denom, posterior = (chunks.take(g, i) for g in saved)
-            parts = self._recompute_chunk(
-                x_chunk, chunks.take(t_grid, i), w_unit, shard_ids, valid,
-                (tf.reshape(shift, [-1, 1, 1]), tf.reshape(denom, [-1, 1, 1]), posterior),
-            )
-            g_x, g_w_t = self._chunk_gradient(parts, chunks.take(g_grid, i), x_chunk, w_unit)
-            # dW is summed as [D, N] (the matmul's own output) and transposed once.
-            return i + 1, chunks.put(grad_x_grid, i, g_x), self._pin_dw(grad_w_t + g_w_t)
-
-        # The sums start at a zero that depends on the forward pass's result: a plain
-        # tf.zeros([D, N]) is folded by DTensor's MLIR passes into a constant that the
-        # function then keeps alive for good (one more [N, D] buffer per device).
-        zero = _zero_after(saved[1])
-        dim, num = self.spec.dim, self.spec.num_classes
-        grad_x_grid, grad_w_t = chunks.loop(body, [
-            chunks.pin(tf.broadcast_to(zero, x_grid.shape)),
-            self._pin_dw(tf.broadcast_to(zero, [dim, num])),
-        ])
-        return chunks.ungrid(grad_x_grid), tf.transpose(grad_w_t)
-
-    # -- the mean in chunks, one pass: loss and gradient of each chunk together --------
-    def _fused_mean(self, x_unit, w_unit, shard_ids, valid):
-        """The mean loss (and the [B] hits) with chunks, the gradient taken chunk by chunk
-        in the forward loop and kept: dJ/dx [B, D] and dW^T [D, N], scaled by the scalar
-        upstream gradient in the backward pass.
-
-        The upstream gradient of a mean is the same for every row, which is what lets a
-        chunk's dW be summed in the pass that computes its logits: no second loop and no
-        recomputed logits (one [c, D] x [D, N] matmul and one exp per chunk fewer than the
-        per-row loss's two loops), at the cost of holding the [D, N] sum from the start.
-        With W whole and the batch in one piece (``fused_sparse``) the label term
-        stays sparse, as in :meth:`_sparse_label_gradient`: each chunk keeps its [c, K']
-        label weights, and one sorted row scatter after the loop takes them off dW.
-        """
-        chunks = self.chunks
-        b, dim, num = self.spec.batch, self.spec.dim, self.spec.num_classes
-        x_grid, t_grid = chunks.grid(x_unit), chunks.grid(self.targets)
-        # Each real row's share of the mean; the grid's padding rows get 0.
-        share = chunks.grid(tf.fill([b], 1.0 / b))
-        sparse = self.fused_sparse
-
-        @tf.custom_gradient
-        def cosine_softmax_mean(x_unit, w_unit):
-            p, n, c = chunks.batch_shards, chunks.num_chunks, chunks.chunk
-            rows = chunks.pin(tf.zeros([p, n, c]))
-            first = [rows, rows] if self.with_accuracy else [rows]  # loss [, hit]
-            if sparse:  # the label weights g [c, K'] of every chunk
-                first.append(chunks.pin(tf.zeros(t_grid.shape)))
-            # A zero that depends on the input: a plain tf.zeros([D, N]) is folded by
-            # DTensor's MLIR passes into a constant kept alive for good (_chunked_backward).
-            zero = _zero_after(x_grid)
-            sums = [chunks.pin(tf.broadcast_to(zero, x_grid.shape)),
-                    self._pin_dw(tf.broadcast_to(zero, [dim, num]))]
-
-            def body(i, *state):
-                x_chunk = chunks.take(x_grid, i)
-                values, g_x, g_w_t = self._fused_chunk(
-                    x_chunk, chunks.take(t_grid, i), chunks.take(share, i), w_unit,
-                    shard_ids, valid)
-                grids = [chunks.put(g, i, v) for g, v in zip(state, values + [g_x])]
-                return [i + 1] + grids + [self._pin_dw(state[-1] + g_w_t)]
-
-            state = chunks.loop(body, first + sums)
-            loss = tf.reduce_mean(chunks.ungrid(state[0]))
-            outputs = (loss, chunks.ungrid(state[1])) if self.with_accuracy else loss
-            grad_x, grad_w = chunks.ungrid(state[-2]), tf.transpose(state[-1])
-            if sparse:  # g_bk x_b off row t_bk of dW, here: the backward pass only scales
-                grad_w = self._minus_label_rows(
-                    grad_w, chunks.ungrid(state[-3]), self.targets, x_unit)
-
-            def grad(upstream, *unused_hit_grad):
-                return grad_x * upstream, grad_w * upstream
-
-            return outputs, grad
-
-        return cosine_softmax_mean(x_unit, w_unit)
+        return cosine_softmax(x_unit, w_unit)
 
     def _forward_from_exp(self, x_chunk, t_chunk, w_unit, valid):
         """([loss [c] (, hit [c])], exp(z) [c, N], exp-sum [c], posterior [c, K']) with
@@ -474,19 +355,3 @@ class CosineSoftmax:
             # float, not bool: custom_gradient outputs must be differentiable dtypes.
             values.append(tf.cast(picked[:, 0] >= best, tf.float32))
         return values, expo, denom, tf.nn.softmax(weighted, axis=1)
-
-    def _fused_chunk(self, x_chunk, t_chunk, share, w_unit, shard_ids, valid):
-        """([loss [c], (hit [c]), (g [c, K'])], dJ/dx [c, D], dW^T [D, N]) of one chunk
-        for the row weights ``share`` [c] (1 / B, 0 on padding rows). With
-        ``fused_sparse`` dW^T leaves out the label term, -g_bk at row t_bk."""
-        if not self.fused_sparse:
-            out, parts, _ = self._forward_chunk(x_chunk, t_chunk, w_unit, shard_ids, valid)
-            values = list(out) if self.with_accuracy else [out]
-            return (values, *self._chunk_gradient(parts, share, x_chunk, w_unit))
-        values, expo, denom, posterior = self._forward_from_exp(
-            x_chunk, t_chunk, w_unit, valid)
-        row = share * self.spec.inv_temperature / denom  # [c]
-        # dJ/dz = row_b exp(z) - g_bk at the targets, g_bk = row_b denom_b q_bk.
-        g = posterior * tf.expand_dims(row * denom, 1)  # [c, K']
-        values.append(g)
-        return (values, *self._sparse_gradient(expo, row, g, x_chunk, w_unit, t_chunk))

@@ -42,7 +42,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls import defaults
+from tf_instcls.losses.chunked_softmax import ChunkedCosineSoftmax
+from tf_instcls.losses.chunks import ChunkGrid
 from tf_instcls.losses.cosine_softmax import CosineSoftmax, LossSpec, l2_normalize_rows
+from tf_instcls.losses.fused_mean_softmax import FusedMeanCosineSoftmax
 from tf_instcls.parallel import layouts
 
 
@@ -150,8 +153,19 @@ def _instance_classification(
             # One device, or a batch that does not split: every device does all of it.
             x = layouts.relayout(x + gate, layouts.replicated_layout(mesh, 2))
 
-    core = CosineSoftmax(spec, placement, batch_shards, targets, with_accuracy)
+    core = build_cosine_softmax(spec, placement, batch_shards, targets, with_accuracy)
     return core(l2_normalize_rows(x), tf.convert_to_tensor(class_weights))
+
+
+def build_cosine_softmax(spec: LossSpec, placement, batch_shards: int, targets,
+                         with_accuracy: bool = False) -> CosineSoftmax:
+    """The batch in one piece (``CosineSoftmax``), in chunks with a second loop for the
+    gradient (``ChunkedCosineSoftmax``), or, for the mean, in chunks in one pass
+    (``FusedMeanCosineSoftmax``)."""
+    chunks = ChunkGrid(placement, batch_shards, spec.batch, spec.chunk).num_chunks
+    kind = (CosineSoftmax if chunks == 1 else
+            FusedMeanCosineSoftmax if spec.mean else ChunkedCosineSoftmax)
+    return kind(spec, placement, batch_shards, targets, with_accuracy)
 
 
 def _validate(embeddings, ids, weights, temperature, hard, smoothing, chunk, valid,
