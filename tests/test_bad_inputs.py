@@ -11,7 +11,8 @@ import pytest
 
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
-from tf_instcls.training import loop, restore
+from tf_instcls.eval import restore
+from tf_instcls.training import loop
 
 TINY_MODEL = loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16)
 TINY_TRAIN = loop.TrainConfig(epochs=1, batch_size=64, verbose=0)

@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from tf_instcls import models, parallel
-from tf_instcls.callbacks import KNNMonitor
+from tf_instcls.callbacks import KNNMonitor, geometry
 from tf_instcls.data import ImageSource, LabelledSplits
 from tf_instcls.eval import evaluators, runner
 from tf_instcls.eval.common import RawPixels
 from tf_instcls.eval.knn import weighted_knn
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.features import extract_features
-from tf_instcls.training import geometry
 
 
 def _sources(n_train=40, n_eval=12, size=8, seed=0):
@@ -147,7 +146,7 @@ def test_the_knn_monitor_runs_the_evaluator_it_is_given():
     knn = _Recording(evaluators.KNNEvaluator(k=5, representations=("features",)))
     monitor = KNNMonitor(evaluator=knn, encoder=encoder, classifier=classifier,
                          train_source=train, eval_source=evaluation, image_size=16, mesh=mesh,
-                         epochs=1, step=lambda: 0, results=results, every_epochs=1)
+                         epochs=lambda: 1, step=lambda: 0, results=results, every_epochs=1)
     logs = {}
     monitor.on_epoch_end(0, logs)
     assert len(knn.results) == 1

@@ -102,6 +102,7 @@ class InjectNaN(keras.callbacks.Callback):
             handle.assign(layouts.pack_sharded(self.saved, handle.layout))
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
     mesh = parallel.build_mesh(2)
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step 3 "
@@ -114,6 +115,7 @@ def test_nonfinite_loss_stops_before_anything_is_written(tmp_path):
     assert np.isfinite(w).all()
 
 
+@pytest.mark.slow
 def test_nonfinite_skip_mode_skips_the_step_and_goes_on(tmp_path):
     mesh = parallel.build_mesh(2)
     logs = pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh,
@@ -146,6 +148,7 @@ class PoisonEpoch(InjectNaN):
             handle.assign(layouts.pack_sharded(self.saved, handle.layout))
 
 
+@pytest.mark.slow
 def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_path, caplog):
     from tf_instcls.eval.analysis import read_metrics
 
@@ -163,6 +166,7 @@ def test_an_epoch_whose_every_step_was_skipped_records_no_loss_and_says_so(tmp_p
     assert any("epoch 2: every step was skipped" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     mesh = parallel.build_mesh(2)
     pretrain.run_pretraining(str(tmp_path), **TINY, train=TRAIN, mesh=mesh)
@@ -203,6 +207,7 @@ def _checkpoint_steps(model_dir):
                   for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
 
 
+@pytest.mark.slow
 def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp_path):
     """TrainConfig.checkpoint_every_epochs = 2 over 4 epochs of 5 steps saves at steps 10
     and 20 only. A run that dies in epoch 3, after epoch 2 finished unsaved, resumes from
@@ -333,6 +338,7 @@ def test_soak_tool_random_kills_end_in_the_uninterrupted_state(tmp_path):
     assert report["steps"] == 2 * (1528 // 64)
 
 
+@pytest.mark.slow
 def test_resume_from_a_relative_model_dir_keeps_its_checkpoints(tmp_path, monkeypatch):
     """Regression: checkpoint paths from the state file already include the directory;
     joining it again made every checkpoint of a relative --model_dir look missing, so
@@ -347,6 +353,7 @@ def test_resume_from_a_relative_model_dir_keeps_its_checkpoints(tmp_path, monkey
     assert not os.path.exists(os.path.join("run", "checkpoints", "corrupt"))
 
 
+@pytest.mark.slow
 def test_many_checkpoints_log_no_retracing_warning_and_mining_traces_once(tmp_path, caplog):
     """A healthy run's console: no retracing warnings from saving a checkpoint every
     step, nor from mining every epoch."""
@@ -359,6 +366,7 @@ def test_many_checkpoints_log_no_retracing_warning_and_mining_traces_once(tmp_pa
     assert retracing == []
 
 
+@pytest.mark.slow
 def test_every_step_is_logged_before_its_checkpoint_is_written(tmp_path, monkeypatch):
     """A kill between a checkpoint and its step's log line would lose that line for
     good (the resume starts after it): the line must come first."""

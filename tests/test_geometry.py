@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tf_instcls.training import geometry
+from tf_instcls.callbacks import geometry
 
 
 def test_mean_pairwise_cosine_and_alignment_match_the_full_matrix():

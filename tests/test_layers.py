@@ -1,4 +1,4 @@
-"""The package's layers import only downwards: defaults -> data -> models -> parallel ->
+"""The package's layers import only downwards: defaults, rows -> data -> models -> parallel ->
 losses -> mining -> methods -> training -> callbacks -> eval -> export -> pretrain -> cli
 (the binaries). Every ``import`` statement counts, including the ones inside functions:
 an import deferred to call time is still a dependency (and a hidden circle). Within a
@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tf_instcls"
 
 # Lowest first.
 LAYERS = (
-    ("defaults",),
+    ("defaults", "rows"),
     ("data",),
     ("models",),
     ("parallel",),

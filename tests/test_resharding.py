@@ -37,7 +37,7 @@ def _snapshot(state):
     return {
         "W": parallel.to_numpy(clf.class_weights)[:n],
         "W_slot": parallel.to_numpy(state.optimizer.slot_for(clf.class_weights))[:n],
-        "table": parallel.to_numpy(state.hard_table)[:n],
+        "table": parallel.to_numpy(state.hard_negatives.table)[:n],
         "table_epoch": parallel.to_numpy(state.hard_table_epoch),
         "step": state.step,
         "encoder": [parallel.to_numpy(layouts.variable_handle(v))

@@ -113,20 +113,24 @@ def _quiet_run(cmd):
     return out
 
 
+@pytest.mark.slow
 def test_a_healthy_run_prints_a_short_console_with_no_error_line(tmp_path):
     lines = _console(_quiet_run(_cmd(tmp_path / "run")))
     errors = [line for line in lines if _ERROR_LINE.match(line)]
     assert errors == [], errors
     # Progress bars: one self-overwriting bar in a terminal; into a pipe Keras prints
-    # their updates as lines, which are not counted. The rest: 5 lines of
-    # configuration, per epoch "Epoch i/n" and its summary line, the result.
+    # their updates as lines, which are not counted. The rest: 6 lines of
+    # configuration (run, model, method, train, mesh, output), per epoch "Epoch i/n" and
+    # its summary line, the result.
     text = [line for line in lines if "\u2501" not in line and "\x08" not in line]
-    assert len(text) == 5 + 2 * 2 + 1, "\n".join(text)
+    assert len(text) == 6 + 2 * 2 + 1, "\n".join(text)
+    assert text[2].startswith("  method  full, tau 0.15, Eq. 3: smoothing alpha 0.2, K ")
     assert sum(line.startswith("epoch ") for line in lines) == 2
     assert lines[0].startswith("tf_instcls: full on digits (16 px)")
     assert lines[-1].startswith("kNN top-1:")
 
 
+@pytest.mark.slow
 def test_w_sharded_over_devices_that_divide_n_logs_no_cpp_error(tmp_path):
     """W's rows split evenly (N % S == 0, no padding): grappler's cost estimator once
     logged "Incompatible Matrix dimensions" at ERROR level per device, as it took W's

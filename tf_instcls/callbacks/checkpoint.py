@@ -28,11 +28,6 @@ class CheckpointSaver(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.saved_step = self.step()  # the restored (or initial) position
 
-    def on_plan_ends_run(self):
-        """A time budget's plan ends the run at this step (training/loop.py): saves it
-        now, again if it was saved already, since the plan changed after that save."""
-        self._save(force=True)
-
     def _save(self, force: bool = False):
         step = self.step()
         if step == self.saved_step and not force:
@@ -52,5 +47,8 @@ class CheckpointSaver(keras.callbacks.Callback):
         if (epoch + 1) % self.every_epochs == 0:
             self._save()
 
-    def on_train_end(self, logs=None):  # the last epoch, or a stop at max_steps
-        self._save()
+    def on_train_end(self, logs=None):
+        """The last epoch, a stop at max_steps, or a time budget's plan that ends the
+        run (``plan_ended_run``): that step is saved again if it was saved already,
+        since the plan changed after the save."""
+        self._save(force=bool(logs and logs.get("plan_ended_run")))

@@ -29,21 +29,23 @@ def default_callbacks(state, config, knn_evaluator=None) -> list:
                             source=state.train_source, image_size=state.image_size,
                             mesh=state.mesh, step=step, mode=config.classifier.init_mode,
                             model_dir=model_dir)]
-    if state.hard_table is not None:
-        own.append(HardNegativeMiner(classifier=state.classifier, table=state.hard_table,
-                                     table_epoch=state.hard_table_epoch, results=results,
+    epochs = lambda: state.epochs  # noqa: E731 (a time budget's plan may change it)
+    if state.hard_negatives is not None:
+        own.append(HardNegativeMiner(classifier=state.classifier,
+                                     table=state.hard_negatives.table,
+                                     table_epoch=state.hard_negatives.epoch, results=results,
                                      period=config.method.mining_period, model_dir=model_dir))
     if (knn_evaluator is not None and state.eval_source is not None
             and state.train_source.labels is not None and monitor.every_epochs > 0):
         own.append(KNNMonitor(evaluator=knn_evaluator, encoder=state.encoder,
                               classifier=state.classifier, train_source=state.train_source,
                               eval_source=state.eval_source, image_size=state.image_size,
-                              mesh=state.mesh, epochs=state.epochs, step=step,
+                              mesh=state.mesh, epochs=epochs, step=step,
                               results=results, every_epochs=monitor.every_epochs,
                               model_dir=model_dir))
     return own + [
         MetricsWriter(model_dir=model_dir, step=step, log_steps=train.log_steps),
-        ProgressLogger(epochs=state.epochs, steps_per_epoch=state.steps_per_epoch,
+        ProgressLogger(epochs=epochs, steps_per_epoch=state.steps_per_epoch,
                        batch_size=train.batch_size, step=step, results=results,
                        verbose=train.verbose),
         CheckpointSaver(manager=state.manager, model_dir=model_dir, step=step,

@@ -7,9 +7,10 @@ import keras
 from absl import logging
 
 from tf_instcls import parallel
+from tf_instcls.callbacks import geometry
 from tf_instcls.data import LabelledSplits
 from tf_instcls.parallel.features import extract_features
-from tf_instcls.training import geometry, stages
+from tf_instcls.training import stages
 
 _GEOMETRY_MAX_ROWS = 1 << 21  # W is copied to the host for its statistics
 
@@ -45,11 +46,12 @@ class KNNMonitor(keras.callbacks.Callback):
     and W (``feat_*``, ``emb_*``, ``w_*``: norms, mean pairwise cosine and its 5th /
     95th percentiles, ``w_alignment`` = mean cos(w_i, x_i) on the unaugmented view),
     the measurements that show a cone or a W that does not follow the features.
-    ``classifier`` may be None (no W statistics); ``step()`` is the global step.
+    ``classifier`` may be None (no W statistics); ``epochs()`` is the run's length (the
+    last epoch is evaluated), ``step()`` the global step.
     """
 
     def __init__(self, *, evaluator, encoder, classifier, train_source, eval_source,
-                 image_size: int, mesh, epochs: int, step, results: dict,
+                 image_size: int, mesh, epochs, step, results: dict,
                  every_epochs: int = 1, model_dir: str | None = None):
         super().__init__()
         self.evaluator, self.encoder, self.classifier = evaluator, encoder, classifier
@@ -57,10 +59,6 @@ class KNNMonitor(keras.callbacks.Callback):
         self.image_size, self.mesh, self.epochs = image_size, mesh, epochs
         self.step, self.results = step, results
         self.every_epochs, self.model_dir = every_epochs, model_dir
-
-    def on_epochs_planned(self, epochs: int) -> None:
-        """A time-budgeted run fixed its length: the last epoch is evaluated."""
-        self.epochs = epochs
 
     def evaluate(self, epoch=None) -> dict:
         """The kNN result and geometry; its wall time goes to ``results["knn_seconds"]``
@@ -91,7 +89,7 @@ class KNNMonitor(keras.callbacks.Callback):
             self.initial_geometry = result["geometry"]
 
     def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.epochs
+        last = epoch + 1 == self.epochs()  # a time budget's plan may change it
         if logs is None or not (last or (epoch + 1) % self.every_epochs == 0):
             return
         result = self.evaluate(epoch=epoch)

@@ -4,23 +4,20 @@ import keras
 
 
 class ProgressLogger(keras.callbacks.Callback):
-    def __init__(self, *, epochs: int, steps_per_epoch: int, batch_size: int, step,
+    def __init__(self, *, epochs, steps_per_epoch: int, batch_size: int, step,
                  results: dict, verbose: int = 1):
-        """``step()``: the global step; ``results``: the loop's dict of this epoch's
+        """``epochs()``: the run's length (a time budget's plan may change it);
+        ``step()``: the global step; ``results``: the loop's dict of this epoch's
         results (e.g. its kNN accuracy), shown in the epoch's line."""
         super().__init__()
         self.epochs, self.steps_per_epoch, self.batch_size = epochs, steps_per_epoch, batch_size
         self.step, self.results, self.verbose = step, results, verbose
         self.bar = None
 
-    def on_epochs_planned(self, epochs: int) -> None:
-        """A time-budgeted run fixed its length (training/budget.py)."""
-        self.epochs = epochs
-
     def on_epoch_begin(self, epoch, logs=None):
         self.start_step = self.step()
         if self.verbose:
-            print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
+            print(f"Epoch {epoch + 1}/{self.epochs()}", flush=True)
             self.bar = keras.utils.Progbar(self.steps_per_epoch, verbose=self.verbose,
                                            stateful_metrics=["lr", "images_per_sec"])
             done = self.start_step - epoch * self.steps_per_epoch
@@ -35,7 +32,7 @@ class ProgressLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.verbose and logs:
             logs = {**logs, **self.results}  # e.g. this epoch's kNN
-            print(epoch_line(epoch, self.epochs, logs, self._images(logs)), flush=True)
+            print(epoch_line(epoch, self.epochs(), logs, self._images(logs)), flush=True)
 
     def _images(self, logs) -> int:
         steps = int(logs.get("step", self.step())) - getattr(self, "start_step", 0)

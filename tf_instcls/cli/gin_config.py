@@ -99,10 +99,17 @@ def configs_from_gin(files, bindings=(), *, search_path: str | None = GIN_DIR):
                     with open(candidate) as f:
                         old += [f"{o} (in {path})" for o in renamed_bindings(f.read())]
                     break
-        if not old:
-            raise
-        raise ValueError(f"{err}\nThese bindings were renamed (README, 'Configuration'): "
-                         + "; ".join(old)) from None
+        if old:
+            raise ValueError(f"{err}\nThese bindings were renamed (README, "
+                             "'Configuration'): " + "; ".join(old)) from None
+        required = re.match(r"(\S+) set to `%gin.REQUIRED`", str(err))
+        if required:
+            name = required.group(1)
+            hint = (" (train.py: --dataset=digits | npz:PATH | folder:PATH | "
+                    "tfds:NAME[:SPLIT] | synthetic:N)" if name == "DataConfig.dataset" else "")
+            raise ValueError(f"{name} is required by the gin config and was not set: bind "
+                             f"it, e.g. --gin_bindings=\"{name} = ...\"{hint}") from None
+        raise
     finally:
         root_logger.removeFilter(probe)
     methods = configurables.pop("method")

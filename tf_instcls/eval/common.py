@@ -14,14 +14,14 @@ from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import defaults
-from tf_instcls.parallel import layouts
-from tf_instcls.parallel.features import extract_features
-from tf_instcls.training.restore import (
+from tf_instcls.eval.restore import (
     RestoredEncoder,
     build_run_encoder,
     head_hidden_dim,
     load_encoder,
 )
+from tf_instcls.parallel import layouts
+from tf_instcls.parallel.features import extract_features
 
 # The two representations of an encoder: the backbone's pooled features, the head's
 # output.
@@ -55,7 +55,7 @@ class EvalModel:
 
     def class_weights(self, num_instances: int) -> np.ndarray:
         """W [N, D] of the model's checkpoint (a pretraining run's, not an export)."""
-        from tf_instcls.training.restore import read_class_weights
+        from tf_instcls.eval.restore import read_class_weights
 
         return read_class_weights(self.restored.checkpoint_path, num_instances)
 
@@ -101,7 +101,7 @@ def load_eval_model(path: str, mesh, *, checkpoint: str | None = None,
 def assign_checkpoint(model: EvalModel, checkpoint_path: str) -> None:
     """Loads another checkpoint of the same run into ``model`` (already on the mesh), so
     a sweep over checkpoints reuses one compiled feature function."""
-    from tf_instcls.training.restore import checkpoint_step, read_encoder_weights
+    from tf_instcls.eval.restore import checkpoint_step, read_encoder_weights
 
     for variable, value in read_encoder_weights(checkpoint_path, model.encoder):
         handle = layouts.variable_handle(variable)

@@ -15,6 +15,7 @@ from tf_instcls import parallel
 from tf_instcls.eval.knn import topk_accuracy
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.features import extract_features, mesh_batch_size
+from tf_instcls.rows import unit_rows
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import cosine_decay
 
@@ -126,8 +127,7 @@ def finetune(encoder, train_source, eval_source, mesh, *, image_size: int, num_c
         bar.add(1, [("loss", history[-1])])
     feats = extract_features(encoder, eval_source, image_size, mesh, batch_size=batch_size)
     w, b = parallel.to_numpy(head_w), parallel.to_numpy(head_b)
-    f = feats["features"] / np.maximum(np.linalg.norm(feats["features"], axis=1,
-                                                      keepdims=True), 1e-12)
+    f = unit_rows(feats["features"])
     top1, top5 = topk_accuracy(f @ w + b, eval_source.labels)
     return {"top1": top1, "top5": top5, "loss_curve": history, "epochs": epochs,
             "batch_size": batch, "steps": global_step, "backbone_lr": backbone_lr,

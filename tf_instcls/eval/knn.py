@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from tf_instcls import defaults
+from tf_instcls.rows import unit_rows
 
 
 def _normalise(x):
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(x, np.float32)
 
 
 def nearest_neighbours(bank_features, query_features, k: int, *,

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_instcls.eval.knn import topk_accuracy
+from tf_instcls.rows import unit_rows
 from tf_instcls.training.optimizer import MomentumSGD
 from tf_instcls.training.schedules import cosine_decay
 
@@ -19,7 +20,7 @@ def normalise_features(x, mode: str, stats=None):
     """Returns (normalised x, stats); ``stats`` (mean, std) come from the training split."""
     x = np.asarray(x, np.float32)
     if mode == "l2":
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), None
+        return unit_rows(x), None
     if mode == "standardize":
         if stats is None:
             stats = (x.mean(0), x.std(0) + 1e-6)

@@ -18,6 +18,7 @@ from tf_instcls import defaults, models, parallel
 from tf_instcls.data.augment import AugmentConfig, augment_view, view_seed
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.features import mesh_batch_size, run_encoder
+from tf_instcls.rows import unit_rows
 from tf_instcls.training.prior import INIT_MODES, prior_embeddings
 
 
@@ -40,8 +41,7 @@ def augmented_embeddings(encoder, source, config: AugmentConfig, mesh, *, seed: 
 
 def intra_inter(x: np.ndarray, w: np.ndarray) -> dict:
     """intra / inter / gap (in %) of cosine similarities between rows of x and of w."""
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12)
+    x, w = unit_rows(x), unit_rows(w)
     n = len(x)
     diag = np.einsum("nd,nd->n", x, w)
     intra = diag.mean()

@@ -1,7 +1,6 @@
 """Shipping the encoder: restore it from a run, export a SavedModel for TF Serving."""
 
-from tf_instcls.export.saved_model import SIGNATURES, export_encoder, serving_functions
-from tf_instcls.training.restore import (  # reading runs and exports: below eval
+from tf_instcls.eval.restore import (  # reading runs and exports
     RestoredEncoder,
     find_checkpoint,
     load_encoder,
@@ -10,6 +9,7 @@ from tf_instcls.training.restore import (  # reading runs and exports: below eva
     resolve_export_dir,
     restore_encoder,
 )
+from tf_instcls.export.saved_model import SIGNATURES, export_encoder, serving_functions
 
 __all__ = [
     "SIGNATURES",

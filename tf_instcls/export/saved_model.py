@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tf_instcls import data as data_lib
 from tf_instcls.data.sources import resize_uint8
-from tf_instcls.training.restore import INFO_FILE, KERAS_FILE
+from tf_instcls.eval.restore import INFO_FILE, KERAS_FILE
 
 SIGNATURES = ("serving_default", "serve_bytes")
 

@@ -11,6 +11,7 @@ from tensorflow.experimental import dtensor
 
 from tf_instcls import defaults
 from tf_instcls.parallel import layouts
+from tf_instcls.rows import unit_rows
 
 LAYOUTS = ("sharded", "replicated")
 _INIT_BLOCK = 4096  # rows drawn per RNG block: W's values do not depend on the device count
@@ -33,11 +34,6 @@ def gaussian_rows(start: int, stop: int, dim: int, *, seed: int, stddev: float) 
         out[a - start : b - start] = values[a - lo : b - lo]
         block += 1
     return out
-
-
-def _unit_rows(rows: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit norm (zero rows stay zero)."""
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
 class InstanceClassifier(keras.layers.Layer):
@@ -130,7 +126,7 @@ class InstanceClassifier(keras.layers.Layer):
                 start, real, self.dim, seed=self.seed, stddev=self.init_stddev
             )
             if self.unit_norm_rows:
-                rows = _unit_rows(rows)
+                rows = unit_rows(rows)
         return rows
 
     def variable_layout(self) -> dtensor.Layout | None:
@@ -154,7 +150,7 @@ class InstanceClassifier(keras.layers.Layer):
         sharded W is never materialised whole on a device.
         """
         if self.unit_norm_rows:
-            rows = _unit_rows(np.asarray(rows, np.float32))
+            rows = unit_rows(np.asarray(rows, np.float32))
         self.assign_padded(self.class_weights, rows, np.float32, "assign_rows")
 
     def project_rows(self, w):

@@ -354,13 +354,6 @@ def validate(config: RunConfig) -> None:
             problems.append(message)
 
     need(train.epochs >= 1, f"TrainConfig.epochs must be >= 1; got {train.epochs}")
-    registered = isinstance(method, MethodConfig) and method.method in METHODS
-    need(registered, f"the run's method config {method!r} configures no registered method "
-         f"({', '.join(METHODS)})")
-    if registered:
-        problems.extend(method.problems())
-        need(data.views >= method.views_needed, f"method {method.method!r} needs "
-             f"DataConfig.views >= {method.views_needed}; got {data.views}")
     try:
         data.augment_config()
     except (ValueError, TypeError) as err:
@@ -419,6 +412,13 @@ def validate(config: RunConfig) -> None:
     need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
     need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
          f"{models.backbone_names()}; got {model.backbone!r}")
+    registered = isinstance(method, MethodConfig) and method.method in METHODS
+    need(registered, f"the run's method config {method!r} configures no registered method "
+         f"({', '.join(METHODS)})")
+    if registered:  # the method checks its own values
+        problems.extend(method.problems())
+        need(data.views >= method.views_needed, f"method {method.method!r} needs "
+             f"DataConfig.views >= {method.views_needed}; got {data.views}")
     if problems:
         raise ValueError("bad configuration: " + "; ".join(problems))
 

@@ -13,7 +13,6 @@ import os
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -21,7 +20,8 @@ from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
 from tf_instcls.methods import Method, build_method, method_class
 from tf_instcls.parallel import layouts, watchdog
-from tf_instcls.training import budget, checkpoints, stages
+from tf_instcls.training import checkpoints, stages
+from tf_instcls.training.budget import TimeBudget
 from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-exported)
     CONFIG_CLASSES,
     ClassifierConfig,
@@ -40,18 +40,26 @@ from tf_instcls.training.config import (  # noqa: F401 (the run's configs, re-ex
     validate,
     validate_against_data,
 )
+from tf_instcls.training.loss_scale import DynamicLossScale
 from tf_instcls.training.optimizer import MomentumSGD
-from tf_instcls.training.schedules import (
-    planned_cosine,
-    planned_progress,
-    scaled_learning_rate,
-    warmup_cosine,
-)
+from tf_instcls.training.schedules import scaled_learning_rate, warmup_cosine
 from tf_instcls.training.step import make_train_step
 
 
 class WorkerLostError(RuntimeError):
     """Another process of a multi-client run died or became unreachable."""
+
+
+@dataclasses.dataclass
+class HardNegativeTable:
+    """The mined [N, K] hard negatives (row-sharded like W) and the epoch they were
+    mined at (-1: never); both checkpointed."""
+
+    table: tf.Variable
+    epoch: tf.Variable
+
+    def variables(self) -> dict:
+        return {"hard_negatives": self.table, "hard_negatives_epoch": self.epoch}
 
 
 @dataclasses.dataclass
@@ -64,25 +72,22 @@ class TrainState:
     encoder: keras.Model
     classifier: parallel.InstanceClassifier
     optimizer: MomentumSGD
+    method: Method  # its loss, post-update and own state (NPID's Z)
     global_step: tf.Variable
     checkpoint: tf.train.Checkpoint
     manager: tf.train.CheckpointManager
     train_source: data_lib.ImageSource
     eval_source: data_lib.ImageSource | None
     steps_per_epoch: int
-    epochs: int
+    epochs: int  # the run's length (a time budget's plan may change it)
     image_size: int
     run_info: dict
+    hard_negatives: HardNegativeTable | None = None  # when the method mines
+    loss_scale: DynamicLossScale | None = None  # mixed_float16
+    budget: TimeBudget | None = None  # TrainConfig.time_budget_minutes
     epoch: int = 0
-    hard_table: tf.Variable | None = None  # [N, K] hard negatives, laid out like W
-    hard_table_epoch: tf.Variable | None = None  # the epoch the table was mined at
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
-    method: Method | None = None  # its loss, post-update and own state (NPID's Z)
-    loss_scale: tuple | None = None  # mixed_float16: (scale, finite steps since a change)
-    # a time-budgeted run's plan: (planned_epochs (0: not yet), the step it was made at
-    # and the cosine's progress there), checkpoints.PLAN_VARIABLES
-    plan: tuple | None = None
 
     @property
     def step(self) -> int:
@@ -117,86 +122,43 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
     if mesh is None:
         raise ValueError("build_state needs the mesh")
     validate(config)
-    data, model, optim, train = config.data, config.model, config.optim, config.train
-    method_cfg, classifier_cfg = config.method, config.classifier
+    train = config.train
     if train.batch_size % mesh.size:
         raise ValueError(f"TrainConfig.batch_size {train.batch_size} is not divisible by the "
                          f"{mesh.size} devices of the mesh: use a multiple of {mesh.size}"
                          + (" (or fewer devices)" if mesh.size > train.batch_size else ""))
-    train_source, eval_source = _sources(data, train.seed)
+    train_source, eval_source = _sources(config.data, train.seed)
     try:
         steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
     except ValueError as err:
-        raise ValueError(f"{data.dataset}: {err}; use TrainConfig.batch_size <= "
+        raise ValueError(f"{config.data.dataset}: {err}; use TrainConfig.batch_size <= "
                          f"{train_source.num_images}") from None
     validate_against_data(config, train_source.num_images)
     os.makedirs(model_dir, exist_ok=True)
-    run_info = {
-        "num_instances": train_source.num_images, "embedding_dim": model.embedding_dim,
-        "backbone": model.backbone, "backbone_width": model.backbone_width,
-        "use_head": model.use_head, "image_size": data.image_size,
-        "train_image_size": data.train_side,
-        # the stages, when they change (a run resumed with another schedule would train
-        # its remaining epochs on other views)
-        **({"train_size_schedule": [list(map(int, stage))
-                                    for stage in data.train_size_schedule]}
-           if data.train_size_schedule else {}),
-        "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
-        "batch_size": train.batch_size, "seed": train.seed,
-        "init_mode": classifier_cfg.init_mode,
-        "num_hard_negatives": method_cfg.num_hard_negatives_mined,
-        "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
-        "head_output_bn": model.head_output_bn,
-        "method": method_cfg.method,
-        # what the evaluation tools need to rebuild the same train / held-out split
-        "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
-    }
+    run_info = _run_info(config, train_source)
     _check_run_info(model_dir, run_info)
-    keras.utils.set_random_seed(train.seed)  # the backbone's initial weights
-    # Training views of another side than evaluation's: an encoder for any side.
-    input_size = data.image_size if data.trains_at_image_size else None
-    encoder = models.build_encoder(
-        model.backbone, input_size, embedding_dim=model.embedding_dim,
-        head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
-        backbone_width=model.backbone_width, precision=model.precision,
-        head_output_bn=model.head_output_bn,
-    )
-    encoder_variables = layouts.replicate_model_variables(encoder, mesh)
-    classifier = parallel.InstanceClassifier(
-        train_source.num_images, model.embedding_dim, mesh=mesh,
-        layout=classifier_cfg.layout, temperature=method_cfg.temperature,
-        chunk_size=classifier_cfg.chunk_size, seed=train.seed,
-        unit_norm_rows=classifier_cfg.unit_norm and method_class(method_cfg).trains_w,
-    )
-    optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
-    optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables])
-    if method_class(method_cfg).trains_w:  # NPID's bank (W's place) is not trained; SimCLR has no W
-        optimizer.build(classifier.distributed_variables,
-                        learning_rate_scale=optim.classifier_lr_scale,
-                        weight_decay=optim.classifier_weight_decay,
-                        project=classifier.project_rows if classifier.unit_norm_rows else None)
+    encoder, encoder_variables = _build_encoder(config, mesh)
+    classifier, optimizer = _build_classifier_and_optimizer(
+        config, mesh, train_source.num_images, encoder)
     global_step = layouts.replicated_variable(0, mesh, "global_step", tf.int64)
-    hard_table = hard_table_epoch = None
-    extra = {}
-    if method_cfg.num_hard_negatives_mined:  # the method's loss reads mined negatives
-        hard_table = classifier.build_table(method_cfg.num_hard_negatives_mined)
-        hard_table_epoch = layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64)
-        extra = dict(hard_negatives=hard_table, hard_negatives_epoch=hard_table_epoch)
-    method = build_method(method_cfg, classifier, seed=train.seed, steps_per_epoch=steps)
-    extra.update(method.variables())  # the method's own state (NPID's Z) is checkpointed
-    loss_scale = None
-    if model.precision == "mixed_float16":
-        loss_scale = (layouts.replicated_variable(float(optim.initial_loss_scale), mesh,
-                                                  "loss_scale", tf.float32),
-                      layouts.replicated_variable(0, mesh, "loss_scale_good_steps",
-                                                  tf.int64))
-        extra.update(loss_scale=loss_scale[0], loss_scale_good_steps=loss_scale[1])
-    plan = None
+    hard_negatives = None
+    if config.method.num_hard_negatives_mined:  # the method's loss reads mined negatives
+        hard_negatives = HardNegativeTable(
+            classifier.build_table(config.method.num_hard_negatives_mined),
+            layouts.replicated_variable(-1, mesh, "hard_table_epoch", tf.int64))
+    method = build_method(config.method, classifier, seed=train.seed, steps_per_epoch=steps)
+    loss_scale = budget = None
+    if config.model.precision == "mixed_float16":
+        loss_scale = DynamicLossScale(mesh, initial_scale=config.optim.initial_loss_scale,
+                                      growth_steps=config.optim.loss_scale_growth_steps)
     if train.time_budget_minutes:
-        plan = (layouts.replicated_variable(0, mesh, "planned_epochs", tf.int64),
-                layouts.replicated_variable(0, mesh, "plan_start_step", tf.int64),
-                layouts.replicated_variable(0.0, mesh, "plan_start_progress", tf.float32))
-        extra.update(zip(checkpoints.PLAN_VARIABLES, plan))
+        budget = TimeBudget(mesh, minutes=train.time_budget_minutes, max_epochs=train.epochs,
+                            monitor_every=config.monitor.every_epochs, steps_per_epoch=steps,
+                            warmup_steps=int(config.optim.warmup_epochs * steps),
+                            model_dir=model_dir)
+    extra = {}  # the checkpointed state of the run's other owners
+    for owner in (hard_negatives, method, loss_scale, budget):
+        extra.update(owner.variables() if owner is not None else {})
     checkpoint = tf.train.Checkpoint(
         encoder=encoder_variables, class_weights=classifier.class_weights, optimizer=optimizer,
         global_step=global_step, **extra,
@@ -213,23 +175,85 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
             how = checkpoints.restore(
                 latest, checkpoint, classifier=classifier,
                 encoder_variables=encoder_variables, optimizer=optimizer,
-                global_step=global_step, hard_table=hard_table,
-                hard_table_epoch=hard_table_epoch, loss_scale=loss_scale,
-                plan=plan)
+                global_step=global_step,
+                hard_table=hard_negatives.table if hard_negatives else None,
+                hard_table_epoch=hard_negatives.epoch if hard_negatives else None,
+                loss_scale=(loss_scale.scale_var, loss_scale.good_steps) if loss_scale
+                else None,
+                plan=budget.plan_variables if budget else None)
             fields["step"] = int(parallel.to_numpy(global_step))
         print(f"resumed from {latest} (step {fields['step']}, {how} restore on {mesh.size} "
               "devices)", flush=True)
-    epochs = train.epochs
-    if plan is not None and int(parallel.to_numpy(plan[0])):
-        epochs = int(parallel.to_numpy(plan[0]))  # the budget's plan, made earlier
     return TrainState(
         model_dir=model_dir, mesh=mesh, encoder=encoder, classifier=classifier,
-        optimizer=optimizer, global_step=global_step, checkpoint=checkpoint, manager=manager,
-        train_source=train_source, eval_source=eval_source, steps_per_epoch=steps,
-        epochs=epochs, image_size=data.image_size, run_info=run_info,
-        hard_table=hard_table, hard_table_epoch=hard_table_epoch, method=method,
-        loss_scale=loss_scale, plan=plan,
+        optimizer=optimizer, method=method, global_step=global_step, checkpoint=checkpoint,
+        manager=manager, train_source=train_source, eval_source=eval_source,
+        steps_per_epoch=steps,
+        epochs=(budget and budget.planned_epochs()) or train.epochs,  # a plan made earlier
+        image_size=config.data.image_size, run_info=run_info, hard_negatives=hard_negatives,
+        loss_scale=loss_scale, budget=budget,
     )
+
+
+def _run_info(config: RunConfig, train_source) -> dict:
+    """What identifies a run: a model_dir with other values is refused, and the
+    evaluation tools rebuild the encoder and the split from it."""
+    data, model, train = config.data, config.model, config.train
+    return {
+        "num_instances": train_source.num_images, "embedding_dim": model.embedding_dim,
+        "backbone": model.backbone, "backbone_width": model.backbone_width,
+        "use_head": model.use_head, "image_size": data.image_size,
+        "train_image_size": data.train_side,
+        # the stages, when they change (a run resumed with another schedule would train
+        # its remaining epochs on other views)
+        **({"train_size_schedule": [list(map(int, stage))
+                                    for stage in data.train_size_schedule]}
+           if data.train_size_schedule else {}),
+        "dataset": data.dataset, "dataset_fingerprint": train_source.fingerprint(),
+        "batch_size": train.batch_size, "seed": train.seed,
+        "init_mode": config.classifier.init_mode,
+        "num_hard_negatives": config.method.num_hard_negatives_mined,
+        "head_hidden_dim": model.head_hidden_dim if model.use_head else None,
+        "head_output_bn": model.head_output_bn,
+        "method": config.method.method,
+        # what the evaluation tools need to rebuild the same train / held-out split
+        "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
+    }
+
+
+def _build_encoder(config: RunConfig, mesh):
+    """(encoder, its replicated DVariables by Keras path), seeded by the run's seed."""
+    data, model = config.data, config.model
+    keras.utils.set_random_seed(config.train.seed)  # the backbone's initial weights
+    # Training views of another side than evaluation's: an encoder for any side.
+    input_size = data.image_size if data.trains_at_image_size else None
+    encoder = models.build_encoder(
+        model.backbone, input_size, embedding_dim=model.embedding_dim,
+        head_hidden_dim=model.head_hidden_dim, use_head=model.use_head,
+        backbone_width=model.backbone_width, precision=model.precision,
+        head_output_bn=model.head_output_bn,
+    )
+    return encoder, layouts.replicate_model_variables(encoder, mesh)
+
+
+def _build_classifier_and_optimizer(config: RunConfig, mesh, num_instances: int, encoder):
+    """W on the mesh and the optimizer of the encoder (and of W, when the method trains
+    it: NPID's bank in W's place is not trained; SimCLR has no W)."""
+    classifier_cfg, optim = config.classifier, config.optim
+    trains_w = method_class(config.method).trains_w
+    classifier = parallel.InstanceClassifier(
+        num_instances, config.model.embedding_dim, mesh=mesh, layout=classifier_cfg.layout,
+        temperature=config.method.temperature, chunk_size=classifier_cfg.chunk_size,
+        seed=config.train.seed, unit_norm_rows=classifier_cfg.unit_norm and trains_w,
+    )
+    optimizer = MomentumSGD(momentum=optim.momentum, weight_decay=optim.weight_decay)
+    optimizer.build([layouts.variable_handle(v) for v in encoder.trainable_variables])
+    if trains_w:
+        optimizer.build(classifier.distributed_variables,
+                        learning_rate_scale=optim.classifier_lr_scale,
+                        weight_decay=optim.classifier_weight_decay,
+                        project=classifier.project_rows if classifier.unit_norm_rows else None)
+    return classifier, optimizer
 
 
 def _check_run_info(model_dir: str, run_info: dict) -> None:
@@ -308,35 +332,21 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
 
 def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
     """The epoch loop of :func:`run` (``started``: the run's start, for a time budget)."""
-    data, optim, train, fault = config.data, config.optim, config.train, config.fault
-    peak_lr = scaled_learning_rate(optim.base_learning_rate, optim.base_batch_size,
-                                   train.batch_size)
+    train, fault = config.train, config.fault
+    peak_lr = scaled_learning_rate(config.optim.base_learning_rate,
+                                   config.optim.base_batch_size, train.batch_size)
     total_steps = state.epochs * state.steps_per_epoch
-    warmup_steps = int(optim.warmup_epochs * state.steps_per_epoch)
+    warmup_steps = int(config.optim.warmup_epochs * state.steps_per_epoch)
     lr_fn = lambda step: warmup_cosine(  # noqa: E731
-        step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps
-    )
-    if state.plan is not None:  # a time budget: the plan's variables, read in the step
-        planned, start_step, start_progress = state.plan
-        lr_fn = lambda step: planned_cosine(  # noqa: E731
-            step, peak_lr=peak_lr, warmup_steps=warmup_steps,
-            default_total_steps=train.epochs * state.steps_per_epoch,
-            planned_steps=planned * state.steps_per_epoch, start_step=start_step,
-            start_progress=start_progress)
-    step_fn = make_train_step(state.encoder, state.classifier, state.optimizer, lr_fn,
-                              state.method, hard_table=state.hard_table,
-                              loss_scale=state.loss_scale,
-                              loss_scale_growth_steps=optim.loss_scale_growth_steps)
-    # [(first_epoch, end_epoch, augmentation)]: one stage unless the views' side changes
-    stages = [(first, end, data.augment_config(side))
-              for first, end, side in data.train_stages(train.epochs)]
+        step, peak_lr=peak_lr, total_steps=total_steps, warmup_steps=warmup_steps)
+    if state.budget is not None:  # the plan's variables, read in the step
+        lr_fn = state.budget.learning_rate_fn(peak_lr)
+    step_fn = make_train_step(
+        state.encoder, state.classifier, state.optimizer, lr_fn, state.method,
+        hard_table=state.hard_negatives.table if state.hard_negatives else None,
+        loss_scale=state.loss_scale)
     callback_list = keras.callbacks.CallbackList(
-        list(callbacks), add_history=False, add_progbar=False, model=state.encoder
-    )
-    image_layout = layouts.batch_layout(mesh, 5)
-    id_layout = layouts.batch_layout(mesh, 1)
-    process_index, process_count = parallel.process_index(), parallel.process_count()
-
+        list(callbacks), add_history=False, add_progbar=False, model=state.encoder)
     start = state.last_step = state.step
     logs: dict = {}
     stop_at = train.max_steps or total_steps
@@ -346,81 +356,32 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
               "it to 0 to go on", flush=True)
         return {"stopped_at_step": start}
     callback_list.on_train_begin({"step": start})
-    start_epoch = start // state.steps_per_epoch
-    planner = None
-    if state.plan is not None:
-        planner = budget.EpochPlanner(
-            budget_s=60.0 * train.time_budget_minutes, started=started,
-            max_epochs=train.epochs, monitor_every=config.monitor.every_epochs,
-            agree=lambda values: layouts.max_over_processes(values, mesh),
-            planned=int(parallel.to_numpy(state.plan[0])))
-        if "knn_seconds" in state.epoch_results:  # the monitor's evaluation at the start
-            planner.add_monitor_seconds(state.epoch_results["knn_seconds"])
-    step_seconds: list[float] = []  # this process's step times (its first step traces)
-    traced, side_shape = False, None
-    # One pipeline for every remaining epoch: built once, prefetching across epochs.
-    batches = iter(data_lib.make_staged_train_dataset(
-        state.train_source, stages, global_batch_size=train.batch_size, epoch=start_epoch,
-        start_step=start - start_epoch * state.steps_per_epoch, seed=train.seed,
-        process_index=process_index, process_count=process_count,
-        last_epoch=train.epochs, views=data.views,
-    )) if start_epoch < train.epochs else iter(())
-    epoch = start_epoch - 1
+    if state.budget is not None:
+        state.budget.start(started, state.epoch_results.get("knn_seconds"))
+    batches, shapes = _batches(state, config, start), set()
+    epoch, plan_ended_run = start // state.steps_per_epoch - 1, False
     while epoch + 1 < state.epochs:
         epoch += 1
-        if planner is not None and planner.ready(epoch):
-            total_steps = _plan(state, planner, epoch, callback_list.callbacks,
-                                warmup_steps, train.epochs)
-            stop_at = train.max_steps or total_steps
+        if state.budget is not None and state.budget.ready(epoch):
+            planned = state.budget.plan(epoch, state.step)
+            if planned is not None:
+                state.epochs = planned
+                total_steps = planned * state.steps_per_epoch
+                stop_at = train.max_steps or total_steps
             if epoch >= state.epochs:  # the budget is spent: no epoch more fits
+                plan_ended_run = True
                 break
-        if planner is not None:
-            planner.start_epoch()
+        if state.budget is not None:
+            state.budget.start_epoch()
         state.epoch = epoch
         state.epoch_results.clear()  # callbacks add results for this epoch here (in place:
         # they hold this dict)
         epoch_start = time.perf_counter()
         first = state.step - epoch * state.steps_per_epoch
         callback_list.on_epoch_begin(epoch)
-        sums = {"loss": 0.0, "instance_acc": 0.0}
-        count = skips = 0
-        tick = time.perf_counter()
         last = min(state.steps_per_epoch, stop_at - epoch * state.steps_per_epoch)
-        for batch_index in range(first, last):
-            batch = next(batches)
-            if batch["images"].shape != side_shape:  # a new side (a stage of progressive
-                side_shape, traced = batch["images"].shape, False  # resizing): retraced
-            callback_list.on_train_batch_begin(batch_index)
-            metrics = step_fn(
-                layouts.pack_local_batch(batch["images"], image_layout),
-                layouts.pack_local_batch(batch["ids"], id_layout),
-                state.global_step,
-            )
-            finite = bool(parallel.to_numpy(metrics.pop("finite")))
-            state.last_step += 1
-            watchdog.beat()
-            logs = {k: float(parallel.to_numpy(v)) for k, v in metrics.items()}
-            if not finite:
-                skips = _non_finite(state, fault, epoch, batch_index, logs, skips)
-                if fault.nonfinite == "skip":
-                    continue
-            else:
-                skips = 0
-            now = time.perf_counter()
-            logs["images_per_sec"] = train.batch_size / max(now - tick, 1e-9)
-            if traced:
-                step_seconds.append(now - tick)
-            traced = True
-            tick = now
-            for key in sums:
-                sums[key] += logs[key]
-            count += 1
-            callback_list.on_train_batch_end(batch_index, logs)
-        _record_steps(state.model_dir, step_seconds, epoch=epoch, step=state.step)
-        step_seconds = []
-        # The epoch's means over its finite steps; an epoch whose every step was
-        # skipped has none (not 0.0) and says so.
-        epoch_logs = {k: v / count for k, v in sums.items()} if count else {}
+        logs, epoch_logs, count = _run_steps(state, step_fn, batches, callback_list, fault,
+                                             epoch, first, last, train.batch_size, shapes)
         if last < state.steps_per_epoch:  # max_steps reached inside this epoch
             return _stop_at_max_steps(callback_list, state, total_steps, epoch_logs)
         if count < state.steps_per_epoch - first:
@@ -439,70 +400,74 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
                                           / max(epoch_logs["train_seconds"], 1e-9))
         callback_list.on_epoch_end(epoch, epoch_logs)  # Keras passes callbacks a copy
         logs = {**epoch_logs, **state.epoch_results}
-        if planner is not None:
-            planner.end_epoch(full=first == 0 and count == state.steps_per_epoch,
-                              monitor_s=state.epoch_results.get("knn_seconds", 0.0))
+        if state.budget is not None:
+            state.budget.end_epoch(full=first == 0 and count == state.steps_per_epoch,
+                                   monitor_s=state.epoch_results.get("knn_seconds", 0.0))
         if state.step >= stop_at and state.step < total_steps:  # max_steps at an epoch end
             return _stop_at_max_steps(callback_list, state, total_steps, logs)
-    callback_list.on_train_end(logs)
+    # A plan that ends the run changed the plan's variables after the last save: the
+    # checkpoint saver writes this step again (plan_ended_run).
+    callback_list.on_train_end({**logs, "plan_ended_run": True} if plan_ended_run else logs)
     return logs
 
 
-def _plan(state, planner, epoch: int, callbacks, warmup_steps: int, max_epochs: int) -> int:
-    """A time-budgeted run's plan (or re-plan), made at the start of ``epoch``. When it
-    changes the run's end, the cosine's progress runs on from where it stands to 1 at
-    the new end (``schedules.planned_cosine``; the step reads ``state.plan``), the
-    callbacks that show or use the length are told, and, if the budget is spent, the
-    plan is checkpointed at once (the run ends here). Every decision is recorded in
-    stages.jsonl. Returns the run's total steps."""
-    epochs, figures = planner.plan(epoch)
-    previous = figures["previous_epochs"]
-    figures["changed"] = epochs != previous
-    stages.record(state.model_dir, "plan", figures["elapsed_s"], **figures)
-    if not figures["changed"]:
-        return epochs * state.steps_per_epoch
-    planned, start_step, start_progress = state.plan
-    spe = state.steps_per_epoch
-    if not previous and epochs == max_epochs:  # the most fits: TrainConfig.epochs'
-        start, progress = warmup_steps, 0.0  # cosine as it was, to the bit
-    else:
-        start = max(state.step, warmup_steps)  # a plan in the warm-up starts after it
-        progress = float(planned_progress(  # the same float32 arithmetic as the step's
-            start, warmup_steps=warmup_steps, default_total_steps=max_epochs * spe,
-            planned_steps=previous * spe, start_step=int(parallel.to_numpy(start_step)),
-            start_progress=float(parallel.to_numpy(start_progress))))
-    for variable, value in ((planned, np.int64(epochs)), (start_step, np.int64(start)),
-                            (start_progress, np.float32(progress))):
-        variable.assign(layouts.pack_sharded(value, variable.layout))
-    state.epochs = epochs
-    for callback in callbacks:
-        if hasattr(callback, "on_epochs_planned"):
-            callback.on_epochs_planned(epochs)
-    minutes = figures["budget_s"] / 60
-    if epochs > epoch:
-        what = (f"{epochs} epochs planned" if not previous
-                else f"re-planned {previous} -> {epochs} epochs"
-                + ("" if not figures["late"] else " (the machine slowed in the run's last tenth)"
-                   if epochs < previous else " (the machine recovered in the run's last tenth)"))
-        print(f"time budget {minutes:g} min: {what} ({figures['epoch_s']:.1f} s an epoch, "
-              f"{figures['elapsed_s']:.0f} s spent; expected to end "
-              f"{figures['expected_end_s'] / 60:.1f} min after the start)", flush=True)
-    elif figures["late"]:  # the learning rate has nearly decayed: the run ends on time
-        print(f"time budget {minutes:g} min: the machine slowed in the run's last tenth; it "
-              f"ends after {epoch} of {previous} planned epochs ({figures['elapsed_s']:.0f} s "
-              f"spent, {figures['epoch_s']:.1f} s an epoch)", flush=True)
-    else:
-        logging.warning("time budget %g min: spent after %d epochs (%.0f s; %.1f s an "
-                        "epoch); the run ends here, before its learning rate decayed",
-                        minutes, epoch, figures["elapsed_s"], figures["epoch_s"])
-    if epochs <= epoch:  # the run ends here: its last epoch (which TrainConfig.
-        # checkpoint_every_epochs may have skipped) and the plan, so a rerun does not go on
-        savers = [c for c in callbacks if hasattr(c, "on_plan_ends_run")]  # the saver
-        for saver in savers:
-            saver.on_plan_ends_run()
-        if not savers:
-            checkpoints.save(state.manager, state.step)
-    return epochs * spe
+def _batches(state, config: RunConfig, start: int):
+    """The training batches from global step ``start`` on: one pipeline for every
+    remaining epoch, built once, prefetching across epochs."""
+    data, train = config.data, config.train
+    start_epoch = start // state.steps_per_epoch
+    if start_epoch >= train.epochs:
+        return iter(())
+    # [(first_epoch, end_epoch, augmentation)]: one stage unless the views' side changes
+    stages_ = [(first, end, data.augment_config(side))
+               for first, end, side in data.train_stages(train.epochs)]
+    return iter(data_lib.make_staged_train_dataset(
+        state.train_source, stages_, global_batch_size=train.batch_size, epoch=start_epoch,
+        start_step=start - start_epoch * state.steps_per_epoch, seed=train.seed,
+        process_index=parallel.process_index(), process_count=parallel.process_count(),
+        last_epoch=train.epochs, views=data.views,
+    ))
+
+
+def _run_steps(state, step_fn, batches, callback_list, fault, epoch: int, first: int,
+               last: int, batch_size: int, shapes: set):
+    """Steps ``first .. last - 1`` of ``epoch``. Returns (the last step's logs, the
+    epoch's mean loss and instance accuracy over its finite steps (empty if none), how
+    many steps were finite). Each process' step times go to stages.jsonl, but for the
+    first step on each images shape (``shapes``: those seen so far), which traces."""
+    image_layout = layouts.batch_layout(state.mesh, 5)
+    id_layout = layouts.batch_layout(state.mesh, 1)
+    sums = {"loss": 0.0, "instance_acc": 0.0}
+    logs, count, skips, seconds = {}, 0, 0, []
+    tick = time.perf_counter()
+    for batch_index in range(first, last):
+        batch = next(batches)
+        traced = batch["images"].shape in shapes  # a new side (a stage of progressive
+        shapes.add(batch["images"].shape)  # resizing) retraces
+        callback_list.on_train_batch_begin(batch_index)
+        metrics = step_fn(layouts.pack_local_batch(batch["images"], image_layout),
+                          layouts.pack_local_batch(batch["ids"], id_layout), state.global_step)
+        finite = bool(parallel.to_numpy(metrics.pop("finite")))
+        state.last_step += 1
+        watchdog.beat()
+        logs = {k: float(parallel.to_numpy(v)) for k, v in metrics.items()}
+        if not finite:
+            skips = _non_finite(state, fault, epoch, batch_index, logs, skips)
+            if fault.nonfinite == "skip":
+                continue
+        else:
+            skips = 0
+        now = time.perf_counter()
+        logs["images_per_sec"] = batch_size / max(now - tick, 1e-9)
+        if traced:
+            seconds.append(now - tick)
+        tick = now
+        for key in sums:
+            sums[key] += logs[key]
+        count += 1
+        callback_list.on_train_batch_end(batch_index, logs)
+    _record_steps(state.model_dir, seconds, epoch=epoch, step=state.step)
+    return logs, ({k: v / count for k, v in sums.items()} if count else {}), count
 
 
 def _stop_at_max_steps(callback_list, state, total_steps: int, logs: dict) -> dict:

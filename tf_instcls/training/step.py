@@ -12,24 +12,16 @@ import tensorflow as tf
 from tf_instcls.methods import Batch, Method
 from tf_instcls.parallel import layouts
 from tf_instcls.parallel.layouts import keep_or_replace
+from tf_instcls.training.loss_scale import DynamicLossScale
 
 
 def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Method, *,
-                    hard_table=None, loss_scale=None, loss_scale_growth_steps=2000):
-    """Returns ``step(images, ids, global_step) -> metrics``.
-
-    images: [b, V, S, S, 3] float (V = 1 or 2 views per instance), ids: [b] int32, both
-    batch-sharded on the mesh. ``method`` (``methods.METHODS[name](...)``) gives the loss
-    and what follows the update; the views of an instance share its one id. With
-    ``hard_table`` (the miner's [N, K] table, laid out like W) each view gets its
-    instance's hard negatives (Eq. 3 when the method smooths).
-    ``loss_scale`` (float16 compute): the (scale, finite steps since a change) variables
-    of dynamic loss scaling. The loss is multiplied by the scale before the gradient and
-    the gradients divided by it; a step whose gradients overflow is skipped like any
-    non-finite step and halves the scale (not below 1), ``loss_scale_growth_steps``
-    finite steps double it. Such a skip is reported as finite (it is the scaling at
-    work) unless the loss itself is not finite or the scale is already 1.
-    """
+                    hard_table=None, loss_scale: DynamicLossScale | None = None):
+    """Returns ``step(images, ids, global_step) -> metrics``: images [b, V, S, S, 3]
+    (V = 1 or 2 views an instance, sharing its id), ids [b], both batch-sharded.
+    ``method`` gives the loss and what follows the update; ``hard_table`` (the miner's
+    [N, K], laid out like W) gives each view its instance's hard negatives;
+    ``loss_scale``: float16 compute's dynamic loss scaling."""
     # Differentiate and update the storage (DVariables) behind the Keras variables.
     handles = [layouts.variable_handle(v) for v in encoder.trainable_variables]
     if method.trains_w:  # NPID's bank (in W's place) is updated by its memory rule
@@ -45,7 +37,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
         hard = None
         if hard_negatives is not None:
             hard = tf.reshape(tf.stack([hard_negatives] * count, axis=1),
-                              [-1, hard_negatives.shape[-1]])
+                              [-1, hard_negatives.shape[-1]])  # [V b, K]
         out = encoder(views, training=True)
         batch = Batch(out["embedding"], ids, view_ids, hard, global_step)
         loss, hit = method.loss(batch)
@@ -59,10 +51,10 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
         before = [tf.identity(v.read_value()) for v in statistics]
         with tf.GradientTape() as tape:
             loss, accuracy, batch = forward(images, ids, hard_negatives, global_step)
-            scaled = loss if loss_scale is None else loss * loss_scale[0]
+            scaled = loss if loss_scale is None else loss_scale.scale(loss)
         grads = tape.gradient(scaled, handles)
         if loss_scale is not None:
-            grads = [_unscale(g, loss_scale[0]) for g in grads]
+            grads = loss_scale.unscale(grads)
         # The non-finite guard: one flag over the loss and every gradient. A False
         # flag leaves W, the backbone, the slots and the BN statistics as they were.
         loss_finite = tf.reduce_all(tf.math.is_finite(loss))
@@ -79,25 +71,7 @@ def make_train_step(encoder, classifier, optimizer, learning_rate_fn, method: Me
         global_step.assign_add(1)
         metrics = {"loss": loss, "instance_acc": accuracy, "lr": lr, "finite": finite}
         if loss_scale is not None:
-            scale, good = loss_scale
-            overflow = tf.logical_and(loss_finite, tf.logical_not(finite))
-            grown = tf.logical_and(finite, good + 1 >= loss_scale_growth_steps)
-            new_scale = tf.where(overflow, tf.maximum(scale / 2.0, 1.0),
-                                 tf.where(grown, scale * 2.0, scale))
-            metrics["finite"] = tf.logical_or(finite, tf.logical_and(overflow, scale > 1.0))
-            metrics["loss_scale"] = tf.convert_to_tensor(scale)
-            good.assign(tf.where(tf.logical_and(finite, tf.logical_not(grown)), good + 1,
-                                 tf.zeros_like(good)))
-            scale.assign(new_scale)
+            metrics.update(loss_scale.update(loss_finite, finite))
         return metrics
 
     return step
-
-
-def _unscale(grad, scale):
-    """A gradient of the scaled loss divided by the loss scale (dense or sparse)."""
-    if grad is None:
-        return None
-    if isinstance(grad, tf.IndexedSlices):
-        return tf.IndexedSlices(grad.values / scale, grad.indices, grad.dense_shape)
-    return grad / tf.cast(scale, grad.dtype)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from tf_instcls.rows import unit_rows
+
 _SAMPLE = 1024
 
 
 def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return unit_rows(x, np.float64)
 
 
 def mean_pairwise_cosine(x) -> float:
