@@ -38,6 +38,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "gin configs.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings.")
+flags.DEFINE_string("dataset", f"npz:{harness.CIFAR_SUBSET}", "DataConfig.dataset.")
 flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "ModelConfig.precision values.")
 flags.DEFINE_list("parts", ["step", "encoder", "encoder_fwd", "plain"], "Parts to time.")
 flags.DEFINE_integer("steps", 10, "Timed calls per part and round.", lower_bound=1)
@@ -109,7 +110,8 @@ def main(argv):
     unknown = set(FLAGS.parts) - set(PARTS)
     if unknown:
         raise app.UsageError(f"--parts: unknown {sorted(unknown)}; accepted: {PARTS}")
-    base = gin_config.configs_from_gin(FLAGS.gin_file, FLAGS.gin_bindings)
+    base = gin_config.configs_from_gin(
+        FLAGS.gin_file, [*FLAGS.gin_bindings, f"DataConfig.dataset = {FLAGS.dataset!r}"])
     calls = {p: _parts(base, p) for p in FLAGS.precisions}
     times = {(p, k): [] for p in calls for k in calls[p]}
     for r in range(FLAGS.rounds):

@@ -43,6 +43,7 @@ flags.DEFINE_string("work_dir", None, "One sub-directory per run, plus the table
 flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "Base config of every run.")
 flags.DEFINE_multi_string("gin_bindings", [], "Extra bindings for every run.")
+flags.DEFINE_string("dataset", f"npz:{harness.CIFAR_SUBSET}", "--dataset of every run.")
 flags.DEFINE_integer("epochs", 10, "Epochs of every run (the budget).", lower_bound=1)
 flags.DEFINE_integer("batch_size", None, "Batch of every run (default: the gin file's).")
 flags.DEFINE_integer("virtual_devices", 0, "Virtual CPU devices per run (0 = real ones).",
@@ -158,6 +159,7 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
             return json.load(f)
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train.py"), f"--model_dir={model_dir}",
            f"--virtual_devices={FLAGS.virtual_devices}", f"--epochs={epochs}",
+           f"--dataset={FLAGS.dataset}",
            "--time_budget_minutes=0"]  # equal compute: fixed epochs, whatever the recipe
     cmd += [f"--gin_file={p}" for p in list(FLAGS.gin_file) + list(gin_files)]
     if FLAGS.batch_size:

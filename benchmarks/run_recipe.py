@@ -75,7 +75,7 @@ def _run(cmd: list[str], log_path: str) -> float:
 
 def run_seed(paths: dict, seed: int) -> dict:
     from tf_instcls.eval.analysis import read_metrics
-    from tf_instcls.training.restore import read_run_info
+    from tf_instcls.eval.restore import read_run_info
 
     model_dir = os.path.join(FLAGS.work_dir, f"seed{seed}")
     result_path = os.path.join(model_dir, "recipe_result.json")

@@ -10,9 +10,14 @@ import tensorflow as tf
 from tf_instcls import parallel
 from tf_instcls.losses import instance_classification_loss
 
-from harness import subprocess_env  # noqa: F401  (the tests' child processes)
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env() -> dict:
+    """Environment of the tests' child processes: this checkout importable, quiet TF."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    return env
 
 
 def assert_close(actual, expected, rtol=1e-5, name="value"):

@@ -269,7 +269,8 @@ def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
 
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"), "--grid=table2",
            f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
-           "--epochs=1", "--batch_size=128", "--virtual_devices=2", "--only=no_head,no_prior",
+           "--dataset=digits", "--epochs=1", "--batch_size=128", "--virtual_devices=2",
+           "--only=no_head,no_prior",
            "--seeds=0,1",
            *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
                                              "ModelConfig.backbone_width = 4",

@@ -28,6 +28,7 @@ def test_epoch_loop_times_span_steps_to_steps_with_the_checkpoint_inside(tmp_pat
     (["--variant_binding=TrainConfig.seed = 1"], "1 given for 2 --code_dirs entries"),
     (["--variant_binding=", "--variant_binding="], "two entries are the same run"),
 ])
+@pytest.mark.slow
 def test_variants_are_checked_before_any_run(extra, message):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_epochs.py"),
                           f"--code_dirs={ROOT},{ROOT}", *extra], capture_output=True,

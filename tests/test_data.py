@@ -174,6 +174,7 @@ def test_eval_dataset_pads_to_full_batches_in_id_order():
     assert sources.ImageSource  # public type
 
 
+@pytest.mark.slow
 def test_synthetic_images_are_deterministic_distinct_and_stored_nowhere():
     import time
 
@@ -209,6 +210,7 @@ def test_bad_synthetic_specs(spec, message):
         data_lib.load_source(spec)
 
 
+@pytest.mark.slow
 def test_a_run_on_synthetic_data_trains_and_monitors_knn(tmp_path):
     from tf_instcls import parallel, pretrain
     from tf_instcls.training import loop
@@ -240,6 +242,7 @@ def test_one_view_is_view_zero_of_the_pair(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["full", "npid"])
+@pytest.mark.slow
 def test_a_one_view_run_trains(tmp_path, method):
     from tf_instcls import parallel, pretrain
     from tf_instcls.training import loop
@@ -364,6 +367,7 @@ def test_staged_pipeline_is_each_stage_alone(tmp_path):
         data_lib.make_staged_train_dataset(src, stages, epoch=4, last_epoch=5, **args)
 
 
+@pytest.mark.slow
 def test_a_run_trains_at_a_smaller_side_and_exports_at_image_size(tmp_path):
     """Views of 12 px, evaluation and export at 16 px: the encoder takes both sides, the
     export's features equal the live encoder's at 16 px, and a bad side is refused."""

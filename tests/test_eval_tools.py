@@ -126,6 +126,7 @@ def _colour_source(n=240, size=16, seed=0):
                        labels=labels, images=np.clip(images, 0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_finetune_on_the_mesh_learns_a_separable_task():
     mesh = parallel.build_mesh(2)
     train, evaluation = split_holdout(_colour_source(), 0.25, seed=0)

@@ -64,6 +64,7 @@ def test_export_layout_is_versioned_and_holds_no_classifier(run):
         export.export_encoder(keras.Model(), base, image_size=IMAGE_SIZE, version=version)
 
 
+@pytest.mark.slow
 def test_reloaded_in_fresh_process_equals_in_memory_model(run, tmp_path):
     out = tmp_path / "served.npz"
     np.save(tmp_path / "images.npy", run["images"])
@@ -91,6 +92,7 @@ def test_reloaded_in_fresh_process_equals_in_memory_model(run, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(served["emb"], axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_both_signatures(run):
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     proc = subprocess.run([cli, "show", "--all", "--dir", run["export_dir"]], env=subprocess_env(),
@@ -204,6 +206,7 @@ def test_restore_refuses_mismatched_or_missing_checkpoints(run, tmp_path):
         export.restore_encoder(str(other))
 
 
+@pytest.mark.slow
 def test_embed_tool_writes_embeddings_and_answers_queries(run, tmp_path):
     images = _odd_sized_images(8, seed=1)
     np.savez(tmp_path / "data.npz", x=images, y=np.arange(8) % 2)
@@ -230,6 +233,7 @@ def test_embed_tool_writes_embeddings_and_answers_queries(run, tmp_path):
     assert bad.returncode != 0 and "--dataset is required" in bad.stderr
 
 
+@pytest.mark.slow
 def test_export_binary_versions_and_refuses_to_overwrite(run, tmp_path):
     base = tmp_path / "models" / "encoder"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "export.py"),

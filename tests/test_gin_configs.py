@@ -16,6 +16,8 @@ CONFIGS = sorted(glob.glob(os.path.join(GIN_DIR, "*.gin")))
 
 def _parse(files, bindings=()):
     gin.clear_config(clear_constants=True)
+    if any(os.path.basename(f) == "cifar10_subset_npz.gin" for f in files):
+        bindings = ["DataConfig.dataset = 'npz:images.npz'", *bindings]  # required there
     return gin_config.configs_from_gin(files, bindings, search_path=GIN_DIR)
 
 
@@ -29,7 +31,7 @@ def test_config_parses_with_tiny_overrides(path):
     assert model.embedding_dim == (32 if os.path.basename(path) == "scale_synthetic.gin"
                                    else 128)
     assert config.method.temperature == 0.15  # the paper's, the small-data recipe's too
-    if os.path.basename(path) == "cifar10_subset_npz.gin":  # issue 14's small-data recipe
+    if os.path.basename(path) == "cifar10_subset_npz.gin":  # the small-data recipe
         assert optim.weight_decay == 5e-4
     else:  # the paper's value
         assert optim.weight_decay == 1e-4
@@ -97,6 +99,18 @@ def test_ablation_configs_stack_on_a_dataset_config_and_validate(path):
     if name == "simclr.gin":
         assert isinstance(method, loop.SimCLRConfig) and method.temperature == 0.5
         assert method.num_hard_negatives_mined == 0 and optim.base_learning_rate == 0.06
+
+
+def test_the_small_data_recipe_names_no_path_and_asks_for_the_dataset():
+    """Shipped configs name no path a user does not have: the recipe's dataset is
+    required, and leaving it out says which binding (and flag) to give."""
+    text = open(os.path.join(GIN_DIR, "cifar10_subset_npz.gin")).read()
+    assert "shared" not in text and "DataConfig.dataset = %gin.REQUIRED" in text
+    gin.clear_config(clear_constants=True)
+    with pytest.raises(ValueError, match=r"DataConfig.dataset is required by the gin config "
+                                         r"and was not set.*--dataset=digits \| npz:PATH"):
+        gin_config.configs_from_gin([os.path.join(GIN_DIR, "cifar10_subset_npz.gin")],
+                                    search_path=GIN_DIR)
 
 
 def test_recipe_gives_w_its_own_step_and_the_paper_config_does_not():

@@ -252,6 +252,7 @@ loss_and_grads(mesh, clf.class_weights, rng.normal(size=(8, 6)).astype(np.float3
 
 
 @pytest.mark.parametrize("layout", ["sharded", "replicated"])
+@pytest.mark.slow
 def test_out_of_range_ids_are_rejected_on_a_mesh(layout):
     """In its own process: a failed assertion poisons DTensor's async executor for good.
     The error must be the check's, never a collective cancelled by it (that happened

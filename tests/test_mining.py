@@ -170,6 +170,7 @@ def test_mining_tells_the_watchdog_after_every_block(monkeypatch):
     assert len(beats) == 4  # ceil(61 / 16) blocks
 
 
+@pytest.mark.slow
 def test_bench_mining_times_group_sizes_and_they_agree(tmp_path):
     """benchmarks/bench_mining.py (faiss optional): every group size returns the same table."""
     import json

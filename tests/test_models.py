@@ -89,6 +89,7 @@ def test_feature_extraction_cache_reuses_its_function_and_lets_the_encoder_go():
     assert alive() is None  # the cache kept no encoder (and no variables) alive
 
 
+@pytest.mark.slow
 def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypatch):
     """WORKSPACE.md's "How to add a backbone": one function under ``register_backbone``;
     ``ModelConfig.backbone`` then picks it for pretraining, and the export restores it."""
@@ -125,6 +126,7 @@ def test_a_new_backbone_is_one_registered_function_and_trains(tmp_path, monkeypa
     assert restored.encoder(tf.zeros([1, 16, 16, 3]))["features"].shape == (1, 8)
 
 
+@pytest.mark.slow
 def test_head_output_bn_centres_the_embeddings_and_the_run_restores_it(tmp_path):
     """``ModelConfig.head_output_bn``: in training the head's output has zero batch mean
     and unit variance per dimension (the paper's head does not); a run with it restores

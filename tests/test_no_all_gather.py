@@ -33,6 +33,7 @@ def _spmd_programs(tmp_path, layout, chunk, smoothing):
 
 
 @pytest.mark.parametrize("chunk,smoothing", [(0, 0.0), (0, 0.2), (8, 0.2)])
+@pytest.mark.slow
 def test_sharded_step_has_no_all_gather_and_only_local_rows(tmp_path, chunk, smoothing):
     program = _spmd_programs(tmp_path, "sharded", chunk, smoothing)
     gathered = re.findall(r'"tf\.DTensorAllGather".*?-> tensor<([0-9x]+)x[a-z0-9]+>', program)
@@ -46,6 +47,7 @@ def test_sharded_step_has_no_all_gather_and_only_local_rows(tmp_path, chunk, smo
     assert re.search(r"tensor<[0-9]+x1x1024xf32>", program), "local [c, 1, N/T] logits expected"
 
 
+@pytest.mark.slow
 def test_replicated_layout_holds_all_rows(tmp_path):
     """The DDP baseline, for contrast: each device holds the full W (and reduces its grad)."""
     program = _spmd_programs(tmp_path, "replicated", 0, 0.2)

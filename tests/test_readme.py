@@ -61,3 +61,20 @@ def test_pretrain_on_your_own_images_commands_run_as_written(tmp_path):
     assert any(os.path.exists(tmp_path / "mine" / "export" / v / "saved_model.pb")
                for v in versions)
     assert (tmp_path / "mine" / "analysis" / "retrieval.png").stat().st_size > 10_000
+
+
+def _bash_blocks(section_title):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split(f"## {section_title}", 1)[1].split("\n## ", 1)[0]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def test_ci_runs_exactly_the_full_test_command_of_the_readme():
+    """README's quick start: install + main job, the full suite (what .ci/run runs, word
+    for word, after installing), and the fast tier."""
+    install, full, fast = _bash_blocks("Quick start")[:3]
+    assert install.endswith("&& python tools/train.py")
+    assert full == ". .venv/bin/activate && python -m pytest tests -q"
+    assert fast == full + ' -m "not slow"'
+    ci = open(os.path.join(ROOT, ".ci", "run")).read().strip().splitlines()
+    assert ci[-1] == full  # the last thing CI does

@@ -81,6 +81,7 @@ def tfds_run(tmp_path_factory):
     return model_dir, logs
 
 
+@pytest.mark.slow
 def test_train_on_tfds_with_the_knn_monitor_on_its_test_split(tfds_run):
     model_dir, logs = tfds_run
     assert logs["step"] == 3 and np.isfinite(logs["loss"])
