@@ -26,7 +26,7 @@ def default_callbacks(state, config, knn_evaluator=None) -> list:
     step, results, model_dir = (lambda: state.step), state.epoch_results, state.model_dir
     train, monitor = config.train, config.monitor
     own = [ContrastivePrior(encoder=state.encoder, classifier=state.classifier,
-                            source=state.train_source, image_size=state.image_size,
+                            source=state.train_source, image_size=config.data.image_size,
                             mesh=state.mesh, step=step, mode=config.classifier.init_mode,
                             model_dir=model_dir)]
     epochs = lambda: state.epochs  # noqa: E731 (a time budget's plan may change it)
@@ -39,7 +39,7 @@ def default_callbacks(state, config, knn_evaluator=None) -> list:
             and state.train_source.labels is not None and monitor.every_epochs > 0):
         own.append(KNNMonitor(evaluator=knn_evaluator, encoder=state.encoder,
                               classifier=state.classifier, train_source=state.train_source,
-                              eval_source=state.eval_source, image_size=state.image_size,
+                              eval_source=state.eval_source, image_size=config.data.image_size,
                               mesh=state.mesh, epochs=epochs, step=step,
                               results=results, every_epochs=monitor.every_epochs,
                               model_dir=model_dir))

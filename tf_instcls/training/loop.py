@@ -80,12 +80,10 @@ class TrainState:
     eval_source: data_lib.ImageSource | None
     steps_per_epoch: int
     epochs: int  # the run's length (a time budget's plan may change it)
-    image_size: int
     run_info: dict
     hard_negatives: HardNegativeTable | None = None  # when the method mines
     loss_scale: DynamicLossScale | None = None  # mixed_float16
     budget: TimeBudget | None = None  # TrainConfig.time_budget_minutes
-    epoch: int = 0
     epoch_results: dict = dataclasses.field(default_factory=dict)  # callbacks add here
     last_step: int = 0  # host copy of global_step, readable when the device is not
 
@@ -190,7 +188,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         manager=manager, train_source=train_source, eval_source=eval_source,
         steps_per_epoch=steps,
         epochs=(budget and budget.planned_epochs()) or train.epochs,  # a plan made earlier
-        image_size=config.data.image_size, run_info=run_info, hard_negatives=hard_negatives,
+        run_info=run_info, hard_negatives=hard_negatives,
         loss_scale=loss_scale, budget=budget,
     )
 
@@ -312,13 +310,12 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
         fields.update(num_instances=state.train_source.num_images, step=state.step)
     timeout = config.fault.step_timeout_s
     if not timeout:
-        return _train(state, config, mesh, [*make_callbacks(state), *callbacks], started)
+        return _train(state, config, [*make_callbacks(state), *callbacks], started)
     describe = lambda: (f"Last step {state.last_step}; latest checkpoint "  # noqa: E731
                         f"{state.manager.latest_checkpoint}.")
     with watchdog.Watchdog(timeout, describe):
         try:
-            return _train(state, config, mesh, [*make_callbacks(state), *callbacks],
-                          started)
+            return _train(state, config, [*make_callbacks(state), *callbacks], started)
         except parallel.PEER_ERRORS as err:
             if not parallel.is_multi_client():
                 raise
@@ -330,7 +327,7 @@ def run(model_dir: str, config: RunConfig, mesh, *, make_callbacks, callbacks=()
                 "process with the same --model_dir to resume from it.") from err
 
 
-def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
+def _train(state, config: RunConfig, callbacks, started: float) -> dict:
     """The epoch loop of :func:`run` (``started``: the run's start, for a time budget)."""
     train, fault = config.train, config.fault
     peak_lr = scaled_learning_rate(config.optim.base_learning_rate,
@@ -373,7 +370,6 @@ def _train(state, config: RunConfig, mesh, callbacks, started: float) -> dict:
                 break
         if state.budget is not None:
             state.budget.start_epoch()
-        state.epoch = epoch
         state.epoch_results.clear()  # callbacks add results for this epoch here (in place:
         # they hold this dict)
         epoch_start = time.perf_counter()
