@@ -4,7 +4,7 @@ and each figure is the median over rounds (spread: min-max).
 
   python benchmarks/bench_backbone.py --backbone=resnet18_cifar --width=16 --image_size=32 \
       --batch_sizes=128,256 --precisions=float32,mixed_bfloat16 --rounds=5 \
-      --out=results/issue14/bench_backbone.json
+      --out=runs/bench/bench_backbone.json
 
 Images/s counts views (the pretraining step runs 2 views per instance). No DTensor:
 the encoder's own cost, the part that dominates small-N pretraining on a CPU.

@@ -21,7 +21,7 @@ paper's Fig. 3), and the same Eq. 1 step in PyTorch on one device, eager and / o
 not a dependency: point it at any interpreter that has torch and absl-py). The peers
 run in the same interleaved rounds as our configurations.
 
-``--paired`` (Eq. 3's overhead, issue 17 item 2): one worker builds the Eq. 1 and the
+``--paired`` (Eq. 3's overhead over Eq. 1): one worker builds the Eq. 1 and the
 Eq. 3 step on the same W and alternates them, swapping their order every pair, so each
 adjacent pair gives one Eq. 3 / Eq. 1 ratio free of the spread between processes.
 
@@ -92,7 +92,7 @@ flags.DEFINE_string("worker", None, "Internal: run one configuration (JSON) and 
 
 _FLOAT = 4
 # Buffers alive at the peak of a step, measured with the allocator statistic
-# (WORKSPACE.md "Chunking"): two [c, N/T] logits-sized buffers (exp(z) and the label
+# two [c, N/T] logits-sized buffers (exp(z) and the label
 # matrix, the residual reusing exp's buffer) and five [N/T, D] ones (W, its momentum,
 # the normalised W, the dW sum and one chunk's dW).
 _LOGITS_BUFFERS = 2
@@ -260,7 +260,7 @@ def _run_worker(config: dict) -> dict:
 
 
 def _time_pairs(config: dict, make_step, x, ids, hard) -> dict:
-    """Eq. 1 and Eq. 3 steps on the same W, alternating in one process (issue 17, item
+    """Eq. 1 and Eq. 3 steps on the same W, alternating in one process (item
     2): pair i times both, in the order Eq. 1, Eq. 3 for even i and reversed for odd i,
     so a drift in the machine's speed hits both; each pair gives one Eq. 3 / Eq. 1
     ratio. Separate processes differ by up to 20% here, more than the 5% in question."""

@@ -1,11 +1,11 @@
 r"""Per-epoch wall time of ``tools/train.py`` for several checkouts of this repository,
 interleaved (A B A B ...) so that both see the same machine: the before / after
-measurement of a change to the epoch loop (issue 14, item 2).
+measurement of a change to the epoch loop.
 
   git worktree add /tmp/before <commit>
   python benchmarks/bench_epochs.py --code_dirs=/tmp/before,. --rounds=2 --epochs=6 \
       --dataset=npz:runs/recipe/train_unlabelled.npz --gin_file=gin/cifar10_subset_npz.gin \
-      --json=results/issue14/throughput/bench_epochs.json
+      --json=runs/bench/bench_epochs.json
 
 Each run is a fresh model_dir. Reported per checkout: the median over rounds of the
 median epoch time (metrics.jsonl ``train_seconds``, epoch 0 left out: it traces), of

@@ -5,7 +5,7 @@ tables are compared (an entry may differ only between float32-equal similarities
 Optionally also reports mining's share of an epoch from a training run's log.
 
   python benchmarks/bench_mining.py --num_instances=100000 --dim=128 --k=100 \
-      --json=results/bench_mining_n100000.json
+      --json=runs/bench/mining_n100000.json
 """
 
 from __future__ import annotations

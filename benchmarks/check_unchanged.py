@@ -2,7 +2,7 @@ r"""Proof that a refactoring changed no behaviour: the same deterministic runs, 
 two copies of the code, must log bit-identical per-step losses.
 
   git worktree add /tmp/before <commit before the change>
-  python benchmarks/check_unchanged.py --code_dirs=/tmp/before,. --json=results/unchanged.json
+  python benchmarks/check_unchanged.py --code_dirs=/tmp/before,. --json=runs/unchanged.json
 
 Each case is a short ``tools/train.py`` run with ``TrainConfig.deterministic`` and
 ``TrainConfig.log_steps`` (steps.jsonl: loss and instance accuracy of every step; the
@@ -20,7 +20,7 @@ each code directory first on PYTHONPATH. Cases (``--cases``):
 - ``eval_tools``: one digits run (2 epochs, 2 virtual devices), then ``eval_knn``
   (``--baselines --grid``), ``eval_linear`` (``--baselines``, 10 epochs) and ``finetune``
   (``--baselines``, 10% labels, 2 epochs) on it under each checkout: every reported
-  top-1 / top-5 compared (the evaluators and their runner; issue 13, item 3).
+  top-1 / top-5 compared (the evaluators and their runner).
 
 Exits non-zero when any step's loss or accuracy, or any evaluation result, differs in
 any bit, or a run fails.
@@ -181,7 +181,7 @@ def main(argv):
     unknown = [c for c in FLAGS.cases if c not in cases]
     if unknown:
         raise app.UsageError(f"--cases: unknown {unknown}; accepted: {sorted(cases)}")
-    work = FLAGS.work_dir or tempfile.mkdtemp(prefix="check_unchanged_")
+    work = os.path.abspath(FLAGS.work_dir or tempfile.mkdtemp(prefix="check_unchanged_"))
     results = {}
     for name in FLAGS.cases:
         if name == "eval_tools":

@@ -1,13 +1,13 @@
 r"""Plots the per-epoch metrics of several runs side by side (one panel per metric).
 
-The diagnosis plots of WORKSPACE.md ("Why learning was slow") come from this:
+For example, the geometry of several runs side by side:
 
-  python benchmarks/compare_runs.py --out=results/issue14/geometry.png \
+  python benchmarks/compare_runs.py --out=runs/geometry.png \
       --run=paper:runs/paper --run=unit_w:runs/unit_w \
       --metrics=knn_top1,loss,w_alignment,w_mean_cos,emb_mean_cos,w_norm_mean
 
 Each --run is LABEL:PATH, PATH a model_dir (its metrics.jsonl, written by
-tools/train.py) or a copy of a metrics.jsonl (as kept in results/). Metrics
+tools/train.py) or a copy of a metrics.jsonl. Metrics
 that the kNN monitor logs at initialisation (``init_*``) are drawn at epoch 0.
 """
 

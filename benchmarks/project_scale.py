@@ -1,4 +1,4 @@
-r"""On paper, from measured constants: a run at N classes on P GPUs (issue 15, item 5).
+r"""On paper, from measured constants: a run at N classes on P GPUs.
 
 Bytes are exact arithmetic of what the code allocates per device (W, its momentum and
 the hard-negative table, 1/P each; the [2B, N/P] logits of the step and their gradient;
@@ -9,8 +9,8 @@ all-reduced, and the backbone's gradients all-reduced. Times scale the constants
 machine measured (``benchmarks/scale_curve.py``'s fits: mining seconds per N^2 D, checkpoint
 bytes per second) by a stated device speed; they are projections, not measurements.
 
-  python benchmarks/project_scale.py --curve=results/issue15/curve/scale_curve.json \
-      --out=results/issue15/projections.md
+  python benchmarks/project_scale.py --curve=runs/curve/scale_curve.json \
+      --out=runs/curve/projections.md
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""A scale run as a user would do it, with each stage's time and memory (issue 15).
+r"""A scale run as a user would do it, with each stage's time and memory.
 
 Runs ``tools/train.py`` with ``--max_steps``; with ``--kill_at_step`` the first process
 is SIGKILLed once it has logged that step (after at least one checkpoint), and the same
@@ -9,7 +9,7 @@ checkpoints, kNN, export) are collated into one JSON and a Markdown table.
 
   python benchmarks/run_scale.py --dataset=synthetic:1281167:16 --model_dir=runs/million \
       --gin_file=gin/scale_synthetic.gin --virtual_devices=4 --max_steps=250 \
-      --kill_at_step=150 --json=results/issue15/million/million.json
+      --kill_at_step=150 --json=runs/million/million.json
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Each stage's cost as N grows (issue 15, item 3): the same scale run at several N.
+r"""Each stage's cost as N grows: the same scale run at several N.
 
 For every N: ``tools/train.py`` on ``synthetic:N:SIZE`` for ``--max_steps`` steps (the
 prior, one exact mining pass, the steps, a checkpoint), the same command again (it
@@ -9,9 +9,9 @@ smoothing): the N^2 mining and the linear prior are not affordable there on this
 they are projected from the fits. Each stage is fitted to its law (a + b N, mining
 a + c N^2) and plotted.
 
-  python benchmarks/scale_curve.py --ns=10000,100000 --reuse=1281167:runs/issue15/million \
+  python benchmarks/scale_curve.py --ns=10000,100000 --reuse=1281167:runs/million \
       --large_ns=8000000 --large_chunk_size=64 --gin_file=gin/scale_synthetic.gin \
-      --out_dir=results/issue15/curve
+      --out_dir=runs/curve
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ flags.DEFINE_multi_string("reuse", [], "N:MODEL_DIR of a finished scale run (e.g
 flags.DEFINE_integer("large_chunk_size", 0, "ClassifierConfig.chunk_size for --large_ns, in the "
                      "run and the classifier benchmark (0: unchunked): bounds the [2B, N/T] "
                      "logits per device.", lower_bound=0)
-flags.DEFINE_string("out_dir", "results/issue15/curve", "JSON, Markdown and PNG go here.")
+flags.DEFINE_string("out_dir", "runs/curve", "JSON, Markdown and PNG go here.")
 flags.DEFINE_string("from_json", None, "Refit and redraw the rows of an earlier "
                     "scale_curve.json instead of measuring.")
 

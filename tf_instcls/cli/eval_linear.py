@@ -10,7 +10,7 @@ Defaults: 100 epochs, batch 256, lr 0.1 cosine, standardised features (BN withou
 affine, as MoCo v3 / MAE). ``--paper_protocol`` uses the paper's ImageNet setting
 (batch 2048, lr 40, L2-normalised features). On small data the paper's setting takes
 few steps per epoch and underfits: on a 1-epoch digits run it gave 46.5% against 87.0%
-with the defaults (WORKSPACE.md). ``--augment=none`` computes features once (cached in
+with the defaults. ``--augment=none`` computes features once (cached in
 <out_dir>/cache); ``--augment=standard`` recomputes the training features every epoch
 from a random resized crop + flip (frozen backbone, BN in inference mode).
 The tool checks, and reports, that the backbone's weights did not change.

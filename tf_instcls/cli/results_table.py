@@ -3,7 +3,7 @@ runs into Markdown tables in the paper's layouts.
 
   python tools/results_table.py --inputs='runs/*/eval/*.json' --layout=summary
   python tools/results_table.py --inputs=runs/a/eval/linear.json,runs/b/eval/linear.json \
-      --layout=table6 --with_paper --label="a=Ours (200 ep)" --out=results/table6.md
+      --layout=table6 --with_paper --label="a=Ours (200 ep)" --out=runs/table6.md
 
 Layouts: summary (every metric found), table6 (linear top-1/top-5), table7 (1% / 10%
 fine-tuning top-1/top-5).

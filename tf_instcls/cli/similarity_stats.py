@@ -2,7 +2,7 @@ r"""The paper's Fig. 4 analysis for each W initialisation mode: intra / inter co
 similarity and their gap at initialisation; writes a bar chart PNG and JSON.
 
   python tools/similarity_stats.py --dataset=npz:../shared/data/cifar10_subset_train.npz \
-      --backbone=resnet18_cifar --backbone_width=16 --out_dir=results/fig4_cifar_subset
+      --backbone=resnet18_cifar --backbone_width=16 --out_dir=runs/fig4_cifar_subset
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ flags.DEFINE_integer("image_size", 32, "Input size.")
 flags.DEFINE_integer("seed", 0, "Seed of the random network and the augmentations.")
 flags.DEFINE_integer("virtual_devices", 0, "T virtual CPU devices; 0 = real devices.",
                      lower_bound=0)
-flags.DEFINE_string("out_dir", "results/fig4", "Where similarity_stats.{json,png} go.")
+flags.DEFINE_string("out_dir", "runs/fig4", "Where similarity_stats.{json,png} go.")
 
 
 def plot(results: dict, path: str, title: str) -> None:

@@ -21,7 +21,7 @@ def instance_accuracy(embeddings, class_weights, ids=None) -> float:
 
 def read_metrics(model_dir: str) -> list[dict]:
     """Per-epoch records of a run, one per epoch in order; ``model_dir`` may also be
-    the path of a metrics.jsonl itself (a copy kept in results/)."""
+    the path of a metrics.jsonl itself."""
     path = model_dir if os.path.isfile(model_dir) else os.path.join(model_dir, "metrics.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (written by tools/train.py every epoch)")

@@ -1,8 +1,7 @@
 """The cosine softmax of Eq. 1-3 on one shard of W: loss, instance hit and the analytic
 gradient, for the rows of W a device holds. ``instance_classification.py`` validates the
 inputs, gathers the batch and calls this; the design, the all-reduces it relies on and
-the DTensor pitfalls that shaped it are in that module's docstring and in WORKSPACE.md
-("Design notes and DTensor facts").
+the DTensor pitfalls that shaped it are in that module's docstring.
 """
 
 from __future__ import annotations

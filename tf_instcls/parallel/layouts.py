@@ -103,7 +103,7 @@ def pad_local_rows(value: tf.Tensor, rows: int) -> tf.Tensor:
 
 # -- pins: the layouts of the loss's intermediates, stated at each boundary ----------
 # (DTensor's layout propagation otherwise picks one, and may all-gather W or the
-# logits: WORKSPACE.md, "Design notes and DTensor facts".)
+# logits.)
 def pin_columns(value: tf.Tensor, placement: ClassWeightPlacement,
                 batch_shards: int = 1) -> tf.Tensor:
     """A rank-2 [rows, N] tensor whose columns follow W's rows: sharded like them (W

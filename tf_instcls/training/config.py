@@ -180,7 +180,7 @@ class TrainConfig:
     # A save of the DTensor variables costs a new tf.function trace each time (0.4-0.9 s
     # on 2 CPU cores for ResNet-18-CIFAR, 8-10% of a 24 px epoch on the CIFAR subset), so
     # short epochs may save every few; a kill then re-runs at most k - 1 epochs, and the
-    # resume stays exact (WORKSPACE.md, "What a checkpoint costs").
+    # resume stays exact.
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 3
     deterministic: bool = False
