@@ -56,7 +56,7 @@ def test_bench_records_and_chunked_memory_bound(tmp_path):
 
 @pytest.mark.slow
 def test_paired_mode_alternates_eq1_and_eq3_in_one_worker(tmp_path):
-    """--paired (issue 17 item 2): both steps run in one worker, each pair's ratio is
+    """--paired: both steps run in one worker, each pair's ratio is
     its own Eq. 3 / Eq. 1 time, and the two steps are really different losses."""
     out = tmp_path / "paired.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "bench_classifier.py"),

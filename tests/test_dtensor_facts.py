@@ -1,6 +1,6 @@
 """DTensor facts the design depends on (TF 2.21), checked so that a TensorFlow upgrade
 that changes them is noticed. These two are why the smoothed loss builds its label
-matrix Q from one-hot products (about (K + 1) / D of a logits matmul; issue 17, item 2)
+matrix Q from one-hot products (about (K + 1) / D of a logits matmul)
 instead of scattering the K + 1 targets into the row-sharded [N, D] gradient of W:
 scattering into a row-sharded tensor either gathers it whole, or is refused. If either
 test fails, DTensor has learnt the scatter, and the loss could use it."""

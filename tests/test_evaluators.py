@@ -1,4 +1,4 @@
-"""One evaluator API (issue 13, item 3): ``run(model, splits) -> {representation:
+"""One evaluator API: ``run(model, splits) -> {representation:
 metrics}``, one runner for baselines and reports, and the kNN monitor running the same
 kNN evaluator as ``tools/eval_knn.py``. Also the "how to add an evaluator" recipe of
 WORKSPACE.md, exercised."""

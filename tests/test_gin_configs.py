@@ -27,7 +27,7 @@ def test_config_parses_with_tiny_overrides(path):
     data, model, optim, train = config.data, config.model, config.optim, config.train
     assert train.epochs == 1 and train.batch_size == 8
     assert optim.momentum == 0.9
-    # the paper's D = 128, except the scale runs' (issue 15: the classifier dominates)
+    # the paper's D = 128, except the scale runs' (the classifier dominates)
     assert model.embedding_dim == (32 if os.path.basename(path) == "scale_synthetic.gin"
                                    else 128)
     assert config.method.temperature == 0.15  # the paper's, the small-data recipe's too
