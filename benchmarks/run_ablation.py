@@ -254,7 +254,7 @@ def main(argv):
         row += [r["vs_reference"], f"{r['train_wall_s']:.0f}",
                 "-" if r["paper"] is None else r["paper"]]
         rows.append(row)
-    from tf_instcls.eval.common import markdown_table
+    from tf_instcls.eval.tables import markdown_table
 
     md = (f"# Ablation grid `{FLAGS.grid}`\n\nconfig: {', '.join(FLAGS.gin_file)} "
           f"{' '.join(FLAGS.gin_bindings)}; {FLAGS.virtual_devices or 'real'} device(s); "

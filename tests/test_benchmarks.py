@@ -50,6 +50,31 @@ def test_every_benchmark_imports_and_documents_every_flag():
     assert done.stdout.split() == SCRIPTS
 
 
+def test_every_library_name_the_benchmarks_import_exists():
+    """Their imports inside functions too (the slow runs reach them only end to end)."""
+    import ast
+    import importlib
+
+    missing = []
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module
+                    and node.module.startswith("tf_instcls")):
+                continue
+            if node.module.startswith("tf_instcls.cli.") and node.module not in (
+                    "tf_instcls.cli.gin_config", "tf_instcls.cli.common"):
+                continue  # a binary: it defines its flags at import (test_cli)
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if hasattr(module, alias.name):
+                    continue
+                try:  # a submodule not imported by its package yet
+                    importlib.import_module(f"{node.module}.{alias.name}")
+                except ImportError:
+                    missing.append(f"{path.name}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, missing
+
+
 @pytest.mark.slow
 def test_encoder_and_step_benchmarks_run_on_a_tiny_model(tmp_path):
     _run("bench_backbone", "--backbone=convnet_small", "--width=4", "--image_size=16",
