@@ -38,7 +38,7 @@ def _snapshot(state):
         "W": parallel.to_numpy(clf.class_weights)[:n],
         "W_slot": parallel.to_numpy(state.optimizer.slot_for(clf.class_weights))[:n],
         "table": parallel.to_numpy(state.hard_negatives.table)[:n],
-        "table_epoch": parallel.to_numpy(state.hard_table_epoch),
+        "table_epoch": parallel.to_numpy(state.hard_negatives.epoch),
         "step": state.step,
         "encoder": [parallel.to_numpy(layouts.variable_handle(v))
                     for v in state.encoder.variables],
