@@ -9,6 +9,7 @@ from absl import logging
 from tf_instcls import parallel
 from tf_instcls.callbacks import geometry
 from tf_instcls.data import LabelledSplits
+from tf_instcls.parallel import preemption
 from tf_instcls.parallel.features import extract_features
 from tf_instcls.training import stages
 
@@ -81,9 +82,20 @@ class KNNMonitor(keras.callbacks.Callback):
             stats["w_alignment"] = geometry.alignment(w, bank["embedding"])
         return stats
 
+    def _evaluate_unless_stopped(self, epoch):
+        """``evaluate``, or None when a stop request (SIGTERM) interrupted it: the
+        epoch goes on to its record and checkpoint without a kNN result."""
+        try:
+            return self.evaluate(epoch=epoch)
+        except preemption.StopRequested:
+            logging.warning("kNN evaluation of epoch %d interrupted by a stop request", epoch)
+            return None
+
     def on_train_begin(self, logs=None):
         if self.step() == 0:
-            result = self.evaluate(epoch=0)
+            result = self._evaluate_unless_stopped(0)
+            if result is None:
+                return
             logging.info("kNN at initialisation: top1 %.2f%%", result["top1"])
             self.initial_top1 = result["top1"]
             self.initial_geometry = result["geometry"]
@@ -92,7 +104,9 @@ class KNNMonitor(keras.callbacks.Callback):
         last = epoch + 1 == self.epochs()  # a time budget's plan may change it
         if logs is None or not (last or (epoch + 1) % self.every_epochs == 0):
             return
-        result = self.evaluate(epoch=epoch)
+        result = self._evaluate_unless_stopped(epoch)
+        if result is None:
+            return
         found = {"knn_top1": result["top1"], "knn_top5": result["top5"], **result["geometry"],
                  "knn_seconds": self.results["knn_seconds"]}
         if hasattr(self, "initial_top1"):

@@ -29,7 +29,13 @@ class ProgressLogger(keras.callbacks.Callback):
             keys = ("loss", "instance_acc", "lr", "images_per_sec")
             self.bar.update(batch + 1, [(k, logs[k]) for k in keys if k in logs])
 
+    def on_train_end(self, logs=None):
+        if self.bar is not None:  # a run stopped mid-epoch (a signal, max_steps): the
+            print(flush=True)  # bar's line ends here, and the stop's line starts anew
+            self.bar = None
+
     def on_epoch_end(self, epoch, logs=None):
+        self.bar = None  # the epoch's bar is complete
         if self.verbose and logs:
             logs = {**logs, **self.results}  # e.g. this epoch's kNN
             print(epoch_line(epoch, self.epochs(), logs, self._images(logs)), flush=True)

@@ -37,6 +37,7 @@ def main(argv):
     from tf_instcls.training import stages
 
     start = time.perf_counter()
+    _stop_on_signals()
     try:
         restored = export.restore_encoder(FLAGS.model_dir, FLAGS.checkpoint)
     except (FileNotFoundError, ValueError) as err:
@@ -53,6 +54,21 @@ def main(argv):
     stages.record(FLAGS.model_dir, "export", time.perf_counter() - start, step=restored.step,
                   path=str(path))
     print(f"exported step {restored.step} ({restored.checkpoint_path}) to {path}", flush=True)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM / SIGINT end the export at once, with nothing published (it is written to
+    a temporary directory, removed on the way out) and exit code 128 + the signal."""
+    import signal
+
+    def stop(signum, frame):
+        del frame
+        print(f"export interrupted by {signal.Signals(signum).name}: nothing was "
+              "published", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
 
 
 def run():

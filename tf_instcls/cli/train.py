@@ -4,9 +4,12 @@ With no flags it runs the embedded demo (gin/digits.gin: scikit-learn's digits, 
 ConvNet, a few minutes on 2 CPU cores) and ends by printing the kNN top-1 accuracy:
 
   python tools/train.py
-  python tools/train.py --gin_file=gin/cifar10_subset_npz.gin --model_dir=runs/cifar_subset
+  python tools/train.py --gin_file=gin/cifar10_subset_npz.gin --dataset=npz:PATH \
+      --model_dir=runs/cifar_subset
 
-Rerunning with the same --model_dir resumes from its latest checkpoint.
+Rerunning with the same --model_dir resumes from its latest checkpoint. One run at a time
+holds a model_dir. SIGTERM or SIGINT (Ctrl-C) saves the step in flight and exits with
+code 143 / 130 (128 + the signal); a crash exits with 1, the progress watchdog with 75.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ flags.DEFINE_integer("batch_size", None, "Overrides TrainConfig.batch_size (inst
                      "step; each gives two views).", lower_bound=1)
 flags.DEFINE_integer("virtual_devices", 0, "T virtual CPU devices for the mesh; 0 = the "
                      "real local devices (all GPUs if any, else the CPU).", lower_bound=0)
+flags.DEFINE_float("grace_period_s", None, "Overrides FaultConfig.grace_period_s: after a "
+                   "SIGTERM or SIGINT the run saves the step it stopped after and exits "
+                   "(code 143 / 130) within this many seconds.", lower_bound=0.001)
 flags.DEFINE_bool("multi_client", False, "Join a DTensor multi-client run configured by the "
                   "DTENSOR_CLIENT_ID / DTENSOR_NUM_CLIENTS / DTENSOR_JOBS environment.")
 
@@ -55,6 +61,8 @@ def _parse_gin():
         bindings.append(f"TrainConfig.time_budget_minutes = {float(FLAGS.time_budget_minutes)}")
     if FLAGS.max_steps is not None:
         bindings.append(f"TrainConfig.max_steps = {FLAGS.max_steps}")
+    if FLAGS.grace_period_s is not None:
+        bindings.append(f"FaultConfig.grace_period_s = {float(FLAGS.grace_period_s)}")
     for path in FLAGS.gin_file:
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")
@@ -106,16 +114,21 @@ def main(argv):
     local = None if FLAGS.multi_client else (FLAGS.virtual_devices or None)
     mesh = parallel.build_mesh(local, device_type="CPU" if FLAGS.virtual_devices else None)
     print(_config_block(config, mesh, model_dir), flush=True)
-    os.makedirs(model_dir, exist_ok=True)
-    if not parallel.is_multi_client() or _client_id() == 0:
-        with open(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
+    writer = not parallel.is_multi_client() or _client_id() == 0
     from tf_instcls import pretrain
+    from tf_instcls.training.run_lock import RunLockedError
 
-    logs = pretrain.run_pretraining(model_dir, config=config, mesh=mesh)
-    if not parallel.is_multi_client() or _client_id() == 0:
+    try:
+        logs = pretrain.run_pretraining(model_dir, config=config, mesh=mesh,
+                                        callbacks=[_gin_config_writer(model_dir, gin, writer)])
+    except RunLockedError as err:  # another live run: say so, without a traceback
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if writer:
         with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
             f.write(gin.operative_config_str())
+    if "stopped_by" in logs:  # a signal: the loop said where it stopped and how to resume
+        sys.exit(logs["exit_code"])
     if "stopped_at_step" in logs:
         pass  # the loop said where it stopped and how to go on
     elif not logs:  # resumed at the end: no epoch ran
@@ -127,6 +140,20 @@ def main(argv):
         print(f"kNN top-1: {logs['knn_top1']:.2f}%{extra}", flush=True)
     else:
         print(f"done: loss {logs.get('loss', float('nan')):.4f} (no labels: no kNN accuracy)")
+
+
+def _gin_config_writer(model_dir, gin, writer: bool):
+    """A callback writing model_dir/config.gin once the run holds its model_dir and its
+    state is built (a refused run, or a second run on a live one, writes nothing)."""
+    import keras
+
+    class GinConfigWriter(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if writer:
+                with open(os.path.join(model_dir, "config.gin"), "w") as f:
+                    f.write(gin.config_str())
+
+    return GinConfigWriter()
 
 
 def _client_id():

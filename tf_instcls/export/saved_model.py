@@ -98,6 +98,19 @@ def export_encoder(encoder: keras.Model, export_base: str, *, image_size: int,
     os.makedirs(export_base, exist_ok=True)
     tmp = os.path.join(export_base, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, encoder, image_size, step, run_info, verbose)
+    except BaseException:  # an error, or an interrupted export (SIGTERM): publish nothing
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def _write(tmp: str, encoder, image_size: int, step, run_info, verbose: bool) -> None:
+    """The SavedModel, the Keras copy and the export's info, into ``tmp``."""
     functions = serving_functions(encoder, image_size)
     archive = keras.export.ExportArchive()
     archive.track(encoder)
@@ -114,7 +127,3 @@ def export_encoder(encoder: keras.Model, export_base: str, *, image_size: int,
     }
     with open(os.path.join(tmp, INFO_FILE), "w") as f:
         json.dump(info, f, indent=1)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)
-    return target

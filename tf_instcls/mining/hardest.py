@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tf_instcls import parallel
 from tf_instcls.losses.cosine_softmax import l2_normalize_rows
-from tf_instcls.parallel import layouts, watchdog
+from tf_instcls.parallel import layouts, preemption, watchdog
 
 
 def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
@@ -91,6 +91,8 @@ def hardest_negatives(class_weights, k: int, *, block_size: int | None = None,
         out[start:stop] = parallel.to_numpy(block_fn(unit, ids_t))[: stop - start]
         watchdog.beat()
         bar.add(1)
+        # a run's SIGTERM: give up (StopRequested); the table is assigned only whole
+        preemption.check(placement.mesh if placement.distributed else None)
     return out
 
 

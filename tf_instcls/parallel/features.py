@@ -9,8 +9,11 @@ import tensorflow as tf
 
 from tf_instcls import data as data_lib
 from tf_instcls import parallel
-from tf_instcls.parallel import layouts, watchdog
+from tf_instcls.parallel import layouts, preemption, watchdog
 
+# Batches between two checks for a stop request in a multi-client run, where a check is
+# a collective (in a single process it is a flag: every batch).
+_STOP_CHECK_BATCHES = 8
 # encoder -> {training: tf.function}. Weak keys, and each function reaches its encoder
 # through a weak reference: the cache never keeps an encoder (and its variables) alive.
 _INFER_FNS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -50,12 +53,15 @@ def run_encoder(encoder, batches, mesh, *, training: bool = False, total: int | 
     layout = layouts.batch_layout(mesh, 4)
     feats, embs = [], []
     bar = tf.keras.utils.Progbar(total, verbose=1 if progress else 0, unit_name="batch")
-    for images in batches:
+    every = 1 if parallel.process_count() == 1 else _STOP_CHECK_BATCHES
+    for index, images in enumerate(batches):
         f, e = infer(layouts.pack_local_batch(images, layout))
         feats.append(parallel.to_numpy(f))
         embs.append(parallel.to_numpy(e))
         bar.add(1)
         watchdog.beat()  # long feature passes (prior, kNN monitor) are progress too
+        if index % every == every - 1:
+            preemption.check(mesh)  # a run's SIGTERM: give up the pass (StopRequested)
     return {"features": np.concatenate(feats), "embedding": np.concatenate(embs)}
 
 

@@ -215,6 +215,10 @@ class FaultConfig:
     nonfinite: str = "stop"  # a NaN/Inf loss or gradient: stop | skip (the step)
     max_consecutive_skips: int = 10  # "skip": stop after this many non-finite steps in a row
     step_timeout_s: float = 900.0  # exit with an error after this long without progress; 0: off
+    # SIGTERM / SIGINT: the run saves the step it stopped after and exits (code 143 / 130)
+    # within this many seconds of the signal; a save that would not finish in time is
+    # abandoned and the previous checkpoint stays the latest (parallel/preemption.py).
+    grace_period_s: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,6 +372,8 @@ def validate(config: RunConfig) -> None:
     need(train.checkpoint_every_epochs >= 1, "TrainConfig.checkpoint_every_epochs must be >= 1 "
          "(1: a checkpoint at every epoch's end)")
     need(fault.step_timeout_s >= 0, "FaultConfig.step_timeout_s must be >= 0")
+    need(fault.grace_period_s > 0, "FaultConfig.grace_period_s must be > 0 (seconds from "
+         f"a SIGTERM to the exit); got {fault.grace_period_s}")
     need(train.max_steps >= 0, "TrainConfig.max_steps must be >= 0 (0: no limit)")
     need(monitor.every_epochs >= 0, "MonitorConfig.every_epochs must be >= 0")
     need(train.time_budget_minutes >= 0, "TrainConfig.time_budget_minutes must be >= 0 "
