@@ -20,6 +20,32 @@ def subprocess_env() -> dict:
     return env
 
 
+def absl_mains_in_a_child(modules, path=()) -> list[str]:
+    """Imports each absl main of ``modules`` in turn in one child process (``path``
+    first on sys.path), dropping the flags each defined before the next (they share
+    names), and checks that each has a docstring, a ``main`` and a help text for every
+    flag it defines. Returns the modules in the order they passed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        "from absl import flags\n"
+        f"sys.path[:0] = {[str(p) for p in path]!r}\n"
+        "for name in sys.argv[1:]:\n"
+        "    before = set(flags.FLAGS)\n"
+        "    module = importlib.import_module(name)\n"
+        "    assert module.__doc__ and callable(module.main), name\n"
+        "    for flag in sorted(set(flags.FLAGS) - before):\n"
+        "        assert (flags.FLAGS[flag].help or '').strip(), (name, flag)\n"
+        "        delattr(flags.FLAGS, flag)\n"
+        "    print(name)\n")
+    done = subprocess.run([sys.executable, "-c", code, *modules], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.split()
+
+
 def assert_close(actual, expected, rtol=1e-5, name="value"):
     """Relative error max|a - e| / max|e| below rtol (what the issue asks for)."""
     actual = np.asarray(actual, np.float64)

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import ROOT, subprocess_env
+from helpers import ROOT, absl_mains_in_a_child, subprocess_env
 
 BENCHMARKS = pathlib.Path(ROOT) / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py")
@@ -32,22 +32,7 @@ def _run(script, *args, timeout=900):
 
 
 def test_every_benchmark_imports_and_documents_every_flag():
-    code = (
-        "import importlib, sys\n"
-        "from absl import flags\n"
-        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
-        "for name in sys.argv[1:]:\n"
-        "    before = set(flags.FLAGS)\n"
-        "    module = importlib.import_module(name)\n"
-        "    assert module.__doc__ and callable(module.main), name\n"
-        "    for flag in sorted(set(flags.FLAGS) - before):\n"
-        "        assert (flags.FLAGS[flag].help or '').strip(), (name, flag)\n"
-        "        delattr(flags.FLAGS, flag)\n"
-        "    print(name)\n")
-    done = subprocess.run([sys.executable, "-c", code, *SCRIPTS], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == SCRIPTS
+    assert absl_mains_in_a_child(SCRIPTS, path=[BENCHMARKS]) == SCRIPTS
 
 
 def test_every_library_name_the_benchmarks_import_exists():

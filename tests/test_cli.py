@@ -4,12 +4,10 @@ whose behaviour the slow tier exercises end to end."""
 
 import importlib
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, subprocess_env
+from helpers import ROOT, absl_mains_in_a_child
 
 PACKAGE = pathlib.Path(ROOT) / "tf_instcls"
 BINARIES = sorted(p.stem for p in (PACKAGE / "cli").glob("*.py")
@@ -36,21 +34,5 @@ def test_the_binaries_are_the_console_scripts_and_the_tools_scripts():
 
 
 def test_every_binary_imports_and_documents_every_flag():
-    """One child process imports each binary in turn (dropping the flags it defined
-    before the next: they share names) and checks that every flag has a help text."""
-    code = (
-        "import importlib, sys\n"
-        "from absl import flags\n"
-        "for name in sys.argv[1:]:\n"
-        "    before = set(flags.FLAGS)\n"
-        "    importlib.import_module(f'tf_instcls.cli.{name}').run\n"
-        "    new = sorted(set(flags.FLAGS) - before)\n"
-        "    assert new, name\n"
-        "    for flag in new:\n"
-        "        assert (flags.FLAGS[flag].help or '').strip(), (name, flag)\n"
-        "        delattr(flags.FLAGS, flag)\n"
-        "    print(name, len(new))\n")
-    done = subprocess.run([sys.executable, "-c", code, *BINARIES], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert [line.split()[0] for line in done.stdout.splitlines()] == BINARIES
+    modules = [f"tf_instcls.cli.{name}" for name in BINARIES]
+    assert absl_mains_in_a_child(modules) == modules
