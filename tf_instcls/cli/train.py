@@ -47,22 +47,20 @@ flags.DEFINE_bool("multi_client", False, "Join a DTensor multi-client run config
                   "DTENSOR_CLIENT_ID / DTENSOR_NUM_CLIENTS / DTENSOR_JOBS environment.")
 
 
+_SHORTCUTS = (("dataset", "DataConfig.dataset"), ("epochs", "TrainConfig.epochs"),
+              ("batch_size", "TrainConfig.batch_size"),
+              ("time_budget_minutes", "TrainConfig.time_budget_minutes"),
+              ("max_steps", "TrainConfig.max_steps"),
+              ("grace_period_s", "FaultConfig.grace_period_s"))
+
+
 def _parse_gin():
     import gin
 
     bindings = list(FLAGS.gin_bindings)
-    if FLAGS.dataset is not None:
-        bindings.append(f"DataConfig.dataset = {FLAGS.dataset!r}")
-    if FLAGS.epochs is not None:
-        bindings.append(f"TrainConfig.epochs = {FLAGS.epochs}")
-    if FLAGS.batch_size is not None:
-        bindings.append(f"TrainConfig.batch_size = {FLAGS.batch_size}")
-    if FLAGS.time_budget_minutes is not None:
-        bindings.append(f"TrainConfig.time_budget_minutes = {float(FLAGS.time_budget_minutes)}")
-    if FLAGS.max_steps is not None:
-        bindings.append(f"TrainConfig.max_steps = {FLAGS.max_steps}")
-    if FLAGS.grace_period_s is not None:
-        bindings.append(f"FaultConfig.grace_period_s = {float(FLAGS.grace_period_s)}")
+    for flag, binding in _SHORTCUTS:  # the flags that stand for one binding each
+        if FLAGS[flag].value is not None:
+            bindings.append(f"{binding} = {FLAGS[flag].value!r}")
     for path in FLAGS.gin_file:
         if not os.path.exists(path):
             raise app.UsageError(f"--gin_file not found: {path}")

@@ -21,9 +21,11 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from absl import logging
+
+from tf_instcls.parallel import layouts
+from tf_instcls.parallel.mesh import process_count
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -35,7 +37,6 @@ class StopRequested(Exception):
 class _State:
     def __init__(self):
         self.signum: int | None = None  # the signal received (None: none)
-        self.received_at: float | None = None
         self.grace_period_s = 30.0
         self.active = False
         self.timer: threading.Timer | None = None
@@ -66,12 +67,7 @@ def should_stop(mesh=None) -> bool:
     if not _state.active:  # not inside a run (an evaluation tool, a test): never
         return False
     local = _state.signum is not None
-    if mesh is None:
-        return local
-    from tf_instcls.parallel import layouts
-    from tf_instcls.parallel import mesh as mesh_lib
-
-    if mesh_lib.process_count() == 1:
+    if mesh is None or process_count() == 1:
         return local
     return bool(layouts.max_over_processes([float(local)], mesh)[0] > 0)
 
@@ -80,7 +76,7 @@ def check(mesh=None) -> None:
     """Raises :class:`StopRequested` when :func:`should_stop` (a collective in a
     multi-client run: call it at the same point in every process)."""
     if should_stop(mesh):
-        raise StopRequested(f"stop requested ({signal_name(_state.signum or 15)})")
+        raise StopRequested(f"stop requested ({signal_name(agreed_signal())})")
 
 
 def agreed_signal() -> int:
@@ -98,7 +94,7 @@ def handle_signals(grace_period_s: float = 30.0):
         logging.info("not in the main thread: SIGTERM / SIGINT keep their handlers")
         yield
         return
-    _state.signum, _state.received_at = None, None
+    _state.signum = None
     _state.grace_period_s, _state.active = float(grace_period_s), True
     previous = {s: signal.signal(s, _on_signal) for s in SIGNALS}
     try:
@@ -119,7 +115,7 @@ def _on_signal(signum, frame):
               "latest complete checkpoint is the one to resume from", file=sys.stderr,
               flush=True)
         os._exit(exit_code(signum))
-    _state.signum, _state.received_at = signum, time.monotonic()
+    _state.signum = signum
     print(f"{signal_name(signum)}: finishing the step in flight, then saving a checkpoint "
           f"(grace period {_state.grace_period_s:g} s)", file=sys.stderr, flush=True)
     _state.timer = threading.Timer(_state.grace_period_s, _grace_expired, args=(signum,))
