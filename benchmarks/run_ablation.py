@@ -20,6 +20,19 @@ seeds. Each row is compared with its reference row (the grid's first row; in tab
 Gaussian run of the same budget): the difference of means is called an **effect** only
 when it exceeds the seed-to-seed spread, i.e. the larger of the two rows' stds; with one
 seed no effect is called.
+
+Every finished run is also scored by ``tools/eval_knn.py --feature=both`` (the backbone's
+features and the head's embedding, k = 200, T = 0.07, on the run's held-out images).
+
+``--grid=paper`` is the protocol of the paper's Tables 2-4 and the baselines, fixed before
+any run (see PAPER_PROTOCOL): the 4,068 / 1,017 split 0 of the CIFAR-10 subset for every
+training seed, 50 epochs, seeds 0-2, the linear probe on the Table 2 rows, and SimCLR's
+crop and temperature first chosen on split 1 (seed 0) among four settings by the kNN of
+the backbone's features. It writes ``paper_tables.md`` / ``.png`` / ``.json`` via
+``paper_tables.py``:
+
+  python benchmarks/run_ablation.py --grid=paper --work_dir=runs/paper --seeds=0,1,2 \
+      --epochs=50
 """
 
 from __future__ import annotations
@@ -38,7 +51,8 @@ from harness import spread
 
 ROOT = harness.ROOT
 FLAGS = flags.FLAGS
-flags.DEFINE_string("grid", "baselines", "baselines | table2 | table3 | table4 | table5")
+flags.DEFINE_string("grid", "baselines",
+                    "baselines | table2 | table3 | table4 | table5 | paper")
 flags.DEFINE_string("work_dir", None, "One sub-directory per run, plus the tables.")
 flags.DEFINE_multi_string("gin_file", [os.path.join(harness.GIN_DIR, "cifar10_subset_npz.gin")],
                           "Base config of every run.")
@@ -83,6 +97,19 @@ class Run(NamedTuple):
     epochs: int | None = None  # None: --epochs
     gin_files: tuple = ()  # layered after --gin_file (a method's own recipe)
     reference: str | None = None  # the row it is compared with (None: the first row)
+    linear: bool = False  # also the linear probe (whatever --linear says)
+    seeds: tuple | None = None  # None: --seeds
+
+
+# The paper grid: every run holds out split 0 whatever its training seed; SimCLR's
+# settings are first chosen on split 1 (seed 0) by the backbone features' kNN.
+PAPER_SPLIT = "DataConfig.holdout_seed = 0"
+SIMCLR_TUNING_SPLIT = "DataConfig.holdout_seed = 1"
+SIMCLR_CHOICES = {  # name -> bindings, in this order (a tie goes to the first)
+    f"simclr_tune_crop{c:g}_t{t:g}": [f"DataConfig.crop_scale = ({c}, 1.0)",
+                                      f"SimCLRConfig.temperature = {t}"]
+    for c in (0.08, 0.2) for t in (0.2, 0.5)}
+PAPER_TABLE4_EPOCHS = (5, 20)
 
 
 def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
@@ -125,6 +152,8 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
                     gin_files=ablation("no_smoothing"), reference=f"gaussian_{e}ep")
                 for e in (table4_epochs or _flag("table4_epochs"))
                 for mode in ("gaussian", "prior_running_bn")]
+    if name == "paper":
+        return paper_grid()
     if name == "table5":
         return [Run(f"k{k}_a{a:g}", f"K = {k}, alpha = {a:g}",
                     [f"FullConfig.num_hard_negatives = {k}", f"FullConfig.smoothing = {a}"])
@@ -133,15 +162,69 @@ def grid(name: str, table4_epochs: list | None = None) -> list[Run]:
     raise app.UsageError(f"unknown --grid {name!r}")
 
 
-def effect(row: dict, reference: dict) -> str:
+def simclr_tuning() -> list[Run]:
+    """SimCLR's four candidate settings on split 1, seed 0 (the recipe's own values were
+    chosen on these data last round; SimCLR gets the same chance, on another split)."""
+    return [Run(name, "SimCLR tuning on split 1: " + ", ".join(b), [SIMCLR_TUNING_SPLIT, *b],
+                gin_files=ablation("simclr"), seeds=(0,))
+            for name, b in SIMCLR_CHOICES.items()]
+
+
+def paper_grid(simclr_bindings: list | None = None) -> list[Run]:
+    """The rows of the paper's Tables 2-4 and the two baselines, all on split 0. Table 2
+    adds one component per row and each row is compared with the row before it;
+    ``simclr_bindings`` are the tuning's choice (None: the simclr row is left out)."""
+    def row(name, description, gin=(), bindings=(), reference=None, **kw):
+        return Run(name, description, [PAPER_SPLIT, *bindings], gin_files=ablation(*gin),
+                   reference=reference or name, **kw)  # no reference: is one
+
+    runs = [
+        row("linear_head", "no MLP head (one linear layer), Gaussian W, no smoothing",
+            ("no_head", "no_prior", "no_smoothing"), linear=True),
+        row("mlp", "MLP head, Gaussian W, no smoothing (= Table 3's full softmax)",
+            ("no_prior", "no_smoothing"), linear=True, reference="linear_head"),
+        row("mlp_prior", "MLP head + prior, no smoothing", ("no_smoothing",), linear=True,
+            reference="mlp"),
+        row("recipe", "MLP head + prior + smoothing (K=100, a=0.2): the shipped recipe",
+            linear=True, reference="mlp_prior"),
+        row("paper_optimizer", "the recipe with the paper's single optimiser for W (rows "
+            "not unit-norm, W's lr x 1, W's decay 5e-4 as the backbone's)",
+            bindings=("ClassifierConfig.unit_norm = False",
+                      "OptimConfig.classifier_lr_scale = 1.0",
+                      "OptimConfig.classifier_weight_decay = 5e-4"), reference="recipe"),
+        row("sampled_1024", "sampled softmax, S = 2^10, Gaussian W, no smoothing",
+            ("no_prior", "sampled"), reference="mlp"),
+    ]
+    for epochs in PAPER_TABLE4_EPOCHS:
+        runs += [row(f"gaussian_{epochs}ep", f"Gaussian W, no smoothing, {epochs} epochs",
+                     ("no_prior", "no_smoothing"), epochs=epochs),
+                 row(f"prior_{epochs}ep", f"prior W, no smoothing, {epochs} epochs",
+                     ("no_smoothing",), epochs=epochs, reference=f"gaussian_{epochs}ep")]
+    runs.append(row("npid_nce", f"NPID with NCE (m = {_flag('npid_noise')}), gin/ablations/"
+                    "npid.gin", ("npid",), (f"NPIDConfig.noise = {_flag('npid_noise')}",),
+                    reference="recipe"))
+    if simclr_bindings is not None:
+        runs.append(row("simclr", "SimCLR, the tuning's choice: " + ", ".join(simclr_bindings),
+                        ("simclr",), simclr_bindings, reference="recipe"))
+    return runs
+
+
+def simclr_choice(tuning_results: dict) -> tuple[str, list]:
+    """(name, bindings) of the tuning run with the best backbone-feature kNN top-1."""
+    best = max(SIMCLR_CHOICES, key=lambda n: (tuning_results[n]["knn_top1"],
+                                              -list(SIMCLR_CHOICES).index(n)))
+    return best, SIMCLR_CHOICES[best]
+
+
+def effect(row: dict, reference: dict, key: str = "knn_top1") -> str:
     """'+d (effect)' or '+d (within spread)': the difference of mean kNN top-1 from the
     reference row, an effect only if it exceeds the larger of the two seed stds."""
     if row is reference:
         return "reference"
-    if row["knn_top1"] is None or reference["knn_top1"] is None:
+    if row.get(key) is None or reference.get(key) is None:
         return "-"
-    diff = row["knn_top1"] - reference["knn_top1"]
-    stds = [row["knn_top1_std"], reference["knn_top1_std"]]
+    diff = row[key] - reference[key]
+    stds = [row[key + "_std"], reference[key + "_std"]]
     if None in stds:
         return f"{diff:+.2f} (1 seed: no call)"
     verdict = "effect" if abs(diff) > max(stds) else "within spread"
@@ -149,9 +232,23 @@ def effect(row: dict, reference: dict) -> str:
 
 
 
-def run_one(name, bindings, epochs, gin_files=(), seed=0):
-    model_dir = os.path.join(FLAGS.work_dir, name, f"seed{seed}")
-    name = f"{name}/seed{seed}"
+def _tool(name: str, run_name: str, *args: str) -> None:
+    """tools/<name>.py with ``args``; its output is kept in the run's log on failure."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *args,
+                           f"--virtual_devices={FLAGS.virtual_devices}"],
+                          env=harness.subprocess_env(), capture_output=True, text=True,
+                          cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"[{run_name}] {name} failed (rc {done.returncode}): "
+                           f"{done.stderr[-2000:]}")
+
+
+def run_one(run: Run, seed: int) -> dict:
+    """Trains ``run`` with ``seed`` (resuming an interrupted training), scores it, and
+    records the result; a recorded result is read back instead."""
+    epochs = run.epochs or FLAGS.epochs
+    model_dir = os.path.join(FLAGS.work_dir, run.name, f"seed{seed}")
+    name = f"{run.name}/seed{seed}"
     result_path = os.path.join(model_dir, "ablation_result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -161,10 +258,10 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
            f"--virtual_devices={FLAGS.virtual_devices}", f"--epochs={epochs}",
            f"--dataset={FLAGS.dataset}",
            "--time_budget_minutes=0"]  # equal compute: fixed epochs, whatever the recipe
-    cmd += [f"--gin_file={p}" for p in list(FLAGS.gin_file) + list(gin_files)]
+    cmd += [f"--gin_file={p}" for p in list(FLAGS.gin_file) + list(run.gin_files)]
     if FLAGS.batch_size:
         cmd.append(f"--batch_size={FLAGS.batch_size}")
-    cmd += [f"--gin_bindings={b}" for b in list(FLAGS.gin_bindings) + bindings
+    cmd += [f"--gin_bindings={b}" for b in list(FLAGS.gin_bindings) + run.bindings
             + [f"TrainConfig.seed = {seed}"]]
     os.makedirs(model_dir, exist_ok=True)
     start = time.time()
@@ -177,19 +274,20 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
     from tf_instcls.eval.analysis import read_metrics
 
     last = read_metrics(model_dir)[-1]
-    result = {"name": name, "seed": seed, "epochs": epochs, "bindings": bindings,
-              "gin_files": list(gin_files),
-              "knn_top1": last.get("knn_top1"), "knn_top5": last.get("knn_top5"),
+    result = {"name": name, "seed": seed, "epochs": epochs, "bindings": run.bindings,
+              "gin_files": list(run.gin_files),
+              "monitor_knn_top1": last.get("knn_top1"),
               "knn_top1_at_init": last.get("knn_top1_at_init"), "final_loss": last.get("loss"),
               "train_wall_s": round(time.time() - start, 1)}
-    if FLAGS.linear:
-        out = os.path.join(model_dir, "eval")
-        lin = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "eval_linear.py"),
-                              f"--model_dir={model_dir}", f"--out_dir={out}",
-                              f"--virtual_devices={FLAGS.virtual_devices}"],
-                             env=harness.subprocess_env(), capture_output=True, text=True, cwd=ROOT)
-        if lin.returncode != 0:
-            raise RuntimeError(f"[{name}] linear evaluation failed: {lin.stderr[-2000:]}")
+    out = os.path.join(model_dir, "eval")
+    _tool("eval_knn", name, f"--model_dir={model_dir}", f"--out_dir={out}", "--feature=both")
+    with open(os.path.join(out, "knn.json")) as f:
+        knn = {r["representation"]: r for r in json.load(f)["results"]}
+    result["knn_top1"], result["knn_top5"] = knn["features"]["top1"], knn["features"]["top5"]
+    if "embedding" in knn:
+        result["knn_embedding_top1"] = knn["embedding"]["top1"]
+    if FLAGS.linear or run.linear:
+        _tool("eval_linear", name, f"--model_dir={model_dir}", f"--out_dir={out}")
         with open(os.path.join(out, "linear.json")) as f:
             entry = json.load(f)["results"][0]
         result["linear_top1"], result["linear_top5"] = entry["top1"], entry["top5"]
@@ -198,6 +296,32 @@ def run_one(name, bindings, epochs, gin_files=(), seed=0):
     print(f"[{name}] kNN top-1 {result['knn_top1']:.2f}% ({result['train_wall_s']} s)",
           flush=True)
     return result
+
+
+METRICS = ("knn_top1", "knn_top5", "knn_embedding_top1", "linear_top1", "train_wall_s")
+
+
+def run_rows(runs: list[Run], seeds: list[int], first: str | None = None) -> list[dict]:
+    """Every run of ``runs`` once per seed, aggregated per run (mean +- sample std); a
+    run without a reference is compared with ``first`` (None: the first of ``runs``)."""
+    results = []
+    for run in runs:
+        run_seeds = list(run.seeds or seeds)
+        per_seed = [run_one(run, seed) for seed in run_seeds]
+        result = {"name": run.name, "description": run.description,
+                  "epochs": run.epochs or FLAGS.epochs, "seeds": run_seeds,
+                  "reference": run.reference or first or runs[0].name, "paper": PAPER.get(run.name),
+                  "per_seed": per_seed}
+        for key in METRICS:
+            result[key], result[key + "_std"] = spread([r.get(key) for r in per_seed])
+        results.append(result)
+    by_name = {r["name"]: r for r in results}
+    for r in results:
+        reference = by_name.get(r["reference"])
+        for key in ("knn_top1", "knn_embedding_top1", "linear_top1"):
+            r[f"vs_reference_{key}"] = effect(r, reference, key) if reference else "-"
+        r["vs_reference"] = r["vs_reference_knn_top1"]
+    return results
 
 
 def main(argv):
@@ -213,27 +337,23 @@ def main(argv):
     if not seeds or len(set(seeds)) != len(seeds):
         raise app.UsageError(f"--seeds must be distinct and at least one; got {FLAGS.seeds}")
     runs = grid(FLAGS.grid)
+    tuning = []
+    if FLAGS.grid == "paper":  # SimCLR's settings first, on split 1
+        tuning = run_rows(simclr_tuning(), seeds)
+        choice, bindings = simclr_choice({r["name"]: r for r in tuning})
+        print(f"SimCLR: {choice} has the best backbone kNN on split 1", flush=True)
+        runs = paper_grid(bindings)
     names = [r.name for r in runs]
     unknown = set(FLAGS.only) - set(names)
     if unknown:
         raise app.UsageError(f"--only: {sorted(unknown)} not in grid {FLAGS.grid}: {names}")
-    results = []
-    for run in runs:
-        if FLAGS.only and run.name not in FLAGS.only:
-            continue
-        per_seed = [run_one(run.name, run.bindings, run.epochs or FLAGS.epochs, run.gin_files,
-                            seed) for seed in seeds]
-        result = {"name": run.name, "description": run.description,
-                  "epochs": run.epochs or FLAGS.epochs, "seeds": seeds,
-                  "reference": run.reference or names[0], "paper": PAPER.get(run.name),
-                  "per_seed": per_seed}
-        for key in ("knn_top1", "knn_top5", "linear_top1", "train_wall_s"):
-            result[key], result[key + "_std"] = spread([r.get(key) for r in per_seed])
-        results.append(result)
-    by_name = {r["name"]: r for r in results}
-    for r in results:
-        reference = by_name.get(r["reference"])
-        r["vs_reference"] = effect(r, reference) if reference else "-"
+    results = run_rows([r for r in runs if not FLAGS.only or r.name in FLAGS.only], seeds,
+                       first=names[0])
+    os.makedirs(FLAGS.work_dir, exist_ok=True)
+    if FLAGS.grid == "paper":
+        import paper_tables
+
+        paper_tables.write(FLAGS.work_dir, results, tuning)
 
     def with_std(r, key):
         mean, std = r[key], r[key + "_std"]
@@ -241,15 +361,16 @@ def main(argv):
             return "-"
         return f"{mean:.2f}" + ("" if std is None else f" +- {std:.2f}")
 
-    headers = ["run", "setting", "epochs", "kNN top-1", "kNN top-5"]
-    if FLAGS.linear:
+    linear = any(r["linear_top1"] is not None for r in results)
+    headers = ["run", "setting", "epochs", "kNN top-1", "kNN top-5", "kNN top-1 (embedding)"]
+    if linear:
         headers += ["linear top-1"]
     headers += ["vs reference (top-1)", "train s", "paper (ImageNet, 200 ep, linear)"]
     rows = []
     for r in results:
         row = [r["name"], r["description"], r["epochs"], with_std(r, "knn_top1"),
-               with_std(r, "knn_top5")]
-        if FLAGS.linear:
+               with_std(r, "knn_top5"), with_std(r, "knn_embedding_top1")]
+        if linear:
             row.append(with_std(r, "linear_top1"))
         row += [r["vs_reference"], f"{r['train_wall_s']:.0f}",
                 "-" if r["paper"] is None else r["paper"]]
@@ -261,7 +382,6 @@ def main(argv):
           f"seeds {','.join(map(str, seeds))} (mean +- sample std). A difference from the "
           "reference row is an effect only when it exceeds the larger of the two stds.\n\n"
           + markdown_table(headers, rows))
-    os.makedirs(FLAGS.work_dir, exist_ok=True)
     base = os.path.join(FLAGS.work_dir, f"ablation_{FLAGS.grid}")
     with open(base + ".json", "w") as f:
         json.dump(results, f, indent=1)

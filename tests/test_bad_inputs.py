@@ -164,3 +164,32 @@ def test_a_checkpoint_of_another_backbone_is_refused_by_the_evaluation_tools(tin
                                          r"in the checkpoint but \[3, 3, 3, 8\] in the model "
                                          r"built from run_info.json"):
         restore.load_encoder(model_dir)
+
+
+def test_holdout_seed_fixes_the_split_across_training_seeds(tmp_path):
+    """DataConfig.holdout_seed: runs of several training seeds hold out the same images
+    (the run records the draw and the evaluation tools rebuild it); without it, each
+    training seed draws its own, as before."""
+    from tf_instcls.eval import common as ec
+
+    rng = np.random.default_rng(0)
+    path = _npz(tmp_path, x=rng.integers(0, 256, (200, 16, 16, 3), dtype=np.uint8),
+                y=np.arange(200) % 4)
+    source = data_lib.load_source(f"npz:{path}")
+    held = {}
+    for name, holdout_seed, train_seed in (("a", 0, 1), ("b", 0, 2), ("c", None, 1)):
+        data = loop.DataConfig(dataset=f"npz:{path}", image_size=16, holdout_fraction=0.2,
+                               holdout_seed=holdout_seed)
+        state = _build(tmp_path, data=data, train=_with(TINY_TRAIN, seed=train_seed),
+                       model_dir=str(tmp_path / name))
+        held[name] = state.eval_source.images
+        assert state.run_info["holdout_seed"] == (0 if holdout_seed == 0 else train_seed)
+        info = type("M", (), {"restored": type("R", (), {"run_info": state.run_info})})
+        assert ec.default_data_args(info, None, None, None, None)[3] == \
+            state.run_info["holdout_seed"]
+    np.testing.assert_array_equal(held["a"], held["b"])
+    np.testing.assert_array_equal(held["a"], data_lib.split_holdout(source, 0.2, 0)[1].images)
+    np.testing.assert_array_equal(held["c"], data_lib.split_holdout(source, 0.2, 1)[1].images)
+    assert not np.array_equal(held["a"], held["c"])
+    with pytest.raises(ValueError, match=r"DataConfig.holdout_seed must be None .* got -1"):
+        _build(tmp_path, data=_with(data, holdout_seed=-1), model_dir=str(tmp_path / "d"))

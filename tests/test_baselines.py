@@ -356,3 +356,74 @@ def test_npid_nce_trains_on_one_device_with_the_default_step_estimate(tmp_path):
     state = loop.build_state(str(tmp_path), **configs, train=train, mesh=mesh)
     log_z, z_epoch = _nce_z(state)
     assert np.isfinite(log_z) and z_epoch == 0
+
+
+def test_the_paper_grid_is_the_fixed_protocol():
+    """Every row holds out split 0, Table 2 adds one component per row, Table 4 compares
+    at equal epochs, and SimCLR's four candidates run on split 1, the best backbone kNN
+    (the first on a tie) going to split 0."""
+    import importlib
+    import os
+
+    ablation = importlib.import_module("run_ablation")
+    runs = {r.name: r for r in ablation.paper_grid(["SimCLRConfig.temperature = 0.2"])}
+    assert all(r.bindings[0] == "DataConfig.holdout_seed = 0" for r in runs.values())
+    chain = ["linear_head", "mlp", "mlp_prior", "recipe"]
+    assert [runs[n].reference for n in chain] == ["linear_head", *chain[:-1]]
+    assert all(runs[n].linear for n in chain) and not runs["npid_nce"].linear
+    assert [os.path.basename(f) for f in runs["linear_head"].gin_files] == [
+        "no_head.gin", "no_prior.gin", "no_smoothing.gin"]
+    assert runs["recipe"].gin_files == () and runs["sampled_1024"].reference == "mlp"
+    assert [(runs[n].epochs, runs[n].reference) for n in ("prior_5ep", "prior_20ep")] == [
+        (5, "gaussian_5ep"), (20, "gaussian_20ep")]
+    assert runs["simclr"].bindings[1:] == ["SimCLRConfig.temperature = 0.2"]
+    assert "simclr" not in {r.name for r in ablation.paper_grid()}
+    tuning = ablation.simclr_tuning()
+    assert len(tuning) == 4 and all(r.seeds == (0,) for r in tuning)
+    assert all(r.bindings[0] == "DataConfig.holdout_seed = 1" for r in tuning)
+    scores = {r.name: {"knn_top1": 50.0} for r in tuning}
+    scores[tuning[3].name]["knn_top1"] = 51.0
+    assert ablation.simclr_choice(scores) == (tuning[3].name, tuning[3].bindings[1:])
+    scores[tuning[3].name]["knn_top1"] = 50.0
+    assert ablation.simclr_choice(scores)[0] == tuning[0].name
+
+
+@pytest.mark.slow
+def test_the_paper_grid_runs_and_writes_its_page(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from helpers import ROOT, subprocess_env
+
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"), "--grid=paper",
+           f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
+           "--dataset=digits", "--epochs=1", "--batch_size=128", "--virtual_devices=2",
+           "--only=linear_head,simclr", "--seeds=0",
+           *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
+                                             "ModelConfig.backbone_width = 4",
+                                             "ModelConfig.head_hidden_dim = 16")]]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = json.load(open(tmp_path / "paper_tables.json"))
+    tuning = {r["name"]: r for r in page["simclr_tuning"]}
+    best = max(tuning.values(), key=lambda r: r["knn_top1"])
+    for name in tuning:  # the tuning held out split 1, the rows split 0
+        info = json.load(open(tmp_path / name / "seed0" / "run_info.json"))
+        assert info["holdout_seed"] == 1 and info["seed"] == 0
+    rows = {r["name"]: r for r in page["results"]}
+    assert set(rows) == {"linear_head", "simclr"}
+    assert rows["simclr"]["per_seed"][0]["bindings"] == [
+        "DataConfig.holdout_seed = 0", *best["per_seed"][0]["bindings"][1:]]
+    for name in rows:
+        assert json.load(open(tmp_path / name / "seed0" / "run_info.json"))["holdout_seed"] == 0
+    scored = rows["linear_head"]
+    assert all(0 < scored[k] <= 100 for k in ("knn_top1", "knn_embedding_top1", "linear_top1"))
+    knn = json.load(open(tmp_path / "linear_head" / "seed0" / "eval" / "knn.json"))
+    assert knn["results"][0]["top1"] == scored["knn_top1"] and knn["k"] == 200
+    md = (tmp_path / "paper_tables.md").read_text()
+    assert "## Table 2" in md and "| linear_head |" in md and "58.60" in md
+    assert "## SimCLR's tuning" in md and md.count("| yes |") == 1
+    assert os.path.getsize(tmp_path / "paper_tables.png") > 1000

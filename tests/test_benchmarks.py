@@ -16,7 +16,7 @@ from helpers import ROOT, absl_mains_in_a_child, subprocess_env
 
 BENCHMARKS = pathlib.Path(ROOT) / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py")
-                 if p.stem not in ("harness", "processes"))
+                 if p.stem not in ("harness", "processes", "paper_tables"))
 TINY = ["--gin_bindings=DataConfig.image_size = 16",
         "--gin_bindings=ModelConfig.backbone_width = 4",
         "--gin_bindings=ModelConfig.head_hidden_dim = 16",

@@ -21,7 +21,7 @@ def define_model_and_data_flags(default_out: str) -> None:
                         "run's, else a class-stratified holdout of --dataset).")
     flags.DEFINE_float("holdout_fraction", None, "Held-out fraction when there is no "
                        "--eval_dataset (default: the run's, as pretraining held it out).")
-    flags.DEFINE_integer("seed", None, "Split / subset seed (default: the run's seed).")
+    flags.DEFINE_integer("seed", None, "Split / subset seed (default: the run's holdout seed).")
     flags.DEFINE_integer("virtual_devices", 0, "T virtual CPU devices for the mesh; 0 = the "
                          "real local devices (all GPUs if any, else the CPU).", lower_bound=0)
     flags.DEFINE_integer("batch_size", 256, "Images per feature-extraction step (rounded "

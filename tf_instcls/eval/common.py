@@ -161,8 +161,8 @@ def default_data_args(model: EvalModel, dataset, eval_dataset, holdout_fraction,
         eval_dataset = info.get("eval_dataset")
     if holdout_fraction is None:
         holdout_fraction = info.get("holdout_fraction") or defaults.HOLDOUT_FRACTION
-    if seed is None:
-        seed = int(info.get("seed", 0))
+    if seed is None:  # the run's holdout draw (older runs: their training seed)
+        seed = int(info.get("holdout_seed", info.get("seed", 0)))
     return dataset, eval_dataset, float(holdout_fraction), seed
 
 

@@ -44,6 +44,10 @@ class DataConfig:
     eval_dataset: str | None = None  # labelled kNN queries; None: hold out a part
     # used when eval_dataset is None and labels exist
     holdout_fraction: float = defaults.HOLDOUT_FRACTION
+    # Seed of that holdout's class-stratified draw. None: TrainConfig.seed (so runs of
+    # several training seeds hold out different images); set it to compare seeds on
+    # one split.
+    holdout_seed: int | None = None
     image_size: int = 32
     # Side of the training views: the random-resized crop's output (beyond the paper).
     # None: image_size. Evaluation, the prior, the kNN monitor and the export always see
@@ -96,6 +100,10 @@ class DataConfig:
         ends = [*firsts[1:], epochs]
         return [(first, min(end, epochs), int(side))
                 for first, end, (_, side) in zip(firsts, ends, schedule) if first < epochs]
+
+    def split_seed(self, train_seed: int) -> int:
+        """The seed of the holdout's draw: holdout_seed, or the run's training seed."""
+        return train_seed if self.holdout_seed is None else self.holdout_seed
 
     @property
     def trains_at_image_size(self) -> bool:
@@ -416,6 +424,9 @@ def validate(config: RunConfig) -> None:
     need(schedule_problem is None, f"DataConfig.train_size_schedule: {schedule_problem}")
     need(data.views in (1, 2), f"DataConfig.views must be 1 or 2; got {data.views}")
     need(0 <= data.holdout_fraction < 1, "DataConfig.holdout_fraction must be in [0, 1)")
+    need(data.holdout_seed is None or data.holdout_seed >= 0,
+         f"DataConfig.holdout_seed must be None (the training seed) or >= 0; got "
+         f"{data.holdout_seed!r}")
     need(model.backbone in models.backbone_names(), f"ModelConfig.backbone must be one of "
          f"{models.backbone_names()}; got {model.backbone!r}")
     registered = isinstance(method, MethodConfig) and method.method in METHODS

@@ -99,7 +99,7 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         raise ValueError(f"TrainConfig.batch_size {train.batch_size} is not divisible by the "
                          f"{mesh.size} devices of the mesh: use a multiple of {mesh.size}"
                          + (" (or fewer devices)" if mesh.size > train.batch_size else ""))
-    train_source, eval_source = _sources(config.data, train.seed)
+    train_source, eval_source = _sources(config.data, config.data.split_seed(train.seed))
     try:
         steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
     except ValueError as err:
@@ -190,6 +190,7 @@ def _run_info(config: RunConfig, train_source) -> dict:
         "method": config.method.method,
         # what the evaluation tools need to rebuild the same train / held-out split
         "eval_dataset": data.eval_dataset, "holdout_fraction": data.holdout_fraction,
+        "holdout_seed": data.split_seed(train.seed),
     }
 
 
