@@ -37,6 +37,8 @@ from absl import app, flags
 
 from tf_instcls.training import stages
 
+import harness
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("code_dirs", None, "Checkouts to compare (each has tools/train.py).")
 flags.DEFINE_integer("rounds", 2, "Interleaved rounds.", lower_bound=1)
@@ -58,7 +60,7 @@ def one_run(code_dir: str, binding: str = "") -> dict:
              for g in FLAGS.gin_file],
            *[f"--gin_bindings={b}" for b in [*FLAGS.gin_bindings, binding] if b],
            *([f"--dataset={FLAGS.dataset}"] if FLAGS.dataset else [])]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=os.path.abspath(code_dir))
+    env = harness.subprocess_env(code_dir)
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code_dir)
     wall = time.perf_counter() - start

@@ -37,6 +37,7 @@ import tempfile
 
 from absl import app, flags
 
+import harness
 from harness import ROOT
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data", "cifar10_subset_train.npz")
@@ -90,7 +91,7 @@ def _eval_tools(dirs: list, work: str) -> dict:
         for tag, code_dir in zip(("before", "after"), dirs):
             out_dir = os.path.join(work, "eval_tools", tag, tool)
             shutil.rmtree(out_dir, ignore_errors=True)
-            env = dict(os.environ, PYTHONPATH=code_dir, TF_CPP_MIN_LOG_LEVEL="2")
+            env = harness.subprocess_env(code_dir)
             cmd = [sys.executable, os.path.join(code_dir, "tools", f"{tool}.py"),
                    f"--model_dir={model_dir}", f"--out_dir={out_dir}", "--virtual_devices=2",
                    *flags_]
@@ -138,7 +139,7 @@ def _for_checkout(code_dir: str, args: list) -> list:
 
 
 def _run(code_dir: str, args: list, model_dir: str) -> list:
-    env = dict(os.environ, PYTHONPATH=code_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    env = harness.subprocess_env(code_dir)
     cmd = [sys.executable, os.path.join(code_dir, "tools", "train.py"),
            f"--model_dir={model_dir}", *_for_checkout(code_dir, args),
            "--gin_bindings=TrainConfig.deterministic = True",

@@ -1,9 +1,11 @@
 """What the benchmarks and experiment drivers share: the checkout, child processes,
-seed spreads, an encoder's SGD step and per-op profiles."""
+seed spreads, an encoder's SGD step, per-op profiles and each core's busy share."""
 
 from __future__ import annotations
 
 import os
+
+import numpy as np
 
 BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCHMARKS)
@@ -25,10 +27,15 @@ def spread(values: list) -> tuple[float | None, float | None]:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
-def subprocess_env() -> dict:
-    """Environment for a child tool process: quiet TF logs, this checkout importable."""
+def subprocess_env(code_dir: str = ROOT) -> dict:
+    """Environment for a child tool process: quiet TF logs, the checkout ``code_dir``
+    (default: this one) importable first."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(code_dir), env.get("PYTHONPATH", "")])
+    import tf_instcls
+
+    if not tf_instcls.ONEDNN_FROM_ENVIRONMENT:  # set by this process' tf_instcls: a child
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)  # (maybe another checkout) sets its own
     return env
 
 
@@ -79,3 +86,21 @@ def op_self_times(call, calls: int = 5, *, by_name: bool = False) -> dict:
         key = (values["type"], values["operation"]) if by_name else values["type"]
         totals[key] += values["total_self_time"]
     return dict(totals)
+
+
+def cpu_times() -> np.ndarray:
+    """[cores, 2]: (busy, total) jiffies of each core since boot, from /proc/stat."""
+    rows = []
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+                rows.append((sum(v) - idle, sum(v)))
+    return np.array(rows, np.float64)
+
+
+def busy_share(before: np.ndarray, after: np.ndarray) -> list[float]:
+    """Each core's busy fraction between two cpu_times() readings."""
+    delta = after - before
+    return [float(b / t) if t else 0.0 for b, t in delta]

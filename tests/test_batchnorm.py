@@ -111,3 +111,116 @@ def test_saved_and_loaded_as_a_keras_layer(tmp_path):
     model.save(path)
     loaded = keras.models.load_model(path)
     assert isinstance(loaded.get_layer("bn"), BatchNorm)
+
+
+def _bn_layer_on_mesh(mesh, shape, gamma, beta, fused, dtype="float32"):
+    bn = BatchNorm(momentum=0.9, epsilon=EPS, dtype=dtype)
+    bn.build(shape)
+    bn.gamma.assign(gamma.astype(np.float32))
+    bn.beta.assign(beta.astype(np.float32))
+    bn.use_fused_kernel = fused
+    model = keras.Sequential([keras.Input(shape[1:]), bn])
+    layouts.replicate_model_variables(model, mesh)
+    return bn
+
+
+def _training_pass(bn, x, w):
+    """(y, d sum(y w) / d (x, gamma, beta)) of a training-mode pass, in a tf.function."""
+    @tf.function
+    def run(x, w):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn(x, training=True)
+            loss = tf.reduce_sum(y * w)
+        return (y, *tape.gradient(loss, [x, bn.gamma, bn.beta]))
+
+    return run(x, w)
+
+
+@pytest.mark.parametrize("shape", [(16, 5, 5, 6), (32, 7)])
+def test_fused_kernel_on_a_one_device_mesh_matches_float64(shape):
+    """The fused kernel (a 1-device mesh, float32): output, the gradients of x, gamma and
+    beta, and the moving statistics (population variance, as Keras' and the closed
+    form's) equal the float64 reference; the closed form on the same mesh agrees."""
+    mesh = parallel.build_mesh(1)
+    x, w, gamma, beta = _data(shape)
+    y_ref, dx_ref, dgamma_ref, dbeta_ref, mean_ref, var_ref = _reference(x, w, gamma, beta)
+    replicated = layouts.replicated_layout(mesh, len(shape))
+    xd, wd = (tf.experimental.dtensor.copy_to_mesh(tf.constant(v, tf.float32), replicated)
+              for v in (x, w))
+    for fused in (True, False):
+        bn = _bn_layer_on_mesh(mesh, shape, gamma, beta, fused)
+        got = [parallel.to_numpy(t) for t in _training_pass(bn, xd, wd)]
+        scale = np.abs(x).max()
+        for value, want in zip(got, (y_ref, dx_ref, dgamma_ref, dbeta_ref)):
+            np.testing.assert_allclose(value, want, rtol=2e-4, atol=2e-4 * scale)
+        np.testing.assert_allclose(parallel.to_numpy(bn.moving_mean), 0.1 * mean_ref,
+                                   rtol=1e-5)
+        np.testing.assert_allclose(parallel.to_numpy(bn.moving_variance),
+                                   0.9 + 0.1 * var_ref, rtol=1e-5)
+
+
+def test_fused_kernel_takes_bfloat16_and_keeps_float32_statistics():
+    mesh = parallel.build_mesh(1)
+    x, _, gamma, beta = _data((8, 4, 4, 6))
+    bn = _bn_layer_on_mesh(mesh, x.shape, gamma, beta, True, dtype="mixed_bfloat16")
+    xd = tf.experimental.dtensor.copy_to_mesh(tf.constant(x, tf.bfloat16),
+                                              layouts.replicated_layout(mesh, 4))
+    y = tf.function(lambda x: bn(x, training=True))(xd)
+    assert y.dtype == tf.bfloat16 and bn.moving_mean.dtype == tf.float32
+    y_ref, *_, mean_ref, _ = _reference(x, x, gamma, beta)
+    np.testing.assert_allclose(parallel.to_numpy(tf.cast(y, tf.float32)), y_ref, atol=0.1)
+    np.testing.assert_allclose(parallel.to_numpy(bn.moving_mean), 0.1 * mean_ref, rtol=1e-2)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_training_takes_the_fused_kernel_only_where_the_batch_is_on_one_device(devices,
+                                                                              tmp_path):
+    from tf_instcls.training import loop
+
+    mesh = parallel.build_mesh(devices)
+    for kernel in ("auto", "closed_form"):
+        state = loop.build_state(
+            str(tmp_path / kernel), loop.DataConfig(image_size=16),
+            loop.ModelConfig(backbone_width=4, head_hidden_dim=16, embedding_dim=16,
+                             batchnorm_kernel=kernel),
+            loop.OptimConfig(), loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
+            mesh, monitor=loop.MonitorConfig(every_epochs=0))
+        flags = {layer.use_fused_kernel for layer in state.encoder._flatten_layers()
+                 if isinstance(layer, BatchNorm)}
+        assert flags == {kernel == "auto" and devices == 1}
+
+
+def test_importing_tf_instcls_first_turns_on_onednn_unless_the_user_chose():
+    """tf_instcls sets TF_ENABLE_ONEDNN_OPTS=1 before TensorFlow reads it (the fused BN
+    and the convolutions' oneDNN kernels); a user's own setting wins."""
+    import subprocess
+    import sys
+
+    from helpers import subprocess_env
+
+    code = ("import tf_instcls, tensorflow\n"
+            "from tensorflow.python.util import _pywrap_util_port\n"
+            "print(_pywrap_util_port.IsMklEnabled(), tf_instcls.ONEDNN_FROM_ENVIRONMENT)")
+    for value, want in ((None, "True False"), ("0", "False True"), ("1", "True True")):
+        env = {k: v for k, v in subprocess_env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if value is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = value
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.stdout.strip().splitlines()[-1] == want, (value, done.stderr[-1000:])
+
+
+def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, caplog):
+    from tf_instcls.training import loop
+
+    state_args = dict(data=loop.DataConfig(image_size=16),
+                      model=loop.ModelConfig(backbone_width=4, head_hidden_dim=16,
+                                             embedding_dim=16, precision="mixed_bfloat16"),
+                      optim=loop.OptimConfig(),
+                      train=loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
+                      mesh=parallel.build_mesh(1), monitor=loop.MonitorConfig(every_epochs=0))
+    with caplog.at_level("WARNING"):
+        loop.build_state(str(tmp_path), **state_args)
+    warned = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
+    assert len(warned) == int(parallel.cpu_emulates_bfloat16())

@@ -46,3 +46,39 @@ def test_scatter_add_into_a_row_sharded_variable_is_refused():
 
     with pytest.raises(Exception, match="does not implement layout propagation"):
         scatter(idx, upd)
+
+
+def _bn_inputs(mesh):
+    x = np.random.default_rng(1).normal(size=(8, 3, 3, 4)).astype(np.float32)
+    xd = parallel.pack_sharded(x, layouts.batch_layout(mesh, 4))
+    ones, zeros = (dtensor.copy_to_mesh(tf.constant(v, tf.float32, [4]),
+                                        layouts.replicated_layout(mesh, 1)) for v in (1, 0))
+    return x, xd, ones, zeros
+
+
+def test_the_fused_batchnorm_kernel_has_no_layout_rule():
+    """Why models/batchnorm.py builds training-mode BN from reductions on a mesh: the
+    fused kernel (FusedBatchNormV3, what Keras and tf.nn use) is refused, even on one
+    device."""
+    _, xd, ones, zeros = _bn_inputs(parallel.build_mesh(1))
+    with pytest.raises(Exception, match="FusedBatchNormV3' op does not implement layout"):
+        tf.function(lambda x: tf.compat.v1.nn.fused_batch_norm(x, ones, zeros)[0])(xd)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_an_enrolled_fused_batchnorm_v2_runs_replicated(devices):
+    """What its fused path relies on (the module enrols the op by name): DTensor runs
+    FusedBatchNormV2 replicated, every device on the whole batch (so only a 1-device
+    mesh gains), with the statistics of the whole batch."""
+    import tf_instcls.models.batchnorm  # noqa: F401  (the enrolment)
+
+    mesh = parallel.build_mesh(devices)
+    x, xd, ones, zeros = _bn_inputs(mesh)
+    empty = dtensor.copy_to_mesh(tf.zeros([0]), layouts.replicated_layout(mesh, 1))
+    y, mean, *_ = tf.function(lambda x: tf.raw_ops.FusedBatchNormV2(
+        x=x, scale=ones, offset=zeros, mean=empty, variance=empty, is_training=True))(xd)
+    assert dtensor.fetch_layout(y).sharding_specs == [dtensor.UNSHARDED] * 4
+    np.testing.assert_allclose(parallel.to_numpy(mean), x.mean((0, 1, 2)), rtol=1e-5,
+                               atol=1e-6)
+    want = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-4)  # the op's epsilon
+    np.testing.assert_allclose(parallel.to_numpy(y), want, rtol=1e-4, atol=1e-4)

@@ -208,7 +208,9 @@ def _checkpoint_steps(model_dir):
 
 
 @pytest.mark.slow
-def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("devices", [1, 2])  # 1: BN through the fused kernel
+def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp_path,
+                                                                             devices):
     """TrainConfig.checkpoint_every_epochs = 2 over 4 epochs of 5 steps saves at steps 10
     and 20 only. A run that dies in epoch 3, after epoch 2 finished unsaved, resumes from
     step 10, re-runs epochs 2 and 3, and ends with every variable (encoder, W, optimizer
@@ -216,7 +218,7 @@ def test_checkpoints_every_k_epochs_and_a_crash_between_them_resumes_exactly(tmp
     the uninterrupted run's (the later line of an epoch is the one that counts)."""
     import json
 
-    mesh = parallel.build_mesh(2)
+    mesh = parallel.build_mesh(devices)
     train = loop.TrainConfig(**{**TRAIN.__dict__, "epochs": 4, "checkpoint_every_steps": 0,
                                 "checkpoint_every_epochs": 2, "keep_checkpoints": 5})
     straight, crashed = str(tmp_path / "straight"), str(tmp_path / "crashed")

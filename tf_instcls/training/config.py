@@ -142,6 +142,11 @@ class ModelConfig:
     # momentum, the softmax and both encoder outputs stay float32, so checkpoints,
     # evaluation and the export are float32 whatever is set here.
     precision: str = "float32"
+    # BatchNorm's training pass: "auto" takes TensorFlow's fused kernel where the batch is
+    # on one device (a 1-device mesh) and the closed-form one reducing over the global
+    # batch otherwise; "closed_form" always the latter. The same statistics either way
+    # (models/batchnorm.py).
+    batchnorm_kernel: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,6 +407,8 @@ def validate(config: RunConfig) -> None:
     need(optim.loss_scale_growth_steps >= 1, "OptimConfig.loss_scale_growth_steps must be "
          ">= 1")
     need(model.embedding_dim >= 1, "ModelConfig.embedding_dim must be >= 1")
+    need(model.batchnorm_kernel in ("auto", "closed_form"), "ModelConfig.batchnorm_kernel "
+         f"must be 'auto' or 'closed_form'; got {model.batchnorm_kernel!r}")
     need(classifier.chunk_size is None or classifier.chunk_size >= 1,
          "ClassifierConfig.chunk_size must be None or >= 1")
     need(optim.base_learning_rate > 0, "OptimConfig.base_learning_rate must be > 0")

@@ -12,6 +12,7 @@ import os
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 from tf_instcls import data as data_lib
 from tf_instcls import models, parallel
@@ -99,6 +100,11 @@ def build_state(model_dir, data=None, model=None, optim=None, train=None, mesh=N
         raise ValueError(f"TrainConfig.batch_size {train.batch_size} is not divisible by the "
                          f"{mesh.size} devices of the mesh: use a multiple of {mesh.size}"
                          + (" (or fewer devices)" if mesh.size > train.batch_size else ""))
+    if (config.model.precision == "mixed_bfloat16" and mesh.device_type() == "CPU"
+            and parallel.cpu_emulates_bfloat16()):
+        logging.warning("ModelConfig.precision = 'mixed_bfloat16' on a CPU without native "
+                        "bfloat16: emulated, many times slower than float32 (6-12 x on a "
+                        "2-core AMD EPYC); use 'float32' here")
     train_source, eval_source = _sources(config.data, config.data.split_seed(train.seed))
     try:
         steps = data_lib.steps_per_epoch(train_source.num_images, train.batch_size)
@@ -206,6 +212,8 @@ def _build_encoder(config: RunConfig, mesh):
         backbone_width=model.backbone_width, precision=model.precision,
         head_output_bn=model.head_output_bn,
     )
+    # the fused BN kernel where the whole batch is on one device (models/batchnorm.py)
+    models.use_fused_batchnorm(encoder, model.batchnorm_kernel == "auto" and mesh.size == 1)
     return encoder, layouts.replicate_model_variables(encoder, mesh)
 
 
