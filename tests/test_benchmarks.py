@@ -77,6 +77,38 @@ def test_encoder_and_step_benchmarks_run_on_a_tiny_model(tmp_path):
 
 
 @pytest.mark.slow
+def test_bench_vs_torch_times_our_step_and_the_peer_and_reads_each_core(tmp_path):
+    """Both BN kernels of ours (and the PyTorch peer where torch is installed) on a tiny
+    labelled npz, each core's busy share a fraction."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (160, 16, 16, 3), dtype=np.uint8),
+             y=np.arange(160) % 4)
+    _run("bench_vs_torch", f"--dataset=npz:{tmp_path / 'data.npz'}", "--side=16", *TINY,
+         "--gin_bindings=TrainConfig.batch_size = 32", "--gin_bindings=MonitorConfig.k = 10",
+         "--gin_bindings=FullConfig.num_hard_negatives = 8", "--steps=1", "--rounds=1",
+         "--torch_workers=0", f"--json={tmp_path / 'torch.json'}")
+    rows = {r["config"]: r for r in json.load(open(tmp_path / "torch.json"))["rows"]}
+    try:
+        import torch  # noqa: F401
+        peer = {"pytorch peer float32"}
+    except ImportError:
+        peer = set()
+    assert set(rows) == {"ours float32 bn=auto", "ours float32 bn=closed_form"} | peer
+    for row in rows.values():
+        assert row["instances_per_sec"] > 0 and len(row["core_busy"]) == os.cpu_count()
+        assert all(0 <= c <= 1 for c in row["core_busy"])
+
+
+def test_busy_share_is_each_cores_busy_jiffies_over_all_of_them():
+    import harness  # benchmarks/, on the tests' path
+
+    before = np.array([[100.0, 400.0], [50.0, 400.0]])
+    after = np.array([[190.0, 500.0], [60.0, 500.0]])
+    assert harness.busy_share(before, after) == [0.9, 0.1]
+    assert harness.cpu_times().shape == (os.cpu_count(), 2)
+
+
+@pytest.mark.slow
 def test_run_recipe_and_compare_runs_on_a_tiny_labelled_npz(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 40)
