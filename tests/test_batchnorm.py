@@ -186,9 +186,11 @@ def test_training_takes_the_fused_kernel_only_where_the_batch_is_on_one_device(d
                              batchnorm_kernel=kernel),
             loop.OptimConfig(), loop.TrainConfig(epochs=1, batch_size=64, verbose=0),
             mesh, monitor=loop.MonitorConfig(every_epochs=0))
-        flags = {layer.use_fused_kernel for layer in state.encoder._flatten_layers()
-                 if isinstance(layer, BatchNorm)}
-        assert flags == {kernel == "auto" and devices == 1}
+        layers = [layer for layer in state.encoder._flatten_layers()
+                  if isinstance(layer, BatchNorm)]
+        assert {layer.use_fused_kernel for layer in layers} == {
+            kernel == "auto" and devices == 1}
+        assert len(layers) == 5  # convnet_small's 4 and the head's
 
 
 def test_importing_tf_instcls_first_turns_on_onednn_unless_the_user_chose():
@@ -224,3 +226,14 @@ def test_bfloat16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, caplog):
         loop.build_state(str(tmp_path), **state_args)
     warned = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
     assert len(warned) == int(parallel.cpu_emulates_bfloat16())
+
+
+def test_use_fused_batchnorm_reaches_the_backbone_inside_the_encoder():
+    from tf_instcls import models
+
+    encoder = models.build_encoder("resnet18_cifar", 16, head_hidden_dim=16, backbone_width=4)
+    found = [layer for layer in encoder._flatten_layers() if isinstance(layer, BatchNorm)]
+    assert models.use_fused_batchnorm(encoder) == len(found) == 21  # 20 + the head's
+    assert all(layer.use_fused_kernel for layer in found)
+    models.use_fused_batchnorm(encoder, False)
+    assert not any(layer.use_fused_kernel for layer in found)

@@ -133,8 +133,10 @@ def use_fused_batchnorm(model: keras.Model, enabled: bool = True) -> int:
     """Sets ``use_fused_kernel`` on every :class:`BatchNorm` in ``model`` (nested models
     too); returns how many. Only for a model whose training batch is on one device."""
     count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in model.layers:
         if isinstance(layer, BatchNorm):
             layer.use_fused_kernel = enabled
             count += 1
+        elif isinstance(layer, keras.Model):  # the backbone and head inside the encoder
+            count += use_fused_batchnorm(layer, enabled)
     return count
