@@ -55,7 +55,8 @@ flags.DEFINE_string("json", None, "Write the result here.")
 
 def ours(base, kernel: str, precision: str):
     """(a call running one training step on the next batch of train.py's pipeline, the
-    global batch) of the config ``base`` with this BN kernel and precision."""
+    global batch, the training images) of the config ``base`` with this BN kernel and
+    precision."""
     from tf_instcls import parallel
     from tf_instcls.parallel import layouts
     from tf_instcls.training import loop
@@ -79,7 +80,7 @@ def ours(base, kernel: str, precision: str):
                    layouts.pack_local_batch(batch["ids"], id_layout), state.global_step)
         return float(parallel.to_numpy(out["loss"]))
 
-    return call, config.train.batch_size
+    return call, config.train.batch_size, state.train_source.images
 
 
 def peer(images: np.ndarray, config):
@@ -190,23 +191,19 @@ def main(argv):
         "TrainConfig.time_budget_minutes = 0.0", "MonitorConfig.every_epochs = 0",
         "ClassifierConfig.init_mode = 'gaussian'",  # (the prior costs start-up only)
         "TrainConfig.epochs = 1000"])  # one pipeline with batches enough for any run
-    calls = {f"ours {precision} bn={kernel}": ours(base, kernel, precision)
-             for precision in FLAGS.precisions for kernel in FLAGS.batchnorm_kernels}
-    config = base
+    calls = {}
+    for precision in FLAGS.precisions:
+        for kernel in FLAGS.batchnorm_kernels:
+            call, batch, images = ours(base, kernel, precision)
+            calls[f"ours {precision} bn={kernel}"] = (call, batch)
     try:
         import torch  # noqa: F401
         has_torch = True
     except ImportError:
         has_torch = False
         print("torch is not installed: timing ours only")
-    if FLAGS.torch and has_torch:
-        from tf_instcls import data as data_lib
-
-        source = data_lib.load_source(FLAGS.dataset)
-        if config.data.holdout_fraction and source.labels is not None:
-            source = data_lib.split_holdout(source, config.data.holdout_fraction,
-                                            config.data.split_seed(config.train.seed))[0]
-        calls["pytorch peer float32"] = peer(np.asarray(source.images), config)
+    if FLAGS.torch and has_torch:  # the same training images (the holdout left out)
+        calls["pytorch peer float32"] = peer(np.asarray(images), base)
     for call, _ in calls.values():  # trace, fill the pipelines, warm up
         for _ in range(3):
             call()
@@ -223,7 +220,7 @@ def main(argv):
     peer_rate = (statistics.median(rates["pytorch peer float32"])
                  if "pytorch peer float32" in rates else None)
     rows = []
-    print(f"side {FLAGS.side} px, batch {config.train.batch_size} x 2 views, "
+    print(f"side {FLAGS.side} px, batch {base.train.batch_size} x 2 views, "
           f"{FLAGS.rounds} rounds x {FLAGS.steps} steps (median, min-max)")
     for name in calls:
         rate = statistics.median(rates[name])

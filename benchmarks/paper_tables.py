@@ -2,8 +2,9 @@
 mean +- sample std beside the paper's number and the effect column), SimCLR's tuning,
 every run's own numbers, and one figure of all rows with error bars.
 
-``write(work_dir, results, tuning)`` writes <work_dir>/paper_tables.md, .json and .png;
-``results`` and ``tuning`` are ``run_ablation.run_rows`` rows.
+``write(work_dir, results, tuning, chosen)`` writes <work_dir>/paper_tables.md, .json and
+.png; ``results`` and ``tuning`` are ``run_ablation.run_rows`` rows, ``chosen`` the name of
+the tuning run that ``run_ablation.simclr_choice`` picked.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def figure(results: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def write(work_dir: str, results: list[dict], tuning: list[dict]) -> str:
+def write(work_dir: str, results: list[dict], tuning: list[dict],
+          chosen: str | None = None) -> str:
     """Writes the page, its JSON and its figure; returns the page's path."""
     by_name = {r["name"]: r for r in results}
     parts = ["# The paper's tables on the CIFAR-10 subset\n",
@@ -118,18 +120,18 @@ def write(work_dir: str, results: list[dict], tuning: list[dict]) -> str:
     if tuning:
         from tf_instcls.eval.tables import markdown_table
 
-        best = max(tuning, key=lambda r: r["knn_top1"])
         parts += [f"## SimCLR's tuning (split 1, seed 0, {tuning[0]['epochs']} epochs)\n",
                   markdown_table(["run", "setting", "kNN backbone", "kNN embedding", "chosen"],
                                  [[r["name"], r["description"], _cell(r, "knn_top1"),
                                    _cell(r, "knn_embedding_top1"),
-                                   "yes" if r is best else ""] for r in tuning])]
+                                   "yes" if r["name"] == chosen else ""] for r in tuning])]
     parts += ["## Every run\n", _every_run(tuning + results)]
     os.makedirs(work_dir, exist_ok=True)
     path = os.path.join(work_dir, "paper_tables.md")
     with open(path, "w") as f:
         f.write("\n".join(parts))
     with open(os.path.join(work_dir, "paper_tables.json"), "w") as f:
-        json.dump({"results": results, "simclr_tuning": tuning}, f, indent=1)
+        json.dump({"results": results, "simclr_tuning": tuning, "simclr_choice": chosen}, f,
+                  indent=1)
     figure(results, os.path.join(work_dir, "paper_tables.png"))
     return path

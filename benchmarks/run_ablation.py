@@ -25,11 +25,11 @@ Every finished run is also scored by ``tools/eval_knn.py --feature=both`` (the b
 features and the head's embedding, k = 200, T = 0.07, on the run's held-out images).
 
 ``--grid=paper`` is the protocol of the paper's Tables 2-4 and the baselines, fixed before
-any run (see PAPER_PROTOCOL): the 4,068 / 1,017 split 0 of the CIFAR-10 subset for every
-training seed, 50 epochs, seeds 0-2, the linear probe on the Table 2 rows, and SimCLR's
-crop and temperature first chosen on split 1 (seed 0) among four settings by the kNN of
-the backbone's features. It writes ``paper_tables.md`` / ``.png`` / ``.json`` via
-``paper_tables.py``:
+any run (``paper_grid``, ``simclr_tuning``): the 4,068 / 1,017 split 0 of the CIFAR-10
+subset for every training seed, 50 epochs, seeds 0-2, the linear probe on the Table 2
+rows, and SimCLR's crop and temperature first chosen on split 1 (seed 0) among four
+settings by the kNN of the backbone's features. It writes ``paper_tables.md`` / ``.png``
+/ ``.json`` via ``paper_tables.py``:
 
   python benchmarks/run_ablation.py --grid=paper --work_dir=runs/paper --seeds=0,1,2 \
       --epochs=50
@@ -337,7 +337,7 @@ def main(argv):
     if not seeds or len(set(seeds)) != len(seeds):
         raise app.UsageError(f"--seeds must be distinct and at least one; got {FLAGS.seeds}")
     runs = grid(FLAGS.grid)
-    tuning = []
+    tuning, choice = [], None
     if FLAGS.grid == "paper":  # SimCLR's settings first, on split 1
         tuning = run_rows(simclr_tuning(), seeds)
         choice, bindings = simclr_choice({r["name"]: r for r in tuning})
@@ -353,7 +353,7 @@ def main(argv):
     if FLAGS.grid == "paper":
         import paper_tables
 
-        paper_tables.write(FLAGS.work_dir, results, tuning)
+        paper_tables.write(FLAGS.work_dir, results, tuning, choice)
 
     def with_std(r, key):
         mean, std = r[key], r[key + "_std"]

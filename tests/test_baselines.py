@@ -258,24 +258,31 @@ def test_npid_and_sampled_train_resume_and_keep_the_bank_sharded(tmp_path):
     assert np.isfinite(logs["loss"]) and logs["loss"] < np.log(256 * 2 + 128) + 1
 
 
+def _tiny_ablation_cmd(work_dir, grid, only, seeds, *bindings):
+    """run_ablation.py on digits, 1 epoch of a tiny network on 2 virtual devices."""
+    import os
+    import sys
+
+    from helpers import ROOT
+
+    tiny = ("DataConfig.image_size = 16", "ModelConfig.backbone_width = 4",
+            "ModelConfig.head_hidden_dim = 16", *bindings)
+    return [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"),
+            f"--grid={grid}", f"--work_dir={work_dir}",
+            f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}", "--dataset=digits",
+            "--epochs=1", "--batch_size=128", "--virtual_devices=2", f"--only={only}",
+            f"--seeds={seeds}", *[f"--gin_bindings={b}" for b in tiny]]
+
+
 @pytest.mark.slow
 def test_run_ablation_writes_tables_and_does_not_rerun_finished_runs(tmp_path):
     import json
-    import os
     import subprocess
-    import sys
 
-    from helpers import ROOT, subprocess_env
+    from helpers import subprocess_env
 
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"), "--grid=table2",
-           f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
-           "--dataset=digits", "--epochs=1", "--batch_size=128", "--virtual_devices=2",
-           "--only=no_head,no_prior",
-           "--seeds=0,1",
-           *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
-                                             "ModelConfig.backbone_width = 4",
-                                             "ModelConfig.head_hidden_dim = 16",
-                                             "MonitorConfig.k = 20")]]
+    cmd = _tiny_ablation_cmd(tmp_path, "table2", "no_head,no_prior", "0,1",
+                             "MonitorConfig.k = 20")
     first = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
                            timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -393,23 +400,17 @@ def test_the_paper_grid_runs_and_writes_its_page(tmp_path):
     import json
     import os
     import subprocess
-    import sys
 
-    from helpers import ROOT, subprocess_env
+    from helpers import subprocess_env
 
-    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "run_ablation.py"), "--grid=paper",
-           f"--work_dir={tmp_path}", f"--gin_file={os.path.join(ROOT, 'gin', 'digits.gin')}",
-           "--dataset=digits", "--epochs=1", "--batch_size=128", "--virtual_devices=2",
-           "--only=linear_head,simclr", "--seeds=0",
-           *[f"--gin_bindings={b}" for b in ("DataConfig.image_size = 16",
-                                             "ModelConfig.backbone_width = 4",
-                                             "ModelConfig.head_hidden_dim = 16")]]
+    cmd = _tiny_ablation_cmd(tmp_path, "paper", "linear_head,simclr", "0")
     done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     page = json.load(open(tmp_path / "paper_tables.json"))
     tuning = {r["name"]: r for r in page["simclr_tuning"]}
     best = max(tuning.values(), key=lambda r: r["knn_top1"])
+    assert page["simclr_choice"] == best["name"]
     for name in tuning:  # the tuning held out split 1, the rows split 0
         info = json.load(open(tmp_path / name / "seed0" / "run_info.json"))
         assert info["holdout_seed"] == 1 and info["seed"] == 0
