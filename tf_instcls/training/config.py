@@ -51,8 +51,9 @@ class DataConfig:
     image_size: int = 32
     # Side of the training views: the random-resized crop's output (beyond the paper).
     # None: image_size. Evaluation, the prior, the kNN monitor and the export always see
-    # image_size. A smaller side is cheaper in proportion to its pixels (24 of 32 px:
-    # 1.9 x less encoder time here), and since a random crop of s of the area enlarges
+    # image_size. A smaller side is cheaper about in proportion to its pixels (24 of 32
+    # px: 391 against 236 training instances/s here, benchmarks/bench_vs_torch.py
+    # --side=24 / --side=32), and since a random crop of s of the area enlarges
     # the object by sqrt(1/s), a crop shown at 24 px has about the object size of the
     # whole image at 32 (FixRes, Touvron et al. 2019). Needs a backbone that takes any
     # side (every one here); the encoder is built for any side when this differs.
