@@ -64,7 +64,8 @@ def _every_run(results: list[dict]) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     body = [[s["name"], s["epochs"], num(s.get("knn_top1")), num(s.get("knn_embedding_top1")),
-             num(s.get("linear_top1")), num(s.get("final_loss")), f"{s['train_wall_s']:.0f}"]
+             num(s.get("linear_top1")), num(s.get("final_loss")),
+             "-" if s.get("train_wall_s") is None else f"{s['train_wall_s']:.0f}"]
             for r in results for s in r["per_seed"]]
     return markdown_table(["run / seed", "epochs", "kNN backbone", "kNN embedding", "linear",
                            "final loss", "train s"], body)

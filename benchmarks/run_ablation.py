@@ -372,7 +372,8 @@ def main(argv):
                with_std(r, "knn_top5"), with_std(r, "knn_embedding_top1")]
         if linear:
             row.append(with_std(r, "linear_top1"))
-        row += [r["vs_reference"], f"{r['train_wall_s']:.0f}",
+        row += [r["vs_reference"],
+                "-" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f}",
                 "-" if r["paper"] is None else r["paper"]]
         rows.append(row)
     from tf_instcls.eval.tables import markdown_table

@@ -428,3 +428,24 @@ def test_the_paper_grid_runs_and_writes_its_page(tmp_path):
     assert "## Table 2" in md and "| linear_head |" in md and "58.60" in md
     assert "## SimCLR's tuning" in md and md.count("| yes |") == 1
     assert os.path.getsize(tmp_path / "paper_tables.png") > 1000
+
+
+def test_the_paper_page_prints_dash_for_what_a_run_did_not_record(tmp_path):
+    """A run result without a wall time or final loss (one re-entered from an earlier
+    report) is aggregated like any other; its missing cells print '-'."""
+    import importlib
+
+    paper_tables = importlib.import_module("paper_tables")
+    from harness import spread
+
+    per_seed = [{"name": f"mlp/seed{s}", "epochs": 50, "knn_top1": v,
+                 "knn_embedding_top1": v - 1.0, "final_loss": None, "train_wall_s": None}
+                for s, v in enumerate((40.0, 42.0))]
+    row = {"name": "mlp", "description": "MLP head", "epochs": 50, "seeds": [0, 1],
+           "reference": "mlp", "per_seed": per_seed, "vs_reference_knn_top1": "reference"}
+    for key in ("knn_top1", "knn_embedding_top1", "linear_top1", "train_wall_s"):
+        row[key], row[key + "_std"] = spread([s.get(key) for s in per_seed])
+    assert row["train_wall_s"] is None and row["knn_top1"] == 41.0
+    md = open(paper_tables.write(str(tmp_path), [row], [])).read()
+    assert "| mlp | MLP head | 50 | 41.00 +- 1.41 |" in md
+    assert "| mlp/seed1 | 50 | 42.00 | 41.00 | - | - | - |" in md
