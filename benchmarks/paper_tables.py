@@ -60,12 +60,11 @@ def _table(rows: list[dict], paper: dict, paper_header: str) -> str:
 def _every_run(results: list[dict]) -> str:
     from tf_instcls.eval.tables import markdown_table
 
-    def num(v):
-        return "-" if v is None else f"{v:.2f}"
+    def num(v, digits=2):
+        return "-" if v is None else f"{v:.{digits}f}"
 
     body = [[s["name"], s["epochs"], num(s.get("knn_top1")), num(s.get("knn_embedding_top1")),
-             num(s.get("linear_top1")), num(s.get("final_loss")),
-             "-" if s.get("train_wall_s") is None else f"{s['train_wall_s']:.0f}"]
+             num(s.get("linear_top1")), num(s.get("final_loss")), num(s.get("train_wall_s"), 0)]
             for r in results for s in r["per_seed"]]
     return markdown_table(["run / seed", "epochs", "kNN backbone", "kNN embedding", "linear",
                            "final loss", "train s"], body)
